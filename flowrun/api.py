@@ -1,0 +1,120 @@
+"""load → plan → run: what the command line and Python users call."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from flowrun.errors import FlowrunError, UsageError
+from flowrun.nodes.registry import Registry, default_registry
+from flowrun.settings import Settings, default_out_dir
+from flowrun.spec.document import load_document
+from flowrun.spec.source import read_source
+from flowrun.spec.sweep import Overrides
+
+if False:  # typing only: these import networkx, which `validate` does not need
+    from flowrun.cache.memory import MemoryCache
+    from flowrun.execute.events import Events
+    from flowrun.graph.build import Graph
+    from flowrun.graph.plan import Step
+    from flowrun.graph.resolve import Resolved
+
+_registries: dict[tuple[str, ...], Registry] = {}
+
+
+def registry(plugins: Iterable[str] = ()) -> Registry:
+    """The node registry: built-in families plus plugins (entry points, $FLOWRUN_PLUGINS, `plugins`)."""
+    names = tuple(plugins)
+    if names not in _registries:
+        try:
+            _registries[names] = default_registry(names)
+        except ImportError as exc:
+            raise UsageError(f"cannot load node plugin: {exc}") from None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return _registries[names]
+
+
+def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins: Iterable[str] = (),
+         reg: Registry | None = None) -> "Resolved":
+    """Read, validate and expand a workflow file. Raises WorkflowInvalid listing every problem."""
+    from flowrun.graph.resolve import resolve
+
+    source = read_source(str(path))
+    spec = load_document(source)
+    return resolve(spec, source, reg or registry(plugins), overrides)
+
+
+def _file_env(resolved: "Resolved", settings: Settings):
+    from flowrun.cache.fingerprints import FileEnv
+
+    return FileEnv(Path(resolved.file).resolve().parent, settings.cache_dir if settings.use_cache else None)
+
+
+def _cache(settings: Settings, memory: "MemoryCache | None" = None):
+    from flowrun.cache.disk import DiskStore
+    from flowrun.cache.memory import MemoryCache
+    from flowrun.cache.tiers import NodeCache
+
+    if not settings.use_cache:
+        return None
+    return NodeCache(memory if memory is not None else MemoryCache(settings.memory_bytes), DiskStore(settings.cache_dir))
+
+
+def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph", list["Step"]]:
+    """The merged graph of all cells and, for each node, whether it will run, come from the cache, or be skipped."""
+    from flowrun.graph.build import build
+    from flowrun.graph.plan import plan as make_plan
+
+    settings = settings or Settings()
+    graph = build(resolved, _file_env(resolved, settings))
+    return graph, make_plan(graph, _cache(settings))
+
+
+@dataclass
+class RunResult:
+    manifest: dict[str, Any]
+    out_dir: Path
+    manifest_path: Path
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.out_dir / f for n in self.manifest["nodes"] for f in n["outputs"]]
+
+
+def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Events | None" = None,
+        memory: "MemoryCache | None" = None) -> RunResult:
+    """Run a loaded workflow and write its outputs and run.json. Raises RunFailed if a node fails (run.json
+    is written all the same, with the failure recorded)."""
+    from flowrun.execute.manifest import build_manifest, now, write_manifest
+    from flowrun.execute.runner import Runner
+    from flowrun.graph.build import build
+    from flowrun.graph.plan import plan as make_plan
+
+    settings = settings or Settings()
+    out_dir = Path(settings.out_dir or default_out_dir(resolved.file))
+    cache = _cache(settings, memory)
+    env = _file_env(resolved, settings)
+    graph = build(resolved, env)
+    steps = make_plan(graph, cache)
+    runner = Runner(graph, steps, cache, out_dir, env, events)
+    started, t0 = now(), time.perf_counter()
+    status, error = "ok", None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        runner.run()
+    except FlowrunError as exc:
+        status, error = "failed", exc.render()
+        raise
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    finally:
+        manifest = build_manifest(graph, runner.records, status=status, started=started,
+                                  seconds=time.perf_counter() - t0, error=error)
+        if out_dir.is_dir():
+            path = write_manifest(out_dir, manifest)
+    return RunResult(manifest, out_dir, path)

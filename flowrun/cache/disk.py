@@ -1,0 +1,105 @@
+"""The on-disk store: one folder per cache key, published atomically, checked on every read.
+
+Layout: ROOT/v1/ab/abcdef.../ holding meta.json and one file per blob. An entry is written in a private
+temporary folder and published with a single rename, so another process (or a run killed halfway)
+never sees half an entry; whoever publishes first wins and the other copy is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+LAYOUT = "v1"
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be used (corrupt, unreadable); it is discarded and recomputed."""
+
+
+class DiskStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.base = self.root / LAYOUT
+
+    def _entry(self, key: str) -> Path:
+        return self.base / key[:2] / key
+
+    def has(self, key: str) -> bool:
+        return (self._entry(key) / "meta.json").is_file()
+
+    def meta(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self._entry(key) / "meta.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def get(self, key: str) -> tuple[dict[str, bytes], dict[str, Any]] | None:
+        """The blobs of an entry and its meta, or None if absent. A damaged entry is removed with a warning."""
+        entry = self._entry(key)
+        meta = self.meta(key)
+        if meta is None:
+            if entry.exists():
+                self._discard(key, "its meta.json is missing or unreadable")
+            return None
+        blobs: dict[str, bytes] = {}
+        for blob in meta.get("blobs", []):
+            try:
+                data = (entry / blob["file"]).read_bytes()
+            except OSError:
+                self._discard(key, f"blob {blob['name']!r} is missing")
+                return None
+            if len(data) != blob["size"] or hashlib.sha256(data).hexdigest() != blob["sha256"]:
+                self._discard(key, f"blob {blob['name']!r} does not match its checksum")
+                return None
+            blobs[blob["name"]] = data
+        return blobs, meta
+
+    def put(self, key: str, blobs: dict[str, bytes], info: dict[str, Any] | None = None) -> None:
+        entry = self._entry(key)
+        if entry.exists():
+            return
+        tmp_root = self.base / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=key[:12] + ".", dir=tmp_root))
+        try:
+            listing = []
+            for i, (name, data) in enumerate(blobs.items()):
+                fname = f"{i}.bin"
+                with open(tmp / fname, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                listing.append({"name": name, "file": fname, "size": len(data),
+                                "sha256": hashlib.sha256(data).hexdigest()})
+            meta = {"key": key, "blobs": listing, **(info or {})}
+            with open(tmp / "meta.json", "w") as fh:
+                json.dump(meta, fh, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, entry)
+            except OSError:
+                if not entry.exists():  # anything other than "someone published it first" is a real failure
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _discard(self, key: str, why: str) -> None:
+        warnings.warn(f"cache entry {key[:12]} discarded: {why}; it will be recomputed", CacheWarning, stacklevel=3)
+        entry = self._entry(key)
+        trash = self.base / "tmp" / f"discard-{key[:12]}-{os.getpid()}"
+        try:
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(entry, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        except OSError:
+            shutil.rmtree(entry, ignore_errors=True)

@@ -1,0 +1,261 @@
+"""The command line: argument parsing and rendering only; the work is done by flowrun.api.
+
+Exit codes: 0 success, 1 a node failed at run time, 2 invalid workflow or usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from flowrun import __version__, api
+from flowrun.errors import FlowrunError, WorkflowInvalid
+from flowrun.execute.events import Events
+from flowrun.settings import Settings, default_cache_dir
+from flowrun.spec.sweep import Overrides
+
+_debug = bool(os.environ.get("FLOWRUN_DEBUG"))
+
+
+def _overrides(sets, sweeps, max_cells) -> Overrides:
+    return Overrides.parse(sets, sweeps, max_cells)
+
+
+def sweep_options(fn):
+    fn = click.option("--max-cells", type=click.IntRange(min=1), help="Allow a sweep of up to this many cells.")(fn)
+    fn = click.option("--sweep", "sweeps", multiple=True, metavar="NAME=A,B,...", help="Sweep NAME over these values.")(fn)
+    fn = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param (pins a swept one).")(fn)
+    fn = click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")(fn)
+    return fn
+
+
+def cache_options(fn):
+    fn = click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")(fn)
+    fn = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+                      help=f"Cache folder (default: $FLOWRUN_CACHE_DIR or {default_cache_dir()}).")(fn)
+    return fn
+
+
+def _settings(cache_dir, no_cache, out=None, plugins=()) -> Settings:
+    s = Settings(out_dir=out, use_cache=not no_cache, plugins=tuple(plugins))
+    if cache_dir is not None:
+        s.cache_dir = cache_dir
+    return s
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flowrun")
+@click.option("--debug", is_flag=True, help="Show tracebacks for failures.")
+def cli(debug: bool) -> None:
+    """flowrun: reproducible latent-diffusion workflows from YAML."""
+    global _debug
+    _debug = _debug or debug
+
+
+class ConsoleEvents(Events):
+    """Node-by-node progress on stderr, with step counts inside long nodes on a terminal."""
+
+    def __init__(self, quiet: bool = False, cell_names=None):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.label = ""
+        self.cell_names = cell_names or []
+
+    def node_start(self, task, index, total):
+        cells = ""
+        if len(self.cell_names) > 1:
+            first = self.cell_names[task.cells[0]]
+            cells = f" {first}" + (f" +{len(task.cells) - 1}" if len(task.cells) > 1 else "")
+        self.label = f"[{index}/{total}] {task.node_id} ({task.type_name}){cells}"
+
+    def node_step(self, task, step, total):
+        if self.tty and not self.quiet:
+            sys.stderr.write(f"\r{self.label} step {step}/{total}")
+            sys.stderr.flush()
+
+    def node_end(self, task, status, seconds):
+        if not self.quiet:
+            sys.stderr.write(f"\r{self.label} {status} {seconds:.2f}s\x1b[K\n" if self.tty
+                             else f"{self.label} {status} {seconds:.2f}s\n")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@sweep_options
+@cache_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: out/<workflow name>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run manifest as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, out, as_json, quiet):
+    """Run a workflow: every cell of its sweep, reusing cached nodes."""
+    resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
+    result = api.run(resolved, _settings(cache_dir, no_cache, out, plugins), events=ConsoleEvents(quiet or as_json, [c.label for c in resolved.cells]))
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2))
+    elif not quiet:
+        counts = {}
+        for n in result.manifest["nodes"]:
+            counts[n["status"]] = counts.get(n["status"], 0) + 1
+        summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        click.echo(f"{len(result.files)} file(s) in {result.out_dir} ({summary}); manifest: {result.manifest_path}")
+    return 0
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@sweep_options
+def validate(files, sets, sweeps, max_cells, plugins):
+    """Check workflows without running anything (imports no torch)."""
+    failed = 0
+    for f in files:
+        try:
+            resolved = api.load(f, _overrides(sets, sweeps, max_cells), plugins=plugins)
+        except WorkflowInvalid as exc:
+            failed += 1
+            click.echo(exc.render(), err=True)
+            continue
+        n = len(resolved.cells)
+        click.echo(f"ok {f}: {len(resolved.spec.nodes)} nodes, {n} cell{'s' if n != 1 else ''}")
+    return 2 if failed else 0
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@sweep_options
+@cache_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, as_json):
+    """Show the cells and, node by node in execution order, whether it runs or comes from the cache."""
+    resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
+    graph, steps = api.plan(resolved, _settings(cache_dir, no_cache, plugins=plugins))
+    all_cells = len(resolved.cells)
+
+    def cells_of(task):
+        labels = graph.cell_labels(task)
+        return "all" if len(labels) == all_cells and all_cells > 1 else ",".join(labels)
+
+    if as_json:
+        click.echo(json.dumps({
+            "cells": [{"index": c.index, "label": c.label, "values": c.values} for c in resolved.cells],
+            "nodes": [{"id": s.task.node_id, "type": s.task.type_name, "key": s.task.key, "action": s.action,
+                       "reason": s.reason, "cells": graph.cell_labels(s.task)} for s in steps],
+            "unused": graph.unused,
+        }, indent=2))
+        return 0
+    click.echo(f"{file}: {all_cells} cell{'s' if all_cells != 1 else ''}")
+    for c in resolved.cells:
+        click.echo(f"  {c.index:>3}  {c.label}")
+    click.echo("nodes, in execution order:")
+    width = max((len(s.task.node_id) for s in steps), default=4)
+    for s in steps:
+        click.echo(f"  {s.action:<6}  {s.task.node_id:<{width}}  {s.task.type_name:<20} cells: {cells_of(s.task):<16} {s.reason}")
+    counts = {a: sum(1 for s in steps if s.action == a) for a in ("run", "cached", "skip")}
+    click.echo(f"{len(steps)} nodes: {counts['run']} to run, {counts['cached']} cached, {counts['skip']} not needed")
+    if graph.unused:
+        click.echo(f"not connected to any output (never run): {', '.join(graph.unused)}")
+    return 0
+
+
+@cli.command()
+@click.argument("types", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
+def nodes(types, as_json, plugins):
+    """List node types with their inputs, outputs, defaults and ranges."""
+    reg = api.registry(plugins)
+    names = list(types) or reg.names()
+    unknown = [n for n in names if n not in reg]
+    if unknown:
+        raise click.UsageError(f"unknown node type(s): {', '.join(unknown)}")
+    described = [_describe_node(reg.nodes[n]) for n in names]
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return 0
+    for d in described:
+        click.echo(f"{d['type']}  [{d['category']}]  {d['description']}")
+        for name, i in d["inputs"].items():
+            click.echo(f"    in    {name}: {i['type']}{' (optional)' if i['optional'] else ''}")
+        for name, f in d["fields"].items():
+            extra = "".join(f", {k} {v}" for k, v in f.items() if k in ("minimum", "maximum") and v is not None)
+            choices = f", one of: {', '.join(map(str, f['enum']))}" if f.get("enum") else ""
+            default = f" = {f['default']!r}" if "default" in f else " (required)"
+            click.echo(f"    with  {name}: {f['type']}{default}{extra}{choices}")
+        for name, t in d["outputs"].items():
+            click.echo(f"    out   {name}: {t}")
+    return 0
+
+
+def _describe_node(nd) -> dict:
+    schema = nd.params.model_json_schema()
+    required = set(schema.get("required", []))
+    fields = {}
+    for name, prop in schema.get("properties", {}).items():
+        entry = {"type": nd.widget_type(name), "minimum": prop.get("minimum"), "maximum": prop.get("maximum")}
+        if "enum" in prop:
+            entry["enum"] = prop["enum"]
+        if name not in required:
+            entry["default"] = prop.get("default")
+        if prop.get("description"):
+            entry["description"] = prop["description"]
+        fields[name] = entry
+    return {
+        "type": nd.type_name, "category": nd.category, "description": nd.description, "version": nd.version,
+        "output_node": nd.output,
+        "inputs": {n: {"type": i.type, "optional": i.optional} for n, i in nd.inputs.items()},
+        "fields": fields, "outputs": dict(nd.outputs),
+    }
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write (default: schemas/workflow.schema.json).")
+@click.option("--check", is_flag=True, help="Exit 1 if the file is not current, write nothing.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Include node types from MODULE.")
+def schema(out, check, plugins):
+    """Write the JSON Schema of workflow files (for editors' YAML language server)."""
+    from flowrun.spec.schema import SCHEMA_PATH, schema_text
+
+    path = out or Path(SCHEMA_PATH)
+    text = schema_text(api.registry(plugins))
+    if check:
+        current = path.read_text() if path.exists() else ""
+        if current != text:
+            click.echo(f"{path} is out of date; run `flowrun schema`", err=True)
+            return 1
+        click.echo(f"{path} is current")
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    click.echo(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the command, turning every failure into a message and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="flowrun", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = 2
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted", err=True)
+        code = 130
+    except FlowrunError as exc:
+        if _debug and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
+        click.echo(exc.render(), err=True)
+        code = exc.exit_code
+    except Exception as exc:  # a bug in flowrun or a library: say so plainly, traceback with --debug
+        if _debug:
+            traceback.print_exc()
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        code = 1
+    sys.exit(code or 0)

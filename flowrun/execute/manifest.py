@@ -1,0 +1,59 @@
+"""run.json: what a run did, cell by cell and node by node, written atomically into the output folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flowrun import __version__
+from flowrun.execute.runner import NodeRecord
+from flowrun.graph.build import Graph
+from flowrun.safepath import write_atomic
+
+MANIFEST = "run.json"
+
+
+def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str, started: datetime,
+                   seconds: float, error: str | None = None) -> dict[str, Any]:
+    resolved = graph.resolved
+    return {
+        "flowrun_version": __version__,
+        "python": platform.python_version(),
+        "workflow": {
+            "file": resolved.file,
+            "name": resolved.spec.name,
+            "sha256": hashlib.sha256(resolved.source.text.encode()).hexdigest(),
+        },
+        "status": status,
+        "error": error,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 4),
+        "cells": [{"index": c.index, "label": c.label, "values": c.values, "params": c.params}
+                  for c in resolved.cells],
+        "nodes": [
+            {
+                "id": r.task.node_id,
+                "type": r.task.type_name,
+                "key": r.task.key,
+                "cells": graph.cell_labels(r.task),
+                "status": r.status,
+                "seconds": round(r.seconds, 4),
+                "outputs": r.files,
+            }
+            for r in records.values()
+        ],
+    }
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(out_dir) / MANIFEST
+    write_atomic(path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    return path
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,140 @@
+"""Execute a plan: load what is cached, run what is not, write output files atomically, record everything."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from flowrun.cache.fingerprints import FileEnv
+from flowrun.cache.tiers import FILES, NodeCache
+from flowrun.errors import NodeError, RunFailed
+from flowrun.execute.context import RunContext
+from flowrun.execute.events import Events
+from flowrun.graph.build import Graph, Task
+from flowrun.graph.plan import RUN, Step
+from flowrun.safepath import inside, write_atomic
+
+EXECUTED, CACHED, SKIPPED, FAILED = "executed", "cached", "skipped", "failed"
+
+
+@dataclass
+class NodeRecord:
+    task: Task
+    status: str = SKIPPED
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+
+
+class Runner:
+    def __init__(self, graph: Graph, steps: list[Step], cache: NodeCache | None, out_dir: Path, files: FileEnv,
+                 events: Events | None = None):
+        self.graph, self.steps, self.cache = graph, steps, cache
+        self.out_dir = Path(out_dir)
+        self.files = files
+        self.events = events or Events()
+        self.records: dict[str, NodeRecord] = {s.task.key: NodeRecord(s.task) for s in steps}
+        self.live: dict[str, dict[str, Any]] = {}
+        # how many not-yet-run consumers still need each value; at zero it is released
+        self.pending: dict[str, int] = {}
+        for s in steps:
+            if s.action == RUN:
+                for up, _ in s.task.inputs.values():
+                    self.pending[up] = self.pending.get(up, 0) + 1
+        self._started = 0
+
+    def run(self) -> dict[str, NodeRecord]:
+        self.events.run_start(self.steps)
+        for step in self.steps:
+            if step.action == RUN or step.task.node_def.output:
+                self._ensure(step.task.key)
+        return self.records
+
+    def _ensure(self, key: str) -> dict[str, Any]:
+        """The outputs of task `key`: from this run, from the cache, or by running it (and, recursively,
+        whatever it needs). A cache entry that turns out unreadable is simply recomputed."""
+        if key in self.live:
+            return self.live[key]
+        task = self.graph.tasks[key]
+        record = self.records[key]
+        started = time.perf_counter()
+        value = self.cache.load(key, task.out_types) if self.cache is not None else None
+        if value is not None:
+            self._announce(task)
+            record.status = CACHED
+        else:
+            inputs = {name: self._ensure(up)[out] for name, (up, out) in task.inputs.items()}
+            self._announce(task)
+            try:
+                value = self._execute(task, inputs)
+            except RunFailed:
+                record.status = FAILED
+                record.seconds = time.perf_counter() - started
+                raise
+            record.status = EXECUTED
+            if self.cache is not None:
+                self.cache.store(key, value, task.out_types,
+                                 {"node": task.node_id, "type": task.type_name, "cells": self.graph.cell_labels(task)})
+            for up, _ in task.inputs.values():
+                self._release(up)
+        if task.node_def.output:
+            record.files = self._publish(task, value[FILES])
+        elif self.pending.get(key, 0) > 0:
+            self.live[key] = value
+        record.seconds = time.perf_counter() - started
+        self.events.node_end(task, record.status, record.seconds)
+        return value
+
+    def _announce(self, task: Task) -> None:
+        self._started += 1
+        self.events.node_start(task, self._started, sum(1 for s in self.steps if s.action != "skip"))
+
+    def _release(self, key: str) -> None:
+        self.pending[key] = self.pending.get(key, 1) - 1
+        if self.pending[key] <= 0:
+            self.live.pop(key, None)
+
+    def _execute(self, task: Task, inputs: dict[str, Any]) -> dict[str, Any]:
+        nd = task.node_def
+        cells = self.graph.cell_labels(task)
+        widget_values = {k: v for k, v in inputs.items() if k not in nd.inputs}
+        port_values = {k: v for k, v in inputs.items() if k in nd.inputs}
+        try:
+            params = nd.params.model_validate({**task.literals, **widget_values})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = err["loc"][0] if err["loc"] else "?"
+            raise RunFailed(task.node_id, nd.type_name, cells,
+                            f"value for '{name}' from its link is invalid: {err['msg']} (got {err.get('input')!r})") from None
+        ctx = RunContext(task, cells, self.events, self.files)
+        try:
+            result = nd(params, ctx, **port_values)
+        except NodeError as exc:
+            raise RunFailed(task.node_id, nd.type_name, cells, str(exc)) from exc
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            raise RunFailed(task.node_id, nd.type_name, cells, f"{type(exc).__name__}: {exc}") from exc
+        if nd.output:
+            return {FILES: ctx.saved}
+        outs = list(nd.outputs)
+        if len(outs) == 1 and not (isinstance(result, dict) and set(result) == set(outs)):
+            return {outs[0]: result}
+        if not isinstance(result, dict) or set(result) != set(outs):
+            raise RunFailed(task.node_id, nd.type_name, cells,
+                            f"implementation returned {type(result).__name__}, expected outputs {outs}")
+        return result
+
+    def _publish(self, task: Task, files: dict[str, bytes]) -> list[str]:
+        written = []
+        for name, data in files.items():
+            try:
+                path = inside(self.out_dir, name)
+            except ValueError as exc:
+                raise RunFailed(task.node_id, task.type_name, self.graph.cell_labels(task), str(exc)) from None
+            write_atomic(path, data)
+            written.append(name)
+        return written

@@ -1,0 +1,165 @@
+"""Build one networkx graph from all cells: identical nodes merge, each node gets its cache key.
+
+A node's key covers its type, version, literals, fingerprints and its upstream keys, so two cells share a
+node exactly when everything that node depends on is the same (a 4-seed sweep loads its checkpoint once).
+Only nodes that lead to an output node are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import yaml
+
+from flowrun import __version__
+from flowrun.cache.fingerprints import FileEnv
+from flowrun.cache.keys import digest, node_key
+from flowrun.errors import FlowrunError
+from flowrun.graph.resolve import Resolved
+from flowrun.nodes.registry import NodeDef
+from flowrun.spec.templating import referenced_names
+
+
+@dataclass
+class Task:
+    """A unit of execution: one graph node, shared by every cell in `cells`."""
+
+    key: str
+    node_id: str
+    node_def: NodeDef
+    literals: dict[str, Any]
+    inputs: dict[str, tuple[str, str]]  # input name -> (upstream task key, output name)
+    cells: list[int] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    output_suffix: str = ""
+    provenance: dict[str, Any] | None = None
+
+    @property
+    def out_types(self) -> dict[str, str] | None:
+        """Port types of the outputs; None for an output node, whose result is the files it writes."""
+        return None if self.node_def.output else dict(self.node_def.outputs)
+
+    @property
+    def type_name(self) -> str:
+        return self.node_def.type_name
+
+
+@dataclass
+class Graph:
+    resolved: Resolved
+    g: nx.DiGraph
+    tasks: dict[str, Task]
+    order: list[str]  # task keys, in execution order
+    unused: list[str]  # node ids that lead to no output node
+
+    def cell_labels(self, task: Task) -> list[str]:
+        return [self.resolved.cells[i].label for i in task.cells]
+
+
+def _resolved_yaml(resolved: Resolved, cell: int, node_ids: list[str]) -> str:
+    """The cell's subgraph as a workflow file with every template already rendered."""
+    spec = resolved.spec
+    inst = resolved.instances[cell]
+    nodes = {}
+    for nid in node_ids:
+        i = inst[nid]
+        entry: dict[str, Any] = {"type": i.node_def.type_name}
+        if i.links:
+            entry["in"] = {k: f"{l.node}.{l.output}" for k, l in i.links.items()}
+        if i.literals:
+            entry["with"] = i.literals
+        nodes[nid] = entry
+    doc: dict[str, Any] = {"version": 1}
+    if spec.name:
+        doc["name"] = spec.name
+    doc["nodes"] = nodes
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+
+
+def build(resolved: Resolved, env: FileEnv) -> Graph:
+    spec = resolved.spec
+    g = nx.DiGraph()
+    tasks: dict[str, Task] = {}
+    position = {nid: i for i, nid in enumerate(spec.nodes)}
+    uses = {nid: referenced_names(ns.with_) for nid, ns in spec.nodes.items()}
+    output_ids = [nid for nid in resolved.order if resolved.registry.get(spec.nodes[nid].type).output]
+    ancestors_of: dict[str, list[str]] = {}
+    static = nx.DiGraph()
+    static.add_nodes_from(resolved.order)
+    for nid, inst in resolved.instances[0].items():
+        static.add_edges_from((l.node, nid) for l in inst.links.values())
+    for nid in output_ids:
+        ups = nx.ancestors(static, nid) | {nid}
+        ancestors_of[nid] = [n for n in resolved.order if n in ups]
+    needed = set().union(*ancestors_of.values()) if ancestors_of else set()
+
+    for ci, cell in enumerate(resolved.cells):
+        keys: dict[str, str] = {}
+        for nid in resolved.order:
+            if nid not in needed:
+                continue
+            inst = resolved.instances[ci][nid]
+            nd = inst.node_def
+            inputs = {name: (keys[l.node], l.output) for name, l in inst.links.items()}
+            prints: dict[str, str] = {}
+            if nd.fingerprint is not None:
+                try:
+                    prints = dict(nd.fingerprint(inst.literals, env))
+                except (OSError, ValueError) as exc:
+                    raise FlowrunError(f"node '{nid}' ({nd.type_name}): {exc}") from None
+            provenance = None
+            if nd.output:
+                sub = ancestors_of[nid]
+                used = set().union(*(uses[n] for n in sub))
+                provenance = {
+                    "flowrun": __version__,
+                    "workflow": spec.name or resolved.file,
+                    "params": {k: v for k, v in cell.params.items() if k in used},
+                    "resolved": _resolved_yaml(resolved, ci, sub),
+                }
+            key = node_key(node_type=nd.type_name, version=nd.version, literals=inst.literals, inputs=inputs,
+                           fingerprints=prints, extra={"provenance": digest(provenance)} if provenance else None)
+            keys[nid] = key
+            task = tasks.get(key)
+            if task is None:
+                task = tasks[key] = Task(key, nid, nd, inst.literals, inputs, [], prints, provenance=provenance)
+                g.add_node(key, task=task)
+                for name, (up, out) in inputs.items():
+                    g.add_edge(up, key, input=name, output=out)
+            if ci not in task.cells:
+                task.cells.append(ci)
+
+    for old, task in _disambiguate_outputs(resolved, tasks):
+        # file names are part of an output node's result, so its key covers the suffix (sinks: no edges out)
+        task.key = digest([old, task.output_suffix])
+        del tasks[old]
+        tasks[task.key] = task
+        g = nx.relabel_nodes(g, {old: task.key}, copy=False)
+    order = list(nx.lexicographical_topological_sort(
+        g, key=lambda k: (tasks[k].cells[0], position[tasks[k].node_id])))
+    unused = [nid for nid in spec.nodes if nid not in needed]
+    return Graph(resolved, g, tasks, order, unused)
+
+
+def _disambiguate_outputs(resolved: Resolved, tasks: dict[str, Task]) -> list[tuple[str, Task]]:
+    """Output nodes that would write the same file names (same type and literals, different content)
+    get a suffix: the node id when several nodes collide, the first cell's label when cells do."""
+    changed: list[tuple[str, Task]] = []
+    groups: dict[str, list[Task]] = {}
+    for task in tasks.values():
+        if task.node_def.output:
+            groups.setdefault(digest([task.type_name, task.literals]), []).append(task)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        several_ids = len({t.node_id for t in group}) > 1
+        for task in group:
+            same_id = sum(1 for t in group if t.node_id == task.node_id) > 1
+            suffix = f"_{task.node_id}" if several_ids else ""
+            if same_id:
+                suffix += f"_{resolved.cells[task.cells[0]].label}"
+            task.output_suffix = suffix
+            changed.append((task.key, task))
+    return changed

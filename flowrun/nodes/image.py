@@ -1,0 +1,117 @@
+"""Image nodes that need no model: solid images, inversion, blending, and SaveImage with provenance.
+
+IMAGE values are float32 numpy arrays shaped [batch, height, width, channels] with values in 0..1 (ComfyUI's
+layout and range, held in numpy so that image work needs no torch).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from flowrun.errors import NodeError
+from flowrun.nodes import ports
+from flowrun.nodes.registry import NodeParams, node
+from flowrun.safepath import relative_name_problem
+
+MAX_RESOLUTION = 16384
+
+
+class EmptyImageParams(NodeParams):
+    width: int = Field(512, ge=1, le=MAX_RESOLUTION)
+    height: int = Field(512, ge=1, le=MAX_RESOLUTION)
+    batch_size: int = Field(1, ge=1, le=4096)
+    color: int = Field(0, ge=0, le=0xFFFFFF, description="0xRRGGBB")
+
+
+@node("EmptyImage", params=EmptyImageParams, outputs={"image": ports.IMAGE}, category="image")
+def empty_image(p: EmptyImageParams, ctx):
+    """A batch of images filled with one colour."""
+    import numpy as np
+
+    rgb = [((p.color >> shift) & 0xFF) / 255.0 for shift in (16, 8, 0)]
+    return np.broadcast_to(np.asarray(rgb, dtype=np.float32), (p.batch_size, p.height, p.width, 3)).copy()
+
+
+@node("ImageInvert", inputs={"image": ports.IMAGE}, outputs={"image": ports.IMAGE}, category="image")
+def image_invert(p, ctx, *, image):
+    """1 - image, channel by channel."""
+    return (1.0 - image).astype(image.dtype)
+
+
+BlendMode = Literal["normal", "multiply", "screen", "overlay", "soft_light", "difference"]
+
+
+class ImageBlendParams(NodeParams):
+    blend_factor: float = Field(0.5, ge=0.0, le=1.0)
+    blend_mode: BlendMode = "normal"
+
+
+@node("ImageBlend", params=ImageBlendParams, inputs={"image1": ports.IMAGE, "image2": ports.IMAGE},
+      outputs={"image": ports.IMAGE}, category="image/postprocessing")
+def image_blend(p: ImageBlendParams, ctx, *, image1, image2):
+    """Blend image2 onto image1 with one of ComfyUI's blend modes, then mix by blend_factor."""
+    import numpy as np
+
+    if image1.shape[1:3] != image2.shape[1:3]:
+        raise NodeError(f"image sizes differ: image1 is {image1.shape[2]}x{image1.shape[1]}, "
+                        f"image2 is {image2.shape[2]}x{image2.shape[1]}; scale one of them first")
+    a, b = image1, image2[..., : image1.shape[-1]]
+    if p.blend_mode == "normal":
+        mixed = b
+    elif p.blend_mode == "multiply":
+        mixed = a * b
+    elif p.blend_mode == "screen":
+        mixed = 1 - (1 - a) * (1 - b)
+    elif p.blend_mode == "overlay":
+        mixed = np.where(a <= 0.5, 2 * a * b, 1 - 2 * (1 - a) * (1 - b))
+    elif p.blend_mode == "soft_light":
+        g = np.where(a <= 0.25, ((16 * a - 12) * a + 4) * a, np.sqrt(a))
+        mixed = np.where(b <= 0.5, a - (1 - 2 * b) * a * (1 - a), a + (2 * b - 1) * (g - a))
+    else:  # difference
+        mixed = a - b
+    out = a * (1 - p.blend_factor) + mixed * p.blend_factor
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+class SaveImageParams(NodeParams):
+    filename_prefix: str = Field("flowrun", min_length=1, max_length=200,
+                                 description="File name without extension, below the run's output folder.")
+
+    @field_validator("filename_prefix")
+    @classmethod
+    def _inside_output_folder(cls, v: str) -> str:
+        problem = relative_name_problem(v)
+        if problem:
+            raise ValueError(f"the prefix would not stay in the output folder: {problem}")
+        return v
+
+
+def to_png(array, text: dict[str, str]) -> bytes:
+    """One HxWxC float image as PNG bytes with text chunks; quantised as ComfyUI does (truncating)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    pixels = np.clip(255.0 * array, 0, 255).astype(np.uint8)
+    if pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_itxt(key, value)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info, compress_level=6)
+    return buf.getvalue()
+
+
+@node("SaveImage", params=SaveImageParams, inputs={"images": ports.IMAGE}, outputs={}, output=True, category="image")
+def save_image(p: SaveImageParams, ctx, *, images):
+    """Write each image as a PNG carrying the resolved workflow and the cell's params."""
+    stem = ctx.output_stem(p.filename_prefix)
+    text = ctx.provenance_text()
+    for i, array in enumerate(images):
+        name = f"{stem}.png" if len(images) == 1 else f"{stem}-{i:02d}.png"
+        ctx.save(name, to_png(array, text))

@@ -1,0 +1,33 @@
+"""Where things live: output folder, cache folder, and how much the caches may hold."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowrun.cache.memory import DEFAULT_MAX_BYTES
+
+CACHE_ENV = "FLOWRUN_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """$FLOWRUN_CACHE_DIR, else $XDG_CACHE_HOME/flowrun, else ~/.cache/flowrun."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "flowrun"
+
+
+def default_out_dir(workflow_file: str) -> Path:
+    """out/<workflow file name without .yaml>, relative to the current folder."""
+    return Path("out") / Path(workflow_file).stem
+
+
+@dataclass
+class Settings:
+    out_dir: Path | None = None  # None: default_out_dir(workflow)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    use_cache: bool = True
+    memory_bytes: int = DEFAULT_MAX_BYTES
+    plugins: tuple[str, ...] = ()

@@ -1,0 +1,57 @@
+"""The workflow document as pydantic models: the shape of the YAML file, before any node is looked up."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+LINK_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RangeAxis(_Strict):
+    """Values from a range: [start, stop] or [start, stop, step]; stop is excluded, as in Python's range."""
+
+    range: list[Union[int, float]] = Field(min_length=2, max_length=3)
+
+
+AxisValues = Union[list[Any], RangeAxis]
+
+
+class SweepSpec(_Strict):
+    """How the workflow expands into cells."""
+
+    grid: dict[str, AxisValues] = Field(default_factory=dict, description="Axes crossed as a cartesian product.")
+    zip: dict[str, AxisValues] = Field(default_factory=dict,
+                                       description="Axes paired index by index (equal lengths), crossed with the grid.")
+
+
+class NodeSpec(_Strict):
+    """One node: its type, its links (`in`) and its literals (`with`)."""
+
+    type: str = Field(description="Node type, named as in ComfyUI (for example KSampler).")
+    in_: dict[str, str] = Field(default_factory=dict, alias="in",
+                                description="Links only: `node.output`, or `node` when it has one output.")
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with",
+                                  description="Literals only; strings may hold jinja templates.")
+
+
+class WorkflowSpec(_Strict):
+    """A flowrun workflow file."""
+
+    version: Literal[1] = Field(description="Format version of the workflow file.")
+    name: str | None = Field(None, description="A short name for the workflow.")
+    description: str | None = Field(None, description="What the workflow makes.")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="Typed defaults, used through jinja and overridden with --set.")
+    sweep: SweepSpec | None = Field(None, description="Optional expansion of the workflow into cells.")
+    nodes: dict[str, NodeSpec] = Field(min_length=1, description="The nodes, by id.")
+
+
+TOP_LEVEL_KEYS = tuple(f.alias or n for n, f in WorkflowSpec.model_fields.items())
+NODE_KEYS = ("type", "in", "with")
