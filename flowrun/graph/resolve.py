@@ -241,7 +241,7 @@ def resolve(spec: WorkflowSpec, source: Source, registry: Registry, overrides: O
                 cell_problems += [_param_problem(e, nd, nid, source) for e in errs]
                 literals = dict(rendered)
             for p in cell_problems:
-                k = (p.kind, p.message, p.location, p.node, p.field)
+                k = (p.kind, p.location, p.node, p.field)  # one report per spot, naming the cells it fails in
                 found.setdefault(k, p)
                 per_cell.setdefault(k, []).append(cell.label)
             instances[nid] = Instance(nid, nd, {k: v for k, v in literals.items() if k not in linked}, links[nid])

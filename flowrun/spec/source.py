@@ -20,6 +20,7 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_VALUES = 200_000  # values after alias expansion; a "billion laughs" document stops here
 MAX_DEPTH = 64
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -66,6 +67,9 @@ class _Walker:
         if len(path) > MAX_DEPTH:
             raise _TooBig(f"the document nests deeper than {MAX_DEPTH} levels")
         self.value_marks.setdefault(path, _loc(self.file, node.start_mark))
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+            raise yaml.constructor.ConstructorError(None, None, f"the tag {node.tag!r} is not allowed",
+                                                    node.start_mark)
         if isinstance(node, yaml.MappingNode):
             self.loader.flatten_mapping(node)  # resolves `<<` merge keys the way safe_load does
             out: dict[str, Any] = {}

@@ -155,7 +155,7 @@ def expand(spec: WorkflowSpec, source: Source, overrides: Overrides | None = Non
     both = set(axes["zip"]) & set(axes["grid"])
     for name in sorted(both):
         problems.append(Problem("sweep", f"'{name}' is both a zip and a grid axis",
-                                here("sweep", "zip", name), field=name))
+                                source.where(("sweep", "zip", name), key=True), field=name))
 
     # --sweep replaces or adds an axis; --set pins an axis or overrides a param.
     for name, raw in overrides.sweeps.items():

@@ -34,6 +34,10 @@ def _concat(values):
     if not parts:
         return ""
     if len(parts) == 1:
+        from jinja2 import Undefined
+
+        if isinstance(parts[0], Undefined):
+            str(parts[0])  # StrictUndefined raises its UndefinedError here, naming the missing variable
         return parts[0]
     return "".join(str(p) for p in parts)
 

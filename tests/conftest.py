@@ -1,0 +1,63 @@
+"""Shared helpers: the engine's test nodes as a plugin, workflow files in tmp folders, the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+os.environ["FLOWRUN_PLUGINS"] = "engine_nodes"  # tests/engine_nodes.py: small pure-Python nodes
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, tmp_path, monkeypatch):
+    """Run `flowrun ARGS...` in this process, in tmp_path, with a private cache folder."""
+    from flowrun.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLOWRUN_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def workflow(tmp_path):
+    """Write a workflow (dedented YAML) into tmp_path and return its path."""
+
+    def write(text: str, name: str = "wf.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        return path
+
+    return write
+
+
+def flowrun_process(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m flowrun ARGS...` in a fresh process (the test nodes on its path)."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "flowrun", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
