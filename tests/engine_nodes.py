@@ -8,6 +8,7 @@ from pydantic import Field
 
 from flowrun.errors import NodeError
 from flowrun.nodes import ports
+from flowrun.nodes.image import SaveImageParams
 from flowrun.nodes.registry import Input, NodeParams, node
 
 
@@ -118,7 +119,7 @@ def fail(p, ctx, *, text):
     raise RuntimeError(p.message)
 
 
-class WriteParams(NodeParams):
+class WriteParams(SaveImageParams):  # the same path rules as SaveImage
     filename_prefix: str = "out"
 
 

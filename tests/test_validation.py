@@ -153,11 +153,16 @@ def test_ambiguous_link_lists_outputs(workflow):
 
 def test_all_problems_reported_together_sorted(workflow):
     path = workflow(GOOD.replace("type: Text", "type: Txet").replace("in: {text: a}", "in: {text: a, x: a}")
+                    .replace("    in: {text: a, x: a}\n", "    in: {text: a, x: a}\n    with: {filename_prefix: ../up}\n")
                     + "sweep:\n  grid: {zz: [1]}\n")
     with pytest.raises(WorkflowInvalid) as info:
         _load(path)
     kinds = [p.kind for p in info.value.problems]
-    assert {"unknown-node-type", "unknown-input", "unused-axis"} <= set(kinds)
+    assert {"unknown-node-type", "unknown-input", "unused-axis", "invalid-value"} <= set(kinds)
+    (bad_prefix,) = [p for p in info.value.problems if p.kind == "invalid-value"]
+    assert bad_prefix.message == "the prefix would not stay in the output folder: it contains '..' and would " \
+                                 "leave its folder, got the text \"../up\""
+    assert (bad_prefix.node, bad_prefix.field) == ("out", "filename_prefix")
     lines = [p.location.line for p in info.value.problems if p.location]
     assert lines == sorted(lines)
     rendered = info.value.render()

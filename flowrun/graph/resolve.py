@@ -193,7 +193,7 @@ def _param_problem(err: dict, nd: NodeDef, nid: str, source: Source) -> Problem:
         listing = f"valid: {list_choices([str(c) for c in choices], 20)}"
         return Problem("invalid-choice", f"{describe(value)} is not a valid {name}", source.where(path),
                        node=nid, field=name, hint=f"{hint} {listing}" if hint else listing)
-    msg = err["msg"][0].lower() + err["msg"][1:]
+    msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"][0].lower() + err["msg"][1:]
     return Problem("invalid-value", f"{msg}, got {describe(value)}", source.where(path), node=nid, field=name)
 
 
@@ -213,16 +213,17 @@ def resolve(spec: WorkflowSpec, source: Source, registry: Registry, overrides: O
         cells = expand(spec, source, overrides)
     except WorkflowInvalid as exc:
         raise WorkflowInvalid(problems + exc.problems) from None
-    if problems:
-        raise WorkflowInvalid(problems)
 
+    # literals are checked even when the structure has problems, so that one pass reports everything
     per_cell: dict[tuple, list[str]] = {}
     found: dict[tuple, Problem] = {}
     resolved = Resolved(source, spec, registry, cells, order)
     for cell in cells:
         instances: dict[str, Instance] = {}
-        for nid in order:
+        for nid in order if not problems else list(spec.nodes):
             ns, nd = spec.nodes[nid], registry.get(spec.nodes[nid].type)
+            if nd is None:
+                continue
             cell_problems: list[Problem] = []
             rendered: dict[str, Any] = {}
             for name, value in ns.with_.items():
@@ -231,7 +232,7 @@ def resolve(spec: WorkflowSpec, source: Source, registry: Registry, overrides: O
                 except TemplateProblem as exc:
                     cell_problems.append(Problem("template", str(exc), source.where(("nodes", nid, "with", name)),
                                                  node=nid, field=name))
-            linked = set(links[nid]) & set(nd.params.model_fields)
+            linked = set(links.get(nid, {})) & set(nd.params.model_fields)
             literals: dict[str, Any] = {}
             try:
                 literals = nd.params.model_validate(rendered).model_dump(mode="json")
@@ -244,14 +245,14 @@ def resolve(spec: WorkflowSpec, source: Source, registry: Registry, overrides: O
                 k = (p.kind, p.location, p.node, p.field)  # one report per spot, naming the cells it fails in
                 found.setdefault(k, p)
                 per_cell.setdefault(k, []).append(cell.label)
-            instances[nid] = Instance(nid, nd, {k: v for k, v in literals.items() if k not in linked}, links[nid])
+            instances[nid] = Instance(nid, nd, {k: v for k, v in literals.items() if k not in linked},
+                                      links.get(nid, {}))
         resolved.instances.append(instances)
-    if found:
-        n = len(cells)
-        out = []
-        for k, p in found.items():
-            labels = per_cell[k]
-            cells_named = () if n == 1 or len(labels) == n else tuple(labels)
-            out.append(Problem(p.kind, p.message, p.location, p.node, p.field, p.hint, cells_named))
-        raise WorkflowInvalid(out)
+    n = len(cells)
+    for k, p in found.items():
+        labels = per_cell[k]
+        cells_named = () if n == 1 or len(labels) == n else tuple(labels)
+        problems.append(Problem(p.kind, p.message, p.location, p.node, p.field, p.hint, cells_named))
+    if problems:
+        raise WorkflowInvalid(problems)
     return resolved
