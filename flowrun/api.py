@@ -51,7 +51,8 @@ def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins
 def _file_env(resolved: "Resolved", settings: Settings):
     from flowrun.cache.fingerprints import FileEnv
 
-    return FileEnv(Path(resolved.file).resolve().parent, settings.cache_dir if settings.use_cache else None)
+    return FileEnv(Path(resolved.file).resolve().parent, settings.cache_dir if settings.use_cache else None,
+                   settings.models_dirs, settings.allow_pickle, settings.device)
 
 
 def _cache(settings: Settings, memory: "MemoryCache | None" = None):

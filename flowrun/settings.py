@@ -31,3 +31,6 @@ class Settings:
     use_cache: bool = True
     memory_bytes: int = DEFAULT_MAX_BYTES
     plugins: tuple[str, ...] = ()
+    models_dirs: tuple[str, ...] = ()  # searched before $FLOWRUN_MODELS, models/ beside the workflow, bundled models
+    allow_pickle: bool = False  # load .ckpt/.pt checkpoints (with torch.load(weights_only=True))
+    device: str | None = None  # torch device for models; None: cuda if available, else cpu

@@ -38,7 +38,51 @@ def _array_decode(data: bytes) -> Any:
     return load(data)["array"]
 
 
+def _flatten(value: Any, tensors: dict) -> Any:
+    """Replace every tensor in a nest of lists and dicts by a reference; collect the tensors."""
+    if hasattr(value, "detach") and hasattr(value, "dtype"):
+        name = f"t{len(tensors)}"
+        tensors[name] = value.detach().cpu().contiguous()
+        return {"__tensor__": name}
+    if isinstance(value, dict):
+        return {"__dict__": [[k, _flatten(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"__list__": [_flatten(v, tensors) for v in value],
+                "tuple": isinstance(value, tuple)}
+    return value
+
+
+def _unflatten(node: Any, tensors: dict) -> Any:
+    if isinstance(node, dict):
+        if "__tensor__" in node:
+            return tensors[node["__tensor__"]]
+        if "__dict__" in node:
+            return {k: _unflatten(v, tensors) for k, v in node["__dict__"]}
+        if "__list__" in node:
+            items = [_unflatten(v, tensors) for v in node["__list__"]]
+            return tuple(items) if node.get("tuple") else items
+    return node
+
+
+def _torch_encode(value: Any) -> bytes:
+    from safetensors.torch import save
+
+    tensors: dict = {}
+    skeleton = _flatten(value, tensors)
+    return save(tensors, metadata={"flowrun": json.dumps(skeleton)})
+
+
+def _torch_decode(data: bytes) -> Any:
+    from safetensors.torch import load
+
+    tensors = load(data)
+    header_len = int.from_bytes(data[:8], "little")
+    meta = json.loads(data[8:8 + header_len]).get("__metadata__", {})
+    return _unflatten(json.loads(meta["flowrun"]), tensors)
+
+
 JSON = Codec("json", ".json", _json_encode, lambda b: json.loads(b))
+TORCH = Codec("safetensors-torch", ".safetensors", _torch_encode, _torch_decode)
 ARRAY = Codec("safetensors-numpy", ".safetensors", _array_encode, _array_decode)
 
 BY_PORT: dict[str, Codec] = {
@@ -48,6 +92,8 @@ BY_PORT: dict[str, Codec] = {
     ports.BOOLEAN: JSON,
     ports.IMAGE: ARRAY,
     ports.MASK: ARRAY,
+    ports.LATENT: TORCH,  # {"samples": tensor, ...}
+    ports.CONDITIONING: TORCH,  # [[tensor, {"pooled_output": tensor, "area": ..., ...}], ...]
 }
 
 

@@ -115,3 +115,74 @@ def save_image(p: SaveImageParams, ctx, *, images):
     for i, array in enumerate(images):
         name = f"{stem}.png" if len(images) == 1 else f"{stem}-{i:02d}.png"
         ctx.save(name, to_png(array, text))
+
+
+class LoadImageParams(NodeParams):
+    image: str = Field(min_length=1, description="Image file, relative to the workflow's folder.")
+
+    @field_validator("image")
+    @classmethod
+    def _inside_workflow_folder(cls, v: str) -> str:
+        problem = relative_name_problem(v)
+        if problem:
+            raise ValueError(f"the image path would leave the workflow's folder: {problem}")
+        return v
+
+
+def _image_fingerprint(literals, env) -> dict:
+    from flowrun.safepath import inside
+
+    return {"image": env.sha256(inside(env.workflow_dir, literals["image"]))}
+
+
+@node("LoadImage", params=LoadImageParams, outputs={"image": ports.IMAGE, "mask": ports.MASK}, category="image",
+      fingerprint=_image_fingerprint)
+def load_image(p: LoadImageParams, ctx):
+    """An RGB image and its mask (1 - alpha; zeros when the image has no alpha), as ComfyUI loads them."""
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from flowrun.safepath import inside
+
+    try:
+        with Image.open(inside(ctx.files.workflow_dir, p.image)) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode == "I":
+                im = im.point(lambda i: i * (1 / 255))
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            if "A" in im.getbands():
+                mask = 1.0 - np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
+            else:
+                mask = np.zeros((64, 64), dtype=np.float32)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise NodeError(f"cannot read image '{p.image}': {exc}") from None
+    return {"image": rgb[None], "mask": mask[None]}
+
+
+ScaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+
+
+class ImageScaleParams(NodeParams):
+    upscale_method: ScaleMethod = "nearest-exact"
+    width: int = Field(512, ge=0, le=MAX_RESOLUTION)
+    height: int = Field(512, ge=0, le=MAX_RESOLUTION)
+    crop: Literal["disabled", "center"] = "disabled"
+
+
+@node("ImageScale", params=ImageScaleParams, inputs={"image": ports.IMAGE}, outputs={"image": ports.IMAGE},
+      category="image/upscaling")
+def image_scale(p: ImageScaleParams, ctx, *, image):
+    """Resize images to width x height (0 keeps the aspect from the other side)."""
+    import numpy as np
+    import torch
+
+    from flowrun.nodes.latent import upscale
+
+    if p.width == 0 and p.height == 0:
+        return image
+    h, w = image.shape[1], image.shape[2]
+    width = p.width or max(1, round(w * p.height / h))
+    height = p.height or max(1, round(h * p.width / w))
+    samples = torch.from_numpy(np.ascontiguousarray(image)).movedim(-1, 1)
+    out = upscale(samples, width, height, p.upscale_method, p.crop)
+    return out.movedim(1, -1).numpy().astype(np.float32)

@@ -21,6 +21,10 @@ from flowrun.nodes import ports
 BUILTIN_MODULES = (
     "flowrun.nodes.primitives",
     "flowrun.nodes.image",
+    "flowrun.nodes.loaders",
+    "flowrun.nodes.conditioning",
+    "flowrun.nodes.latent",
+    "flowrun.nodes.sampling",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
 ENTRY_POINT_GROUP = "flowrun.nodes"

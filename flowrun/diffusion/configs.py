@@ -1,0 +1,122 @@
+"""Component configs of the model families, shipped so that loading never asks a hub for them.
+
+Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base), in the diffusers /
+transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
+configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SD1, SD2, SDXL = "sd1", "sd2", "sdxl"
+FAMILIES = (SD1, SD2, SDXL)
+
+_SD_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+    "act_fn": "silu", "sample_size": 512, "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "scaling_factor": 0.18215,
+}
+
+_CLIP_L = {
+    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+    "projection_dim": 768, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+}
+
+_OPEN_CLIP_H = {
+    "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+    "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+    "projection_dim": 1024, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+}
+
+_OPEN_CLIP_BIGG = {
+    "vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+    "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+    "projection_dim": 1280, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    SD1: {
+        "unet": {
+            "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+            "block_out_channels": [320, 640, 1280, 1280],
+            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+            "cross_attention_dim": 768, "attention_head_dim": 8, "norm_num_groups": 32,
+        },
+        "vae": _SD_VAE,
+        "text_encoders": [_CLIP_L],
+        "prediction_type": "epsilon",
+    },
+    SD2: {
+        "unet": {
+            "sample_size": 96, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+            "block_out_channels": [320, 640, 1280, 1280],
+            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+            "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True,
+            "norm_num_groups": 32,
+        },
+        "vae": {**_SD_VAE, "sample_size": 768},
+        "text_encoders": [_OPEN_CLIP_H],
+        "prediction_type": "v_prediction",
+    },
+    SDXL: {
+        "unet": {
+            "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+            "block_out_channels": [320, 640, 1280],
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
+            "cross_attention_dim": 2048, "use_linear_projection": True, "norm_num_groups": 32,
+            "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+            "projection_class_embeddings_input_dim": 2816,
+        },
+        "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
+        "text_encoders": [_CLIP_L, _OPEN_CLIP_BIGG],
+        "prediction_type": "epsilon",
+    },
+}
+
+
+@dataclass
+class ModelConfig:
+    """What a checkpoint is: its family, its component configs, and how it predicts."""
+
+    family: str
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoders: list[dict[str, Any]]
+    prediction_type: str = "epsilon"
+    source: str = "defaults"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def default(cls, family: str) -> "ModelConfig":
+        d = copy.deepcopy(DEFAULTS[family])
+        return cls(family, d["unet"], d["vae"], d["text_encoders"], d["prediction_type"], f"{family} defaults")
+
+    @classmethod
+    def from_sidecar(cls, path: Path, family: str) -> "ModelConfig":
+        """A `<checkpoint>.json` beside the file: any of unet/vae/text_encoders/prediction_type, the rest
+        taken from the family's defaults."""
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        family = data.get("family", family)
+        if family not in FAMILIES:
+            raise ValueError(f"{path}: unknown family {family!r} (known: {', '.join(FAMILIES)})")
+        base = cls.default(family)
+        return cls(family, data.get("unet", base.unet), data.get("vae", base.vae),
+                   data.get("text_encoders", base.text_encoders), data.get("prediction_type", base.prediction_type),
+                   str(path), {k: v for k, v in data.items() if k not in ("unet", "vae", "text_encoders")})
+
+    def as_json(self) -> dict[str, Any]:
+        return {"family": self.family, "prediction_type": self.prediction_type, "unet": self.unet, "vae": self.vae,
+                "text_encoders": self.text_encoders}

@@ -1,0 +1,154 @@
+"""Classifier-free guidance over CONDITIONING lists, with ComfyUI's regional (area) conditioning.
+
+Each conditioning entry is run on its area of the latent (the whole latent when it has none), weighted by
+its strength and feathered over 8 latent pixels at inner edges; overlapping predictions are averaged by
+weight. Positive and negative entries with the same area shape share one batched forward pass
+([negative..., positive...], as diffusers orders them). Then D = uncond + (cond - uncond) * cfg; with
+cfg = 1 the negative prompt is not run at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from flowrun.diffusion.configs import SDXL
+from flowrun.diffusion.model import DiffusionModel
+
+FEATHER = 8
+MAX_PAD_RATIO = 4  # contexts of different lengths are batched by repetition up to this ratio, as ComfyUI does
+
+
+@dataclass
+class Entry:
+    context: torch.Tensor  # [1, tokens, width]
+    area: tuple[int, int, int, int] | None  # (height, width, y, x) in latent pixels
+    strength: float
+    added: dict[str, torch.Tensor] | None
+    positive: bool
+
+
+def prepare(model: DiffusionModel, conditioning: list, latent: torch.Tensor, positive: bool) -> list[Entry]:
+    h, w = latent.shape[2], latent.shape[3]
+    entries = []
+    for cond, extra in conditioning:
+        area = extra.get("area")
+        if area is not None:
+            ah, aw, ay, ax = (int(v) for v in area)
+            ay, ax = min(ay, h - 1), min(ax, w - 1)
+            area = (max(1, min(ah, h - ay)), max(1, min(aw, w - ax)), ay, ax)
+        added = None
+        if model.family == SDXL:
+            pooled = extra.get("pooled_output")
+            if pooled is None:
+                pooled = torch.zeros(1, model.unet.config.projection_class_embeddings_input_dim - 6 * model.unet.config.addition_time_embed_dim)
+            height, width = extra.get("height", h * 8), extra.get("width", w * 8)
+            time_ids = torch.tensor([[height, width, extra.get("crop_h", 0), extra.get("crop_w", 0),
+                                      extra.get("target_height", height), extra.get("target_width", width)]],
+                                    dtype=torch.float32)
+            added = {"text_embeds": pooled.float(), "time_ids": time_ids}
+        entries.append(Entry(cond.float(), area, float(extra.get("strength", 1.0)), added, positive))
+    return entries
+
+
+def mirror_areas(positive: list[Entry], negative: list[Entry]) -> list[Entry]:
+    """Give each positive area a negative entry over the same area (from the smallest negative that covers
+    it, or one without area), so guidance compares like with like; as ComfyUI does."""
+    out = list(negative)
+    for p in positive:
+        if p.area is None:
+            continue
+        best = None
+        for n in negative:
+            if n.area is None:
+                best = best or n
+            elif _covers(n.area, p.area) and (best is None or best.area is None or
+                                               n.area[0] * n.area[1] < best.area[0] * best.area[1]):
+                best = n
+        if best is not None and best.area != p.area:
+            out.append(Entry(best.context, p.area, p.strength, best.added, False))
+    return out
+
+
+def _covers(outer, inner) -> bool:
+    return (inner[2] >= outer[2] and inner[3] >= outer[3] and outer[0] + outer[2] >= inner[0] + inner[2]
+            and outer[1] + outer[3] >= inner[1] + inner[3])
+
+
+def _mult(entry: Entry, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    h, w = x.shape[2], x.shape[3]
+    area = entry.area or (h, w, 0, 0)
+    ah, aw, ay, ax = area
+    mult = torch.ones((x.shape[0], x.shape[1], ah, aw), dtype=x.dtype, device=x.device) * entry.strength
+    if entry.area is not None:
+        for t in range(FEATHER):
+            f = (t + 1) / FEATHER
+            if ay != 0:
+                mult[:, :, t:t + 1, :] *= f
+            if ay + ah < h:
+                mult[:, :, ah - 1 - t:ah - t, :] *= f
+            if ax != 0:
+                mult[:, :, :, t:t + 1] *= f
+            if ax + aw < w:
+                mult[:, :, :, aw - 1 - t:aw - t] *= f
+    return mult, area
+
+
+def _pad_contexts(contexts: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    lengths = [c.shape[1] for c in contexts]
+    target = math.lcm(*lengths)
+    if target // min(lengths) > MAX_PAD_RATIO:
+        return None
+    return [c.repeat(1, target // c.shape[1], 1) for c in contexts]
+
+
+def _batches(entries: list[Entry]) -> list[list[Entry]]:
+    groups: list[list[Entry]] = []
+    for e in reversed(entries):
+        for g in groups:
+            shape = (g[0].area or ())[:2]
+            if (e.area or ())[:2] == shape and _pad_contexts([g[0].context, e.context]) is not None:
+                g.append(e)
+                break
+        else:
+            groups.append([e])
+    return groups
+
+
+def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry], cfg: float):
+    """D(x, sigma) with guidance, for the samplers."""
+    use_negative = not math.isclose(cfg, 1.0)
+    entries = positive + (mirror_areas(positive, negative) if use_negative else [])
+
+    def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = {True: torch.zeros_like(x), False: torch.zeros_like(x)}
+        count = {True: torch.full_like(x, 1e-37), False: torch.full_like(x, 1e-37)}
+        for group in _batches(entries):
+            xs, mults, areas = [], [], []
+            for e in group:
+                mult, area = _mult(e, x)
+                ah, aw, ay, ax = area
+                xs.append(x[:, :, ay:ay + ah, ax:ax + aw])
+                mults.append(mult)
+                areas.append(area)
+            n = len(group)
+            contexts = _pad_contexts([e.context for e in group])
+            batch_x = torch.cat(xs)
+            context = torch.cat([c.expand(x.shape[0], -1, -1) for c in contexts])
+            added = None
+            if group[0].added is not None:
+                added = {k: torch.cat([e.added[k].expand(x.shape[0], -1) for e in group]) for k in group[0].added}
+            preds = model(batch_x, torch.cat([sigma] * n), context, added).chunk(n)
+            for e, pred, mult, (ah, aw, ay, ax) in zip(group, preds, mults, areas):
+                out[e.positive][:, :, ay:ay + ah, ax:ax + aw] += pred * mult
+                count[e.positive][:, :, ay:ay + ah, ax:ax + aw] += mult
+        cond = out[True] / count[True]
+        if not use_negative:
+            return cond
+        uncond = out[False] / count[False]
+        return uncond + (cond - uncond) * cfg
+
+    return run

@@ -1,0 +1,103 @@
+"""Write diffusers-layout weights in the original Stable Diffusion (LDM) key layout.
+
+diffusers ships the LDM -> diffusers direction (`diffusers.loaders.single_file_utils`), which flowrun uses
+to load. The other direction is not in the library (only in a script of its repository), yet flowrun needs
+it to save single-file checkpoints: the test models and the bundled default model are written this way,
+so that they load through the very path users' checkpoints take. The mapping follows the LDM module
+structure: per resolution level `layers_per_block` resnets (+ attention) and a down/up-sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+           ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+_VAE_RESNET = [("conv_shortcut", "nin_shortcut")]
+_VAE_ATTN = [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
+
+
+def _swap_parts(key: str, pairs: list[tuple[str, str]]) -> str:
+    for new, old in pairs:
+        key = key.replace(f".{new}.", f".{old}.")
+    return key
+
+
+def unet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """diffusers UNet2DConditionModel weights -> `model.diffusion_model.*` keys."""
+    lpb = config.get("layers_per_block", 2)
+    downs, ups = config["down_block_types"], config["up_block_types"]
+    prefix_map: list[tuple[str, str]] = [
+        ("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
+        ("add_embedding.linear_1.", "label_emb.0.0."), ("add_embedding.linear_2.", "label_emb.0.2."),
+        ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
+        ("mid_block.attentions.0.", "middle_block.1."),
+    ]
+    for j in range(2):
+        prefix_map.append((f"mid_block.resnets.{j}.", f"middle_block.{2 * j}."))
+    for i, kind in enumerate(downs):
+        for j in range(lpb):
+            idx = (lpb + 1) * i + j + 1
+            prefix_map.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{idx}.0."))
+            if "CrossAttn" in kind:
+                prefix_map.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{idx}.1."))
+        if i < len(downs) - 1:
+            prefix_map.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(lpb + 1) * (i + 1)}.0.op."))
+    for i, kind in enumerate(ups):
+        for j in range(lpb + 1):
+            idx = (lpb + 1) * i + j
+            prefix_map.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{idx}.0."))
+            if "CrossAttn" in kind:
+                prefix_map.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{idx}.1."))
+        if i < len(ups) - 1:
+            slot = 2 if "CrossAttn" in kind else 1
+            prefix_map.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(lpb + 1) * i + lpb}.{slot}."))
+    out = {}
+    for key, value in state.items():
+        for new, old in prefix_map:
+            if key.startswith(new):
+                rest = key[len(new):]
+                if "resnets" in new:
+                    rest = _swap_parts("." + rest, _RESNET)[1:]
+                out["model.diffusion_model." + old + rest] = value
+                break
+        else:
+            raise KeyError(f"no LDM name for UNet weight {key!r}")
+    return out
+
+
+def vae_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """diffusers AutoencoderKL weights -> `first_stage_model.*` keys (attention as 1x1 convolutions)."""
+    n = len(config["block_out_channels"])
+    prefix_map: list[tuple[str, str]] = [("encoder.conv_norm_out.", "encoder.norm_out."),
+                                         ("decoder.conv_norm_out.", "decoder.norm_out.")]
+    for part in ("encoder", "decoder"):
+        prefix_map.append((f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1."))
+        for j in range(2):
+            prefix_map.append((f"{part}.mid_block.resnets.{j}.", f"{part}.mid.block_{j + 1}."))
+    for i in range(n):
+        prefix_map.append((f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."))
+        prefix_map.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
+        prefix_map.append((f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block."))
+        prefix_map.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."))
+    out = {}
+    for key, value in state.items():
+        new_key = key
+        for new, old in prefix_map:
+            if key.startswith(new):
+                rest = key[len(new):]
+                if "attentions" in new:
+                    rest = _swap_parts("." + rest, _VAE_ATTN)[1:]
+                    if rest.endswith("weight") and value.ndim == 2:
+                        value = value.reshape(*value.shape, 1, 1)
+                elif "resnets" in new:
+                    rest = _swap_parts("." + rest, _VAE_RESNET)[1:]
+                new_key = old + rest
+                break
+        out["first_stage_model." + new_key] = value
+    return out
+
+
+def clip_to_ldm(state: dict[str, Any]) -> dict[str, Any]:
+    """transformers CLIPTextModel weights -> SD1's `cond_stage_model.transformer.*` keys."""
+    return {"cond_stage_model.transformer." + k: v for k, v in state.items()}

@@ -1,0 +1,158 @@
+"""The values that travel on MODEL, CLIP and VAE edges, and the model's noise schedule.
+
+A MODEL is a UNet wrapped as a denoiser over sigmas (Karras et al. 2022), with ComfyUI's conventions:
+the SD beta schedule gives 1000 discrete sigmas; a sigma is mapped to the nearest discrete timestep in
+log space for the UNet; epsilon and v-prediction outputs are turned into a denoised latent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from flowrun.diffusion.configs import ModelConfig
+
+
+class ModelSampling:
+    """Discrete DDPM schedule as sigmas (sqrt((1 - alphas_cumprod) / alphas_cumprod))."""
+
+    def __init__(self, prediction_type: str = "epsilon", linear_start: float = 0.00085, linear_end: float = 0.012,
+                 timesteps: int = 1000):
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unknown prediction type {prediction_type!r}")
+        self.prediction_type = prediction_type
+        betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.sigmas = sigmas.float()
+        self.log_sigmas = sigmas.log().float()
+        self.sigma_data = 1.0
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The nearest discrete timestep (in log-sigma distance)."""
+        dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Sigma at a (fractional) timestep, interpolating log-sigma linearly."""
+        t = torch.clamp(timestep.float().to(self.log_sigmas.device), min=0, max=len(self.sigmas) - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp().to(timestep.device)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.view(sigma.shape[:1] + (1,) * (x.ndim - 1))
+        return x / (sigma ** 2 + self.sigma_data ** 2) ** 0.5
+
+    def calculate_denoised(self, sigma: torch.Tensor, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.view(sigma.shape[:1] + (1,) * (output.ndim - 1))
+        if self.prediction_type == "v_prediction":
+            sd2 = self.sigma_data ** 2
+            return x * sd2 / (sigma ** 2 + sd2) - output * sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
+        return x - output * sigma
+
+    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor, max_denoise: bool = False):
+        """The starting point: pure noise scaled to sqrt(1 + sigma^2) at full denoise, else latent + noise*sigma."""
+        noise = noise * torch.sqrt(1.0 + sigma ** 2.0) if max_denoise else noise * sigma
+        return noise + latent
+
+    def is_max_denoise(self, sigmas: torch.Tensor) -> bool:
+        first, top = float(sigmas[0]), float(self.sigma_max)
+        return math.isclose(top, first, rel_tol=1e-05) or first > top
+
+
+@dataclass
+class Patch:
+    """A low-rank or full weight delta for one parameter, scaled by a strength (LoRA)."""
+
+    target: str  # parameter name in the module
+    delta: Any  # callable returning the full-size delta tensor, computed lazily
+    strength: float
+
+
+@dataclass
+class DiffusionModel:
+    """A MODEL value: the UNet, its schedule, and LoRA patches applied while it runs."""
+
+    unet: Any
+    sampling: ModelSampling
+    config: ModelConfig
+    fingerprint: str
+    patches: tuple[Patch, ...] = ()
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.config.vae.get("scaling_factor", 0.18215))
+
+    def with_patches(self, patches: list[Patch]) -> "DiffusionModel":
+        return replace(self, patches=self.patches + tuple(patches))
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
+                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Denoised latent for input x at noise level sigma (one forward pass)."""
+        xc = self.sampling.calculate_input(sigma, x)
+        t = self.sampling.timestep(sigma).float()
+        if added is not None:
+            added = {k: v.to(x.device, self.dtype) for k, v in added.items()}
+        out = self.unet(xc.to(self.dtype), t, encoder_hidden_states=context.to(x.device, self.dtype),
+                        added_cond_kwargs=added, return_dict=False)[0]
+        return self.sampling.calculate_denoised(sigma, out.float(), x)
+
+
+@dataclass
+class TextEncoder:
+    """A CLIP value: the tokenizer, one or two text models, which layer to read, and LoRA patches."""
+
+    tokenizer: Any
+    models: list[Any]  # SD1/SD2: [clip]; SDXL: [clip_l, clip_g]
+    config: ModelConfig
+    fingerprint: str
+    layer_idx: int | None = None  # None: the family's default layer; -1 last, -2 penultimate, ...
+    patches: tuple[tuple[int, Patch], ...] = ()  # (model index, patch)
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    def with_layer(self, layer_idx: int) -> "TextEncoder":
+        return replace(self, layer_idx=layer_idx)
+
+    def with_patches(self, patches: list[tuple[int, Patch]]) -> "TextEncoder":
+        return replace(self, patches=self.patches + tuple(patches))
+
+
+@dataclass
+class Vae:
+    """A VAE value: the autoencoder and its latent scale."""
+
+    model: Any
+    config: ModelConfig
+    fingerprint: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.config.vae.get("block_out_channels", [0, 0, 0, 0])) - 1)

@@ -1,0 +1,341 @@
+"""Samplers: ComfyUI's names and meanings, each walking a sigma sequence over a denoiser D(x, sigma).
+
+The algorithms are those of k-diffusion as ComfyUI runs them (Karras et al. 2022 for euler/heun;
+DPM-Solver and DPM-Solver++ by Lu et al. 2022 for dpm_2 and the dpmpp family; LMS with coefficients
+integrated numerically; LCM by Luo et al. 2023; UniPC by Zhao et al. 2023 in `unipc.py`).
+Per-step noise is drawn on the CPU from the seed: ancestral samplers from a generator seeded with
+seed + 1 (as ComfyUI does on the CPU), SDE samplers from a Brownian tree (torchsde) seeded with the seed,
+so a seed gives the same noise on any device.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from flowrun.diffusion.names import SAMPLERS
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[int], None]
+
+
+
+def to_d(x, sigma, denoised):
+    """The Karras ODE derivative dx/dsigma."""
+    return (x - denoised) / sigma.view(sigma.shape + (1,) * (x.ndim - sigma.ndim))
+
+
+def ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
+    """(sigma_down, sigma_up): where to step deterministically and how much fresh noise to add."""
+    if not eta:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+    return (sigma_to ** 2 - sigma_up ** 2) ** 0.5, sigma_up
+
+
+def gaussian_noise(x: torch.Tensor, seed: int):
+    generator = torch.Generator("cpu").manual_seed(seed + 1)
+    return lambda sigma, sigma_next: torch.randn(x.shape, dtype=x.dtype, generator=generator).to(x.device)
+
+
+class BrownianNoise:
+    """Noise from a Brownian tree over [sigma_min, sigma_max]: queries of any interval are consistent."""
+
+    def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed: int):
+        import torchsde
+
+        t0, t1 = torch.as_tensor(sigma_min).detach().cpu().float(), torch.as_tensor(sigma_max).detach().cpu().float()
+        self.sign = 1
+        if t0 > t1:
+            t0, t1, self.sign = t1, t0, -1
+        self.tree = torchsde.BrownianTree(t0, torch.zeros_like(x, device="cpu"), t1, entropy=seed)
+        self.device, self.dtype = x.device, x.dtype
+
+    def __call__(self, sigma, sigma_next):
+        a, b = torch.as_tensor(sigma).detach().cpu().float(), torch.as_tensor(sigma_next).detach().cpu().float()
+        sign = 1
+        if a > b:
+            a, b, sign = b, a, -1
+        w = self.tree(a, b) * (self.sign * sign)
+        return w.to(self.device, self.dtype) / (b - a).abs().sqrt().to(self.device)
+
+
+def _brownian(x, sigmas, seed):
+    return BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
+
+
+def _ones(x):
+    return x.new_ones([x.shape[0]])
+
+
+def sample_euler(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        x = x + to_d(x, sigmas[i] * s_in, denoised) * (sigmas[i + 1] - sigmas[i])
+        callback(i)
+    return x
+
+
+def sample_euler_ancestral(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
+    noise = gaussian_noise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        if down == 0:
+            x = denoised
+        else:
+            x = x + to_d(x, sigmas[i] * s_in, denoised) * (down - sigmas[i]) + noise(sigmas[i], sigmas[i + 1]) * up
+        callback(i)
+    return x
+
+
+def sample_heun(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = to_d(x, sigmas[i] * s_in, denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x2 = x + d * dt
+            d2 = to_d(x2, sigmas[i + 1] * s_in, model(x2, sigmas[i + 1] * s_in))
+            x = x + (d + d2) / 2 * dt
+        callback(i)
+    return x
+
+
+def sample_dpm_2(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = to_d(x, sigmas[i] * s_in, denoised)
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        else:
+            mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
+            x2 = x + d * (mid - sigmas[i])
+            d2 = to_d(x2, mid * s_in, model(x2, mid * s_in))
+            x = x + d2 * (sigmas[i + 1] - sigmas[i])
+        callback(i)
+    return x
+
+
+def sample_dpm_2_ancestral(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
+    noise = gaussian_noise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        d = to_d(x, sigmas[i] * s_in, denoised)
+        if down == 0:
+            x = x + d * (down - sigmas[i])
+        else:
+            mid = sigmas[i].log().lerp(down.log(), 0.5).exp()
+            x2 = x + d * (mid - sigmas[i])
+            d2 = to_d(x2, mid * s_in, model(x2, mid * s_in))
+            x = x + d2 * (down - sigmas[i])
+            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+        callback(i)
+    return x
+
+
+def _lms_coefficient(order: int, t, i: int, j: int) -> float:
+    from scipy import integrate
+
+    def fn(tau):
+        prod = 1.0
+        for k in range(order):
+            if j != k:
+                prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
+        return prod
+
+    return integrate.quad(fn, t[i], t[i + 1], epsrel=1e-4)[0]
+
+
+def sample_lms(model: Denoiser, x, sigmas, seed: int, callback: Callback, order: int = 4):
+    s_in = _ones(x)
+    sigmas_cpu = sigmas.detach().cpu().numpy()
+    ds = []
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        ds.append(to_d(x, sigmas[i] * s_in, denoised))
+        if len(ds) > order:
+            ds.pop(0)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            cur = min(i + 1, order)
+            coeffs = [_lms_coefficient(cur, sigmas_cpu, i, j) for j in range(cur)]
+            x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
+        callback(i)
+    return x
+
+
+def sample_dpmpp_2s_ancestral(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
+    noise = gaussian_noise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        if down == 0:
+            x = x + to_d(x, sigmas[i] * s_in, denoised) * (down - sigmas[i])
+        else:
+            t, t_next = -sigmas[i].log(), -down.log()
+            h = t_next - t
+            s = t + h / 2
+            x2 = ((-s).exp() / (-t).exp()) * x - (-h / 2).expm1() * denoised
+            denoised2 = model(x2, (-s).exp() * s_in)
+            x = ((-t_next).exp() / (-t).exp()) * x - (-h).expm1() * denoised2
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+        callback(i)
+    return x
+
+
+def sample_dpmpp_sde(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0, r: float = 0.5):
+    if len(sigmas) <= 1:
+        return x
+    noise = _brownian(x, sigmas, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = lam_t - lam_s
+            lam_s1 = lam_s + r * h
+            fac = 1 / (2 * r)
+            sigma_s1 = (-lam_s1).exp()
+            alpha_s = sigmas[i] * lam_s.exp()
+            alpha_s1 = sigma_s1 * lam_s1.exp()
+            alpha_t = sigmas[i + 1] * lam_t.exp()
+            sd, su = ancestral_step((-lam_s).exp(), (-lam_s1).exp(), eta)
+            h_ = -sd.log() - lam_s
+            x2 = (alpha_s1 / alpha_s) * (-h_).exp() * x - alpha_s1 * (-h_).expm1() * denoised
+            if eta > 0:
+                x2 = x2 + alpha_s1 * noise(sigmas[i], sigma_s1) * su
+            denoised2 = model(x2, sigma_s1 * s_in)
+            sd, su = ancestral_step((-lam_s).exp(), (-lam_t).exp(), eta)
+            h_ = -sd.log() - lam_s
+            mixed = (1 - fac) * denoised + fac * denoised2
+            x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * mixed
+            if eta > 0:
+                x = x + alpha_t * noise(sigmas[i], sigmas[i + 1]) * su
+        callback(i)
+    return x
+
+
+def sample_dpmpp_2m(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+    s_in = _ones(x)
+    old = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
+        h = t_next - t
+        if old is None or sigmas[i + 1] == 0:
+            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * denoised
+        else:
+            r = (t - (-sigmas[i - 1].log())) / h
+            mixed = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * mixed
+        old = denoised
+        callback(i)
+    return x
+
+
+def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
+    """DPM-Solver++(2M) SDE, midpoint variant."""
+    if len(sigmas) <= 1:
+        return x
+    noise = _brownian(x, sigmas, seed)
+    s_in = _ones(x)
+    old, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        h = None
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = lam_t - lam_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigmas[i + 1] * lam_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if old is not None:
+                r = h_last / h
+                x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old)
+            if eta > 0:
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt()
+        old, h_last = denoised, h
+        callback(i)
+    return x
+
+
+def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
+    if len(sigmas) <= 1:
+        return x
+    noise = _brownian(x, sigmas, seed)
+    s_in = _ones(x)
+    d1_prev, d2_prev = None, None
+    h, h1, h2 = None, None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = lam_t - lam_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigmas[i + 1] * lam_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if h2 is not None:
+                r0, r1 = h1 / h, h2 / h
+                d1_0 = (denoised - d1_prev) / r0
+                d1_1 = (d1_prev - d2_prev) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + (alpha_t * phi_2) * d1 - (alpha_t * phi_3) * d2
+            elif h1 is not None:
+                d = (denoised - d1_prev) / (h1 / h)
+                x = x + (alpha_t * (h_eta.neg().expm1() / h_eta + 1)) * d
+            if eta > 0:
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt()
+        d1_prev, d2_prev = denoised, d1_prev
+        h1, h2 = h, h1
+        callback(i)
+    return x
+
+
+def sample_lcm(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+    noise = gaussian_noise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        x = model(x, sigmas[i] * s_in)
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+        callback(i)
+    return x
+
+
+def get(name: str):
+    """The sampling function for a ComfyUI sampler name."""
+    from flowrun.diffusion import unipc
+
+    table = {
+        "euler": sample_euler, "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (with random noise for inpainting)
+        "euler_ancestral": sample_euler_ancestral, "heun": sample_heun, "dpm_2": sample_dpm_2,
+        "dpm_2_ancestral": sample_dpm_2_ancestral, "lms": sample_lms, "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+        "dpmpp_sde": sample_dpmpp_sde, "dpmpp_2m": sample_dpmpp_2m, "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+        "dpmpp_3m_sde": sample_dpmpp_3m_sde, "lcm": sample_lcm,
+        "uni_pc": unipc.sample_unipc, "uni_pc_bh2": unipc.sample_unipc_bh2,
+    }
+    if name not in table:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    return table[name]
