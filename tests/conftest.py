@@ -61,3 +61,27 @@ def flowrun_process(*args: str, cwd: Path, env: dict | None = None, timeout: flo
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), **(env or {})}
     return subprocess.run([sys.executable, "-m", "flowrun", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """A models folder with the tiny SD1-shaped checkpoint, as `tiny` and as `flowrun-tiny` (the name the
+    examples use), each a single file in the original layout, plus `tiny-diffusers` (a diffusers folder)."""
+    import tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    tiny_model.write(root, "tiny")
+    ckpts = root / "checkpoints"
+    for suffix in (".safetensors", ".json"):
+        (ckpts / f"flowrun-tiny{suffix}").write_bytes((ckpts / f"tiny{suffix}").read_bytes())
+    tiny_model.write_lora(root, "flowrun-tiny-warm")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_models):
+    """MODEL, CLIP and VAE values of the tiny checkpoint, loaded once."""
+    from flowrun.cache.fingerprints import FileEnv
+    from flowrun.diffusion.checkpoint import load_bundle
+
+    return load_bundle(tiny_models / "checkpoints" / "tiny.safetensors", FileEnv(tiny_models, device="cpu"), "tiny")

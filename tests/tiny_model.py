@@ -57,3 +57,26 @@ def write(models_dir: Path, name: str = "tiny", seed: int = 0) -> dict[str, Path
         folder / "scheduler")
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}\n')
     return {"single": single, "folder": folder}
+
+
+def write_lora(models_dir: Path, name: str, seed: int = 1, rank: int = 4, scale: float = 0.5) -> Path:
+    """A kohya-layout LoRA for the tiny model: attention projections of the UNet and the text encoder."""
+    import torch
+    from safetensors.torch import save_file
+
+    _, unet, _, text = build(0)
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    targets = [("lora_unet_", unet, ("to_q", "to_k", "to_v", "to_out.0")),
+               ("lora_te_text_model_", text, ("q_proj", "k_proj", "v_proj", "out_proj"))]
+    for prefix, module, suffixes in targets:
+        for mod_name, mod in module.named_modules():
+            if isinstance(mod, torch.nn.Linear) and mod_name.endswith(suffixes):
+                base = prefix + mod_name.replace(".", "_")
+                state[base + ".lora_down.weight"] = torch.randn(rank, mod.in_features, generator=generator) * scale
+                state[base + ".lora_up.weight"] = torch.randn(mod.out_features, rank, generator=generator) * scale
+                state[base + ".alpha"] = torch.tensor(float(rank))
+    path = Path(models_dir) / "loras" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path

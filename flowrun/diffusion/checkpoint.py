@@ -60,10 +60,26 @@ def read_state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: corrupt safetensors file: {exc}") from None
 
 
+def _fit_keys(state: dict[str, torch.Tensor], module) -> dict[str, torch.Tensor]:
+    """Match a CLIP state dict's `text_model.` level to the module's (transformers 4 has it in
+    CLIPTextModel, transformers 5 does not; CLIPTextModelWithProjection has it in both)."""
+    expected = set(module.state_dict())
+    out = {}
+    for key, value in state.items():
+        if key not in expected:
+            if key.startswith("text_model.") and key[len("text_model."):] in expected:
+                key = key[len("text_model."):]
+            elif "text_model." + key in expected:
+                key = "text_model." + key
+        out[key] = value
+    return out
+
+
 def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path):
     """Build a module on the meta device (no memory, no random init) and load the weights into it."""
     with torch.device("meta"):
         module = build()
+    state = _fit_keys(state, module)
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing:
@@ -97,13 +113,17 @@ def _check_shapes(module, state: dict[str, torch.Tensor], what: str, file: Path)
 
 def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, unet, text models, vae) from an original-layout checkpoint."""
+    return load_state(read_state_dict(path, allow_pickle), path, sidecar(path))
+
+
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None) -> tuple[ModelConfig, Any, list[Any], Any]:
+    """Detect, configure and build the components of an original-layout state dict (also on the meta
+    device: tests check the key mapping of full-size SD1.5, SD2.1 and SDXL this way, without memory)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
-                                                     convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
+                                                     convert_ldm_vae_checkpoint)
 
-    state = read_state_dict(path, allow_pickle)
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
-    side = sidecar(path)
     config = ModelConfig.from_sidecar(side, found.family) if side else ModelConfig.default(found.family)
     if config.family != found.family:
         raise CheckpointError(f"{path}: its keys say {found.family}, its config {side} says {config.family}")
@@ -114,7 +134,8 @@ def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfi
                                   f"this one {found.context_dim}; for a model of another size put its configs in "
                                   f"{path.with_suffix('.json')}")
         config.unet["in_channels"] = found.in_channels
-        if found.family == SD2 and _V_PRED_PROBE in state and state[_V_PRED_PROBE].float().std() <= 0.09:
+        probe = state.get(_V_PRED_PROBE)
+        if found.family == SD2 and probe is not None and not probe.is_meta and probe.float().std() <= 0.09:
             config.prediction_type = "epsilon"  # SD 2.x 512-base; the 768 models predict v
     unet_state = convert_ldm_unet_checkpoint(state, config.unet)
     unet = _instantiate(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path)
@@ -136,7 +157,7 @@ def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfi
 def _load_text(cfg: dict, state: dict, projection: bool, what: str, path: Path):
     with torch.device("meta"):
         probe = _text_model(cfg, projection)
-    _check_shapes(probe, state, what, path)
+    _check_shapes(probe, _fit_keys(state, probe), what, path)
     return _instantiate(lambda: _text_model(cfg, projection), state, what, path)
 
 
@@ -159,7 +180,7 @@ def _load_open_clip(cfg: dict, state: dict, prefix: str, projection: bool, path:
     if not projection:
         converted.pop("text_projection.weight", None)
     what = "OpenCLIP text encoder"
-    _check_shapes(probe, converted, what, path)
+    _check_shapes(probe, _fit_keys(converted, probe), what, path)
     return _instantiate(lambda: _text_model(cfg, projection), converted, what, path)
 
 

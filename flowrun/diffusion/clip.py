@@ -135,7 +135,7 @@ def _encode_one(enc: TextEncoder, index: int, chunks: list[list[tuple[int, float
             raise ValueError(f"stop_at_clip_layer {layer} is beyond this text encoder's {n_layers} layers")
         z = out.hidden_states[layer]
         if norm:
-            z = model.text_model.final_layer_norm(z)
+            z = getattr(model, "text_model", model).final_layer_norm(z)
     pooled = out.text_embeds[0:1] if hasattr(out, "text_embeds") else None
     pieces = []
     for k, chunk in enumerate(chunks):

@@ -98,6 +98,53 @@ def vae_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_text_model_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """CLIP text weights keyed as `text_model.*` (transformers 5 drops that level in CLIPTextModel)."""
+    return {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in state.items()}
+
+
 def clip_to_ldm(state: dict[str, Any]) -> dict[str, Any]:
-    """transformers CLIPTextModel weights -> SD1's `cond_stage_model.transformer.*` keys."""
-    return {"cond_stage_model.transformer." + k: v for k, v in state.items()}
+    """transformers CLIPTextModel weights -> SD1's `cond_stage_model.transformer.text_model.*` keys."""
+    return {"cond_stage_model.transformer." + k: v for k, v in with_text_model_prefix(state).items()
+            if not k.endswith("position_ids")}
+
+
+def open_clip_to_ldm(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """transformers CLIP text weights -> OpenCLIP keys under `prefix` (SD2: `cond_stage_model.model.`,
+    SDXL's second encoder: `conditioner.embedders.1.model.`); q/k/v are fused into in_proj."""
+    import torch
+
+    fixed = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+             "text_model.embeddings.position_embedding.weight": "positional_embedding",
+             "text_model.final_layer_norm.weight": "ln_final.weight",
+             "text_model.final_layer_norm.bias": "ln_final.bias"}
+    parts = [("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+             ("self_attn.out_proj", "attn.out_proj")]
+    out: dict[str, Any] = {}
+    fused: dict[str, dict[str, Any]] = {}
+    for key, value in with_text_model_prefix(state).items():
+        if key in fixed:
+            out[prefix + fixed[key]] = value
+        elif key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T
+        elif key.startswith("text_model.encoder.layers."):
+            rest = key[len("text_model.encoder.layers."):]
+            index, _, name = rest.partition(".")
+            block = f"{prefix}transformer.resblocks.{index}."
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                if name.startswith(f"self_attn.{proj}."):
+                    kind = name.rsplit(".", 1)[1]
+                    fused.setdefault(f"{block}attn.in_proj_{kind}", {})[proj] = value
+                    break
+            else:
+                for new, old in parts:
+                    if name.startswith(new + "."):
+                        out[block + old + name[len(new):]] = value
+                        break
+                else:
+                    raise KeyError(f"no OpenCLIP name for text encoder weight {key!r}")
+        elif not key.endswith("position_ids"):
+            raise KeyError(f"no OpenCLIP name for text encoder weight {key!r}")
+    for key, qkv in fused.items():
+        out[key] = torch.cat([qkv["q_proj"], qkv["k_proj"], qkv["v_proj"]], dim=0)
+    return out

@@ -24,8 +24,12 @@ SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 
 def _module_names(module: torch.nn.Module) -> dict[str, str]:
     """flattened kohya name -> parameter name of the module's weight."""
-    return {name.replace(".", "_"): name + ".weight" for name, m in module.named_modules()
-            if name and isinstance(getattr(m, "weight", None), torch.Tensor)}
+    names = {name.replace(".", "_"): name + ".weight" for name, m in module.named_modules()
+             if name and isinstance(getattr(m, "weight", None), torch.Tensor)}
+    # kohya names text encoder layers `text_model_encoder_...`; transformers 5's CLIPTextModel has no
+    # `text_model` level, so accept both spellings
+    names.update({"text_model_" + k: v for k, v in list(names.items()) if not k.startswith("text_model")})
+    return names
 
 
 def _unet_names(unet: Any) -> dict[str, str]:

@@ -31,7 +31,11 @@ class RunContext:
         Only what the cache key covers goes in, so a cached file and a fresh one are the same bytes."""
         prov = dict(self.task.provenance or {})
         resolved = prov.pop("resolved", "")
-        return {"flowrun": json.dumps(prov, sort_keys=True, ensure_ascii=False), "flowrun_workflow": resolved}
+        prompt = prov.pop("prompt", None)
+        text = {"flowrun": json.dumps(prov, sort_keys=True, ensure_ascii=False), "flowrun_workflow": resolved}
+        if prompt:
+            text["prompt"] = prompt  # ComfyUI reads this chunk: the image opens there as a graph
+        return text
 
     def save(self, name: str, data: bytes) -> None:
         """Hand a file to the runner; it is written atomically into the output folder after the node ends."""

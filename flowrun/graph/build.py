@@ -18,6 +18,7 @@ from flowrun.cache.fingerprints import FileEnv
 from flowrun.cache.keys import digest, node_key
 from flowrun.errors import FlowrunError
 from flowrun.graph.resolve import Resolved
+from flowrun.interop.comfyui import api_prompt_text
 from flowrun.nodes.registry import NodeDef
 from flowrun.spec.templating import referenced_names
 
@@ -78,8 +79,29 @@ def _resolved_yaml(resolved: Resolved, cell: int, node_ids: list[str]) -> str:
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 
+def _upstream_tasks(tasks: dict[str, "Task"], keys: dict[str, str], node_ids: list[str]) -> list["Task"]:
+    return [tasks[keys[n]] for n in node_ids if n in keys and keys[n] in tasks]
+
+
+def environment_info(device: str | None) -> dict[str, Any]:
+    """What, besides a node's inputs, decides its result: library versions, the machine, the device.
+    Part of every cache key, so an upgrade of torch or diffusers renders anew instead of reusing results."""
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("torch", "diffusers", "transformers", "numpy", "pillow", "safetensors"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"versions": versions, "machine": platform.machine(), "device": device or "auto"}
+
+
 def build(resolved: Resolved, env: FileEnv) -> Graph:
     spec = resolved.spec
+    environment = environment_info(env.device)
+    env_digest = digest(environment)
     g = nx.DiGraph()
     tasks: dict[str, Task] = {}
     position = {nid: i for i, nid in enumerate(spec.nodes)}
@@ -113,14 +135,22 @@ def build(resolved: Resolved, env: FileEnv) -> Graph:
             if nd.output:
                 sub = ancestors_of[nid]
                 used = set().union(*(uses[n] for n in sub))
+                files = {f"{t.node_id}.{k}": v for t in _upstream_tasks(tasks, keys, sub)
+                         for k, v in t.fingerprints.items()}
                 provenance = {
                     "flowrun": __version__,
                     "workflow": spec.name or resolved.file,
                     "params": {k: v for k, v in cell.params.items() if k in used},
+                    "files": files,
+                    "versions": environment["versions"],
                     "resolved": _resolved_yaml(resolved, ci, sub),
+                    "prompt": api_prompt_text(resolved.instances[ci], sub),
                 }
+            extra = {"env": env_digest}
+            if provenance:
+                extra["provenance"] = digest(provenance)
             key = node_key(node_type=nd.type_name, version=nd.version, literals=inst.literals, inputs=inputs,
-                           fingerprints=prints, extra={"provenance": digest(provenance)} if provenance else None)
+                           fingerprints=prints, extra=extra)
             keys[nid] = key
             task = tasks.get(key)
             if task is None:
