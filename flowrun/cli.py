@@ -35,14 +35,20 @@ def sweep_options(fn):
 
 
 def cache_options(fn):
+    fn = click.option("--device", metavar="DEVICE", help="torch device for models (default: cuda if available, else cpu).")(fn)
+    fn = click.option("--allow-pickle", is_flag=True,
+                      help="Also load .ckpt/.pt checkpoints (weights only). Pickles can run code: trust the source.")(fn)
+    fn = click.option("--models-dir", "models_dirs", multiple=True, type=click.Path(file_okay=False),
+                      help="Folder with checkpoints/ and loras/, searched first (also: $FLOWRUN_MODELS).")(fn)
     fn = click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")(fn)
     fn = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                       help=f"Cache folder (default: $FLOWRUN_CACHE_DIR or {default_cache_dir()}).")(fn)
     return fn
 
 
-def _settings(cache_dir, no_cache, out=None, plugins=()) -> Settings:
-    s = Settings(out_dir=out, use_cache=not no_cache, plugins=tuple(plugins))
+def _settings(cache_dir, no_cache, out=None, plugins=(), models_dirs=(), allow_pickle=False, device=None) -> Settings:
+    s = Settings(out_dir=out, use_cache=not no_cache, plugins=tuple(plugins), models_dirs=tuple(models_dirs),
+                 allow_pickle=allow_pickle, device=device)
     if cache_dir is not None:
         s.cache_dir = cache_dir
     return s
@@ -54,7 +60,7 @@ def _settings(cache_dir, no_cache, out=None, plugins=()) -> Settings:
 def cli(debug: bool) -> None:
     """flowrun: reproducible latent-diffusion workflows from YAML."""
     global _debug
-    _debug = _debug or debug
+    _debug = debug or bool(os.environ.get("FLOWRUN_DEBUG"))
 
 
 class ConsoleEvents(Events):
@@ -92,10 +98,12 @@ class ConsoleEvents(Events):
               help="Output folder (default: out/<workflow name>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, out, as_json, quiet):
+def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, out, as_json,
+        quiet):
     """Run a workflow: every cell of its sweep, reusing cached nodes."""
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
-    result = api.run(resolved, _settings(cache_dir, no_cache, out, plugins), events=ConsoleEvents(quiet or as_json, [c.label for c in resolved.cells]))
+    settings = _settings(cache_dir, no_cache, out, plugins, models_dirs, allow_pickle, device)
+    result = api.run(resolved, settings, events=ConsoleEvents(quiet or as_json, [c.label for c in resolved.cells]))
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
     elif not quiet:
@@ -130,10 +138,11 @@ def validate(files, sets, sweeps, max_cells, plugins):
 @sweep_options
 @cache_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, as_json):
+def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, as_json):
     """Show the cells and, node by node in execution order, whether it runs or comes from the cache."""
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
-    graph, steps = api.plan(resolved, _settings(cache_dir, no_cache, plugins=plugins))
+    graph, steps = api.plan(resolved, _settings(cache_dir, no_cache, plugins=plugins, models_dirs=models_dirs,
+                                                allow_pickle=allow_pickle, device=device))
     all_cells = len(resolved.cells)
 
     def cells_of(task):

@@ -22,9 +22,10 @@ def test_there_are_examples():
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_validates_and_runs(path, tmp_path):
+def test_example_validates_and_runs(path, tmp_path, tiny_models):
     resolved = api.load(path)
-    result = api.run(resolved, Settings(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache"))
+    result = api.run(resolved, Settings(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
+                                        models_dirs=(str(tiny_models),), device="cpu"))
     assert result.manifest["status"] == "ok"
     assert result.files and all(f.exists() and f.stat().st_size > 0 for f in result.files)
 

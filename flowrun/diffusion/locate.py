@@ -60,17 +60,24 @@ def locate(name: str, kind: str, roots: list[Path]) -> Path:
 
 
 def available_names(kind: str, roots: list[Path]) -> list[str]:
+    """Model names under ROOT/kind for every root: files by name, diffusers folders as a whole."""
     names = []
     for root in roots:
         folder = root / kind
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder).as_posix()
-            if path.is_file() and path.suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES:
-                names.append(rel[: -len(path.suffix)] if path.suffix in SAFE_SUFFIXES else rel)
-            elif path.is_dir() and (path / "model_index.json").is_file():
-                names.append(rel)
+        for dirpath, dirnames, filenames in os.walk(folder):
+            here = Path(dirpath)
+            if here != folder and "model_index.json" in filenames:
+                names.append(here.relative_to(folder).as_posix())
+                dirnames.clear()  # its component files are not models of their own
+                continue
+            dirnames.sort()
+            for f in sorted(filenames):
+                path = here / f
+                rel = path.relative_to(folder).as_posix()
+                if path.suffix in SAFE_SUFFIXES:
+                    names.append(rel[: -len(path.suffix)])
+                elif path.suffix in PICKLE_SUFFIXES:
+                    names.append(rel)
     return names
 
 
