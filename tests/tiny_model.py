@@ -80,3 +80,51 @@ def write_lora(models_dir: Path, name: str, seed: int = 1, rank: int = 4, scale:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+def write_family(models_dir: Path, family: str, seed: int = 0) -> Path:
+    """A tiny SD2-shaped (OpenCLIP text tower, v-prediction) or SDXL-shaped (two text encoders, size
+    conditioning) checkpoint in the original key layout, with its configs in the sidecar JSON."""
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from flowrun.diffusion.checkpoint import _text_model
+    from flowrun.diffusion.ldm_layout import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
+
+    torch.manual_seed(seed)
+    open_clip = {**TINY_CLIP, "hidden_size": 48, "projection_dim": 48, "hidden_act": "gelu"}
+    if family == "sd2":
+        unet_cfg = {**TINY_UNET, "cross_attention_dim": 48, "use_linear_projection": True, "attention_head_dim": [2, 4]}
+        texts_cfg = [open_clip]
+        prediction = "v_prediction"
+    else:
+        unet_cfg = {**TINY_UNET, "cross_attention_dim": 32 + 48, "use_linear_projection": True,
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": [2, 4],
+                    "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+                    "projection_class_embeddings_input_dim": 48 + 6 * 8}
+        texts_cfg = [TINY_CLIP, open_clip]
+        prediction = "epsilon"
+    unet = UNet2DConditionModel(**unet_cfg)
+    vae = AutoencoderKL(**TINY_VAE)
+    texts = [_text_model(c, projection=(family == "sdxl" and i == 1)) for i, c in enumerate(texts_cfg)]
+    for t in texts:  # _text_model builds on the current device; give it real random weights
+        t.to_empty(device="cpu")
+        for p in t.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    state = {**unet_to_ldm(unet.state_dict(), unet_cfg), **vae_to_ldm(vae.state_dict(), TINY_VAE)}
+    if family == "sd2":
+        state.update(open_clip_to_ldm(texts[0].state_dict(), "cond_stage_model.model."))
+    else:
+        state.update({k.replace("cond_stage_model.", "conditioner.embedders.0."): v
+                      for k, v in clip_to_ldm(texts[0].state_dict()).items()})
+        state.update(open_clip_to_ldm(texts[1].state_dict(), "conditioner.embedders.1.model."))
+    path = Path(models_dir) / "checkpoints" / f"tiny-{family}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"family": family, "prediction_type": prediction, "unet": unet_cfg,
+                                                     "vae": TINY_VAE, "text_encoders": texts_cfg}))
+    return path

@@ -57,6 +57,10 @@ class MemoryCache:
             _, (_, dropped) = self._items.popitem(last=False)
             self.nbytes -= dropped
 
+    def values(self):
+        """The cached values, least recently used first."""
+        return [value for value, _ in self._items.values()]
+
     def clear(self) -> None:
         self._items.clear()
         self.nbytes = 0

@@ -7,6 +7,7 @@ Only nodes that lead to an output node are kept.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,7 @@ def _upstream_tasks(tasks: dict[str, "Task"], keys: dict[str, str], node_ids: li
     return [tasks[keys[n]] for n in node_ids if n in keys and keys[n] in tasks]
 
 
+@functools.lru_cache(maxsize=8)
 def environment_info(device: str | None) -> dict[str, Any]:
     """What, besides a node's inputs, decides its result: library versions, the machine, the device.
     Part of every cache key, so an upgrade of torch or diffusers renders anew instead of reusing results."""
