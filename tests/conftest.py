@@ -74,7 +74,7 @@ def tiny_models(tmp_path_factory) -> Path:
     ckpts = root / "checkpoints"
     for suffix in (".safetensors", ".json"):
         (ckpts / f"flowrun-tiny{suffix}").write_bytes((ckpts / f"tiny{suffix}").read_bytes())
-    tiny_model.write_lora(root, "flowrun-tiny-warm")
+    tiny_model.write_lora(root, "flowrun-tiny-night")
     return root
 
 

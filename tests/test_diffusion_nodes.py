@@ -82,7 +82,7 @@ def test_lora_patches_apply_and_restore(tiny_models, tiny_bundle):
 
     model, clip, _ = tiny_bundle
     before = {k: v.clone() for k, v in model.unet.state_dict().items()}
-    unet_p, clip_p = read_lora(tiny_models / "loras" / "flowrun-tiny-warm.safetensors", model.unet, clip.models, 1.0, 1.0)
+    unet_p, clip_p = read_lora(tiny_models / "loras" / "flowrun-tiny-night.safetensors", model.unet, clip.models, 1.0, 1.0)
     assert len(unet_p) == 32 and len(clip_p) == 12  # 4 transformer blocks x 2 attentions x 4 projections; 3 x 4
     plain = encode(clip, "a red circle")[0][0]
     assert not torch.allclose(encode(clip.with_patches(clip_p), "a red circle")[0][0], plain, atol=1e-4)
@@ -236,8 +236,11 @@ def test_png_provenance_and_comfyui_prompt(tiny_models, tmp_path):
 
 def test_run_time_errors_are_clear_and_leave_nothing_half_written(cli, tiny_models, tmp_path):
     wf = ROOT / "workflows" / "txt2img.yaml"
-    r = cli("run", wf, "--out", tmp_path / "o1")
-    assert r.code == 1 and "no checkpoint named 'flowrun-tiny'" in r.err and "Traceback" not in r.err
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(wf.read_text().replace("ckpt_name: flowrun-tiny", "ckpt_name: no-such-model"))
+    r = cli("run", missing, "--out", tmp_path / "o1")
+    assert r.code == 1 and "no checkpoint named 'no-such-model'" in r.err and "available: flowrun-tiny" in r.err
+    assert "Traceback" not in r.err
     broken = tmp_path / "broken"
     (broken / "checkpoints").mkdir(parents=True)
     good = (tiny_models / "checkpoints" / "flowrun-tiny.safetensors").read_bytes()
@@ -259,7 +262,7 @@ def test_run_time_errors_are_clear_and_leave_nothing_half_written(cli, tiny_mode
     from safetensors.torch import save_file
 
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "lora_unet_x.lora_up.weight": torch.zeros(2, 2)},
-              str(broken / "loras" / "flowrun-tiny-warm.safetensors"))
+              str(broken / "loras" / "flowrun-tiny-night.safetensors"))
     r = cli("run", lora, "--models-dir", broken, "--out", tmp_path / "o5")
     assert r.code == 1 and "match no layer of this model" in r.err
     for out in tmp_path.glob("o*"):

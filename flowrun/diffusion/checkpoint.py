@@ -92,7 +92,8 @@ def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path):
                 owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand((1, -1)), persistent=False)
             else:
                 raise CheckpointError(f"{file}: {what}: no value for buffer {name}")
-    return module.eval().requires_grad_(False)
+    # float32 whatever the file stores (fp16 checkpoints too): the same numbers on every device
+    return module.float().eval().requires_grad_(False)
 
 
 def _text_model(cfg: dict[str, Any], projection: bool):
@@ -206,7 +207,8 @@ def load_diffusers_folder(path: Path) -> tuple[ModelConfig, Any, list[Any], Any]
             texts.append(CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", local_files_only=True))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot load diffusers folder: {exc}") from None
-    texts = [t.eval().requires_grad_(False) for t in texts]
+    unet, vae = unet.float(), vae.float()
+    texts = [t.float().eval().requires_grad_(False) for t in texts]
     prediction = "epsilon"
     sched = path / "scheduler" / "scheduler_config.json"
     if sched.is_file():
