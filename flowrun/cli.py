@@ -171,6 +171,40 @@ def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dir
     return 0
 
 
+@cli.command("test")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@cache_options
+@click.option("--update", is_flag=True, help="Write or rewrite the goldens from these renders, listing each change.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/flowrun-test"),
+              show_default=True, help="Folder for the renders and the HTML, JUnit and JSON reports.")
+@click.option("--backend", help="Golden set to compare with (default: cuda on a GPU, else cpu).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
+def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, update, report_dir, backend, plugins):
+    """Render regression cases and compare them with their golden images (default path: workflows/)."""
+    from flowrun.regress import report
+    from flowrun.regress.run import exit_code, run_cases
+
+    paths = list(paths) or [Path("workflows") if Path("workflows").is_dir() else Path(".")]
+    settings = _settings(cache_dir, no_cache, None, plugins, models_dirs, allow_pickle, device)
+    results, changes = run_cases(paths, settings, report_dir / "renders", update=update, backend=backend)
+    if not results:
+        click.echo(f"no workflows found in {', '.join(map(str, paths))}", err=True)
+        return 2
+    for r in results:
+        if r.error:
+            click.echo(f"ERROR {r.workflow}:\n{r.error}", err=True)
+        for o in r.outcomes:
+            click.echo(f"{o.grade.upper():4}  {o.case} [{', '.join(o.cells)}] {o.file}: {o.message}")
+    for change in changes:
+        click.echo(f"golden {change}")
+    html_path = report.write_html(results, report_dir / "report.html")
+    report.write_junit(results, report_dir / "junit.xml")
+    report.write_json(results, report_dir / "summary.json", changes)
+    c = report.counts(results)
+    click.echo(f"{c['pass']} pass, {c['warn']} warn, {c['fail']} fail, {c['error']} error; report: {html_path}")
+    return exit_code(results)
+
+
 @cli.command()
 @click.argument("types", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")

@@ -41,6 +41,14 @@ class NodeSpec(_Strict):
                                   description="Literals only; strings may hold jinja templates.")
 
 
+class TestSpec(_Strict):
+    """How `flowrun test` grades this workflow's renders against their goldens."""
+
+    pass_max_diff: int = Field(2, ge=0, le=255, description="Pass when no pixel differs by more than this (8-bit levels).")
+    warn_min_psnr: float = Field(30.0, ge=0.0, description="Otherwise warn while PSNR (dB) is at least this...")
+    warn_min_ssim: float = Field(0.95, ge=-1.0, le=1.0, description="...and SSIM at least this; else fail.")
+
+
 class WorkflowSpec(_Strict):
     """A flowrun workflow file."""
 
@@ -51,6 +59,7 @@ class WorkflowSpec(_Strict):
                                    description="Typed defaults, used through jinja and overridden with --set.")
     sweep: SweepSpec | None = Field(None, description="Optional expansion of the workflow into cells.")
     nodes: dict[str, NodeSpec] = Field(min_length=1, description="The nodes, by id.")
+    test: TestSpec | None = Field(None, description="Thresholds for regression renders (flowrun test).")
 
 
 TOP_LEVEL_KEYS = tuple(f.alias or n for n, f in WorkflowSpec.model_fields.items())

@@ -1,0 +1,1 @@
+"""Regression renders: workflows with golden images, compared and reported (flowrun test, the pytest plugin)."""

@@ -1,0 +1,152 @@
+"""Regression cases: a workflow plus the expected images ("goldens") kept next to it.
+
+Layout: `<folder>/<name>.yaml` and `<folder>/goldens/<name>/<backend>/<output file>`, where backend is
+`cpu` or `cuda` (different hardware legitimately differs); a backend without goldens of its own falls back
+to `cpu`. A case renders through the normal engine (and its cache), then each output is compared with
+its golden. `--update` writes the goldens and says which ones changed; nothing is updated silently.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flowrun.regress.compare import FAIL, PASS, WARN, Comparison, Thresholds, compare, load_rgb
+
+GOLDENS = "goldens"
+SKIP_DIRS = {GOLDENS, "out", "node_modules", "__pycache__"}
+_WORKFLOW = re.compile(rb"^version:\s*1\s*$", re.M)
+_NODES = re.compile(rb"^nodes:", re.M)
+GRADE_ORDER = {PASS: 0, WARN: 1, FAIL: 2}
+
+
+def is_workflow(path: Path) -> bool:
+    try:
+        head = path.read_bytes()[:262144]
+    except OSError:
+        return False
+    return bool(_WORKFLOW.search(head) and _NODES.search(head))
+
+
+def discover(paths: list[Path]) -> list[Path]:
+    """Workflow files among `paths` (files, or folders searched recursively)."""
+    found: list[Path] = []
+    for p in paths:
+        if p.is_file():
+            found.append(p)
+            continue
+        for f in sorted(p.rglob("*.y*ml")):
+            rel = f.relative_to(p).parts[:-1]
+            if any(part in SKIP_DIRS or part.startswith(".") for part in rel):
+                continue
+            if is_workflow(f):
+                found.append(f)
+    return list(dict.fromkeys(found))
+
+
+def golden_root(workflow: Path) -> Path:
+    return workflow.parent / GOLDENS / workflow.stem
+
+
+def golden_dir(workflow: Path, backend: str) -> Path:
+    """The folder holding this backend's goldens, falling back to cpu's."""
+    root = golden_root(workflow)
+    for name in (backend, "cpu"):
+        if (root / name).is_dir() and any((root / name).iterdir()):
+            return root / name
+    return root / backend
+
+
+def current_backend(device: str | None) -> str:
+    if device:
+        return "cuda" if device.startswith("cuda") else device.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Outcome:
+    """One output file of one case: how it compares with its golden."""
+
+    case: str
+    workflow: Path
+    file: str
+    cells: list[str]
+    params: dict[str, Any]
+    new: Path
+    golden: Path | None
+    grade: str
+    comparison: Comparison | None
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"case": self.case, "workflow": str(self.workflow), "file": self.file, "cells": self.cells,
+                "params": self.params, "grade": self.grade, "message": self.message,
+                "golden": str(self.golden) if self.golden else None, "new": str(self.new),
+                "metrics": self.comparison.as_json() if self.comparison else None}
+
+
+@dataclass
+class CaseResult:
+    workflow: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+    error: str | None = None  # the case could not render (invalid, or a node failed)
+    exit_code: int = 0
+
+    @property
+    def grade(self) -> str:
+        if self.error:
+            return FAIL
+        return max((o.grade for o in self.outcomes), key=GRADE_ORDER.__getitem__, default=PASS)
+
+
+def thresholds_of(resolved: Any) -> Thresholds:
+    spec = resolved.spec.test
+    return Thresholds(**spec.model_dump()) if spec is not None else Thresholds()
+
+
+def judge(workflow: Path, manifest: dict[str, Any], out_dir: Path, backend: str, thresholds: Thresholds,
+          update_cmd: str) -> list[Outcome]:
+    cells = {c["label"]: c["params"] for c in manifest["cells"]}
+    gdir = golden_dir(workflow, backend)
+    outcomes = []
+    for node in manifest["nodes"]:
+        for name in node["outputs"]:
+            if not name.lower().endswith(".png"):
+                continue
+            new = out_dir / name
+            golden = gdir / name
+            params = cells.get(node["cells"][0], {}) if node["cells"] else {}
+            if not golden.is_file():
+                outcomes.append(Outcome(workflow.stem, workflow, name, node["cells"], params, new, None, FAIL, None,
+                                        f"no golden {golden}; create it with: {update_cmd}"))
+                continue
+            result = compare(load_rgb(new), load_rgb(golden), thresholds)
+            outcomes.append(Outcome(workflow.stem, workflow, name, node["cells"], params, new, golden, result.grade,
+                                    result, result.reason))
+    return outcomes
+
+
+def update_goldens(workflow: Path, outcomes: list[Outcome], backend: str) -> list[str]:
+    """Write this backend's goldens from the new renders; returns what changed (written, rewritten, removed)."""
+    target = golden_root(workflow) / backend
+    target.mkdir(parents=True, exist_ok=True)
+    changes = []
+    produced = set()
+    for o in outcomes:
+        dest = target / o.file
+        produced.add(dest)
+        new_bytes = o.new.read_bytes()
+        if dest.is_file() and (dest.read_bytes() == new_bytes or (o.comparison and o.comparison.identical)):
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        changes.append(f"{'rewrote' if dest.is_file() else 'wrote'} {dest}")
+        shutil.copyfile(o.new, dest)
+    for stale in sorted(p for p in target.rglob("*.png") if p not in produced):
+        stale.unlink()
+        changes.append(f"removed {stale} (no longer rendered)")
+    return changes
