@@ -227,6 +227,9 @@ def pick_device(requested: str | None) -> str:
 def load_bundle(path: Path, env: Any, fingerprint: str) -> tuple[DiffusionModel, TextEncoder, Vae]:
     """MODEL, CLIP and VAE values for a checkpoint file or diffusers folder. The UNet and VAE go to the
     chosen device; text encoders stay on the CPU, so conditioning is the same on every machine."""
+    from flowrun.diffusion.determinism import configure
+
+    configure()
     if path.is_dir():
         config, unet, texts, vae = load_diffusers_folder(path)
     else:
