@@ -134,3 +134,37 @@ def test_templates_keep_native_types():
 def test_templates_are_sandboxed(template):
     with pytest.raises(TemplateProblem):
         render_value(template, {"seed": 1})
+
+
+FIELD_AXES = """\
+version: 1
+params: {word: hi}
+sweep:
+  grid: {t.seed: [1, 2], t.text: [a, b]}
+nodes:
+  t: {type: Text, with: {text: "{{ word }}", seed: 9}}
+  out: {type: WriteText, in: {text: t}, with: {filename_prefix: "x{{ cell.index }}"}}
+"""
+
+
+def test_node_fields_are_axes(workflow):
+    resolved = api.load(workflow(FIELD_AXES))
+    assert [c.label for c in resolved.cells] == ["t-seed-1_t-text-a", "t-seed-1_t-text-b", "t-seed-2_t-text-a",
+                                                 "t-seed-2_t-text-b"]
+    assert [resolved.instances[i]["t"].literals for i in (0, 3)] == [{"text": "a", "seed": 1}, {"text": "b", "seed": 2}]
+    pinned = api.load(workflow(FIELD_AXES), Overrides.parse(sets=["t.seed=7"], sweeps=["t.text=x,y,z"]))
+    assert [c.label for c in pinned.cells] == ["t-text-x", "t-text-y", "t-text-z"]
+    assert {i["t"].literals["seed"] for i in pinned.instances} == {7}
+
+
+def test_node_field_axis_errors(workflow):
+    bad = FIELD_AXES.replace("t.seed: [1, 2]", "t.sed: [1, 2]").replace("t.text: [a, b]", "u.text: [a, b]")
+    with pytest.raises(WorkflowInvalid) as info:
+        api.load(workflow(bad))
+    msgs = {p.message: p for p in info.value.problems}
+    sed = msgs["axis 't.sed': Text has no literal field 'sed'"]
+    assert sed.hint.startswith("did you mean 'seed'") and (sed.location.line, sed.location.col) == (4, 10)
+    assert "axis 'u.text' names no node 'u'" in msgs
+    with pytest.raises(WorkflowInvalid) as info:
+        api.load(workflow(FIELD_AXES), Overrides.parse(sets=["t.seed=-5"]))
+    assert "greater than or equal to 0" in info.value.problems[0].message

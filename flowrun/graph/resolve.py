@@ -130,6 +130,30 @@ def _check_structure(spec: WorkflowSpec, source: Source, registry: Registry) -> 
     return links, order, problems
 
 
+def _field_axis_problems(name: str, spec: WorkflowSpec, source: Source, registry: Registry,
+                         links: dict[str, dict[str, Link]]) -> list[Problem]:
+    """A swept node field (`sample.cfg`) must name a node and one of its literal fields."""
+    in_file = spec.sweep and (name in spec.sweep.grid or name in spec.sweep.zip)
+    kind = "zip" if spec.sweep and name in spec.sweep.zip else "grid"
+    where = source.where(("sweep", kind, name), key=True) if in_file else None
+    nid, _, fname = name.partition(".")
+    if nid not in spec.nodes:
+        hint = did_you_mean(nid, spec.nodes) or f"nodes are: {list_choices(spec.nodes)}"
+        return [Problem("sweep", f"axis '{name}' names no node '{nid}'", where, field=name, hint=hint)]
+    nd = registry.get(spec.nodes[nid].type)
+    if nd is None:
+        return []  # the unknown type is reported already
+    if fname not in nd.params.model_fields:
+        fields = list(nd.params.model_fields)
+        hint = did_you_mean(fname, fields) or (f"{nd.type_name} fields: {', '.join(fields)}" if fields else None)
+        return [Problem("sweep", f"axis '{name}': {nd.type_name} has no literal field '{fname}'", where, node=nid,
+                        field=name, hint=hint)]
+    if fname in links.get(nid, {}):
+        return [Problem("sweep", f"axis '{name}': field '{fname}' of node '{nid}' is fed by a link", where, node=nid,
+                        field=name, hint="sweep a field given under 'with:'")]
+    return []
+
+
 def _unknown_field(nd: NodeDef, nid: str, name: str, source: Source, section: str) -> Problem:
     valid = list(nd.inputs) + list(nd.params.model_fields)
     hint = did_you_mean(name, valid)
@@ -202,7 +226,10 @@ def resolve(spec: WorkflowSpec, source: Source, registry: Registry, overrides: O
     links, order, problems = _check_structure(spec, source, registry)
 
     used = set().union(*(referenced_names(ns.with_) for ns in spec.nodes.values()))
-    for name in axis_names(spec, overrides):
+    for name in axis_names(spec, overrides) + [n for n in (overrides.sets if overrides else {}) if "." in n]:
+        if "." in name:
+            problems += _field_axis_problems(name, spec, source, registry, links)
+            continue
         if name not in used:
             kind = "zip" if spec.sweep and name in spec.sweep.zip else "grid"
             where = source.where(("sweep", kind, name), key=True) if spec.sweep and (
@@ -232,6 +259,9 @@ def resolve(spec: WorkflowSpec, source: Source, registry: Registry, overrides: O
                 except TemplateProblem as exc:
                     cell_problems.append(Problem("template", str(exc), source.where(("nodes", nid, "with", name)),
                                                  node=nid, field=name))
+            for (target, fname), value in cell.field_values.items():
+                if target == nid:
+                    rendered[fname] = value
             linked = set(links.get(nid, {})) & set(nd.params.model_fields)
             literals: dict[str, Any] = {}
             try:

@@ -21,12 +21,18 @@ MAX_RANGE_VALUES = 1_000_000  # a single axis longer than this is refused before
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the sweep: all params resolved, plus a stable label built from the swept values."""
+    """One point of the sweep: all params resolved, plus a stable label built from the swept values.
+    A swept name with a dot (`sample.cfg`) sets that node field directly, whatever its `with:` says."""
 
     index: int
     label: str
     values: dict[str, Any]  # the swept values only (what tells this cell from the others)
     params: dict[str, Any] = field(default_factory=dict)  # defaults, then --set, then the swept values
+
+    @property
+    def field_values(self) -> dict[tuple[str, str], Any]:
+        """Node-field axes of this cell: (node id, field) -> value."""
+        return {tuple(k.split(".", 1)): v for k, v in self.values.items() if "." in k}
 
     @property
     def context(self) -> dict[str, Any]:
@@ -178,6 +184,10 @@ def expand(spec: WorkflowSpec, source: Source, overrides: Overrides | None = Non
     pinned: dict[str, Any] = {}
     for name, raw in overrides.sets.items():
         is_axis = name in axes["zip"] or name in axes["grid"]
+        if "." in name and not is_axis:  # a node field (`sample.steps`): the same value in every cell
+            axes["grid"][name] = [_parse_scalar(raw)]
+            pinned[name] = axes["grid"][name][0]
+            continue
         if name not in defaults and not is_axis:
             hint = f"params are: {', '.join(sorted(defaults))}" if defaults else "the workflow declares no params"
             problems.append(Problem("usage", f"--set {name}: no param or sweep axis is named '{name}'", hint=hint))
