@@ -116,6 +116,10 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     finally:
         manifest = build_manifest(graph, runner.records, status=status, started=started,
                                   seconds=time.perf_counter() - t0, error=error)
+        if status == "ok" and settings.contact_sheets:
+            from flowrun.execute.contact_sheet import write_sheets
+
+            manifest["sheets"] = write_sheets(manifest, out_dir)
         if out_dir.is_dir():
             path = write_manifest(out_dir, manifest)
     return RunResult(manifest, out_dir, path)

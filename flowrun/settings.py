@@ -34,3 +34,4 @@ class Settings:
     models_dirs: tuple[str, ...] = ()  # searched before $FLOWRUN_MODELS, models/ beside the workflow, bundled models
     allow_pickle: bool = False  # load .ckpt/.pt checkpoints (with torch.load(weights_only=True))
     device: str | None = None  # torch device for models; None: cuda if available, else cpu
+    contact_sheets: bool = True  # sweeps write contact-<node>.png and index.html into the output folder

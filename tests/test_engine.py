@@ -74,7 +74,8 @@ def test_identical_nodes_merge_across_cells(workflow, tmp_path):
 def test_run_outputs_and_manifest(workflow, tmp_path):
     result = api.run(api.load(workflow(SWEPT)), settings(tmp_path))
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["img-1.txt", "img-2.txt", "img-3.txt", "img-4.txt", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["img-1.txt", "img-2.txt", "img-3.txt", "img-4.txt", "index.html",
+                                                     "run.json"]
     assert (out / "img-3.txt").read_text() == "tiny:cat#0 noise#3"
     manifest = json.loads((out / "run.json").read_text())
     assert manifest == result.manifest

@@ -56,6 +56,6 @@ def test_same_workflow_same_bytes(tmp_path):
     for name in ("a", "b"):
         api.run(api.load(path), Settings(out_dir=tmp_path / name, use_cache=False))
     pngs = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
-    assert len(pngs) == 18
+    assert len(pngs) == 18 + 3  # and a contact sheet per output node
     for name in pngs:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -116,7 +116,7 @@ def _slug(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    slug = re.sub(r"[^A-Za-z0-9.+]+", "-", text).strip("-")[:32] or "empty"
+    slug = re.sub(r"[^A-Za-z0-9._+]+", "-", text).strip("-")[:32] or "empty"
     if slug != text:  # lossy: keep labels of different values apart
         slug += "-" + hashlib.sha256(text.encode()).hexdigest()[:6]
     return slug
