@@ -65,6 +65,16 @@ def _cache(settings: Settings, memory: "MemoryCache | None" = None):
     return NodeCache(memory if memory is not None else MemoryCache(settings.memory_bytes), DiskStore(settings.cache_dir))
 
 
+def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]:
+    """Estimated seconds for the steps that will run, from timings of earlier runs (and the node types
+    that have none)."""
+    from flowrun.execute import timings
+    from flowrun.graph.plan import RUN
+
+    data = timings.load(settings.cache_dir if settings.use_cache else None)
+    return timings.estimate(data, [s.task for s in steps if s.action == RUN])
+
+
 def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph", list["Step"]]:
     """The merged graph of all cells and, for each node, whether it will run, come from the cache, or be skipped."""
     from flowrun.graph.build import build
@@ -122,4 +132,8 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
             manifest["sheets"] = write_sheets(manifest, out_dir)
         if out_dir.is_dir():
             path = write_manifest(out_dir, manifest)
+        if settings.use_cache:
+            from flowrun.execute import timings
+
+            timings.record(settings.cache_dir, manifest)
     return RunResult(manifest, out_dir, path)

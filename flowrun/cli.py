@@ -141,8 +141,10 @@ def validate(files, sets, sweeps, max_cells, plugins):
 def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, as_json):
     """Show the cells and, node by node in execution order, whether it runs or comes from the cache."""
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
-    graph, steps = api.plan(resolved, _settings(cache_dir, no_cache, plugins=plugins, models_dirs=models_dirs,
-                                                allow_pickle=allow_pickle, device=device))
+    settings = _settings(cache_dir, no_cache, plugins=plugins, models_dirs=models_dirs, allow_pickle=allow_pickle,
+                         device=device)
+    graph, steps = api.plan(resolved, settings)
+    seconds, unknown = api.estimate(steps, settings)
     all_cells = len(resolved.cells)
 
     def cells_of(task):
@@ -155,6 +157,7 @@ def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dir
             "nodes": [{"id": s.task.node_id, "type": s.task.type_name, "key": s.task.key, "action": s.action,
                        "reason": s.reason, "cells": graph.cell_labels(s.task)} for s in steps],
             "unused": graph.unused,
+            "estimated_seconds": round(seconds, 3), "no_timings_for": unknown,
         }, indent=2))
         return 0
     click.echo(f"{file}: {all_cells} cell{'s' if all_cells != 1 else ''}")
@@ -166,6 +169,9 @@ def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dir
         click.echo(f"  {s.action:<6}  {s.task.node_id:<{width}}  {s.task.type_name:<20} cells: {cells_of(s.task):<16} {s.reason}")
     counts = {a: sum(1 for s in steps if s.action == a) for a in ("run", "cached", "skip")}
     click.echo(f"{len(steps)} nodes: {counts['run']} to run, {counts['cached']} cached, {counts['skip']} not needed")
+    if counts["run"]:
+        note = f" (no earlier timings for {', '.join(unknown)})" if unknown else ""
+        click.echo(f"estimated time: {seconds:.1f} s from earlier runs{note}")
     if graph.unused:
         click.echo(f"not connected to any output (never run): {', '.join(graph.unused)}")
     return 0

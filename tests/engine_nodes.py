@@ -102,7 +102,11 @@ class StepsParams(NodeParams):
 
 @node("Steps", params=StepsParams, inputs={"text": ports.STRING}, outputs={"text": ports.STRING})
 def steps(p, ctx, *, text):
+    import os
+    import time
+
     for i in range(p.steps):
+        time.sleep(float(os.environ.get("FLOWRUN_TEST_SLOW", "0")))  # lets a test kill a run halfway
         ctx.progress(i + 1, p.steps)
     return text
 

@@ -177,3 +177,42 @@ def test_validate_imports_no_heavy_library(tmp_path):
     r = subprocess.run([sys.executable, "-c", BLOCK_HEAVY, "validate", *files], capture_output=True, text=True,
                        env=env, cwd=tmp_path)
     assert "HEAVY [] EXIT 0" in r.stdout, r.stdout + r.stderr
+
+
+def test_plan_estimates_time_from_earlier_runs(cli, workflow, tmp_path):
+    path = workflow(OK)
+    r = cli("plan", path)
+    assert "estimated time: 0.0 s from earlier runs (no earlier timings for Text, WriteText)" in r.out
+    cli("run", path)
+    timings = json.loads((tmp_path / "cache" / "timings.json").read_text())
+    assert len(timings["types"]["Text"]) == 2 and len(timings["keys"]) == 4
+    r = cli("plan", path, "--sweep", "seed=5,6,7")
+    assert "6 nodes: 6 to run" in r.out and "estimated time:" in r.out and "no earlier timings" not in r.out
+    plan = json.loads(cli("plan", path, "--sweep", "seed=5", "--json").out)
+    assert plan["estimated_seconds"] >= 0 and plan["no_timings_for"] == []
+
+
+def test_resume_after_a_run_killed_halfway(workflow, tmp_path):
+    """A sweep interrupted after some cells re-runs only the missing ones, through the cache."""
+    import signal
+    import time as _time
+
+    path = workflow(OK.replace("grid: {seed: [3, 4]}", "grid: {seed: [1, 2, 3, 4, 5, 6]}").replace(
+        "out: {type: WriteText, in: {text: t}", "s: {type: Steps, in: {text: t}, with: {steps: 1}}\n"
+        "  out: {type: WriteText, in: {text: s}"))
+    env = {"FLOWRUN_CACHE_DIR": str(tmp_path / "c"), "FLOWRUN_TEST_SLOW": "0.4"}
+    proc = subprocess.Popen([sys.executable, "-m", "flowrun", "run", str(path), "--out", str(tmp_path / "o"), "-q"],
+                            cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": f"{TESTS}:{ROOT}", **env})
+    deadline = _time.time() + 60
+    while _time.time() < deadline and len(list((tmp_path / "o").glob("*.txt"))) < 2:
+        _time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in (tmp_path / "o").glob("*.txt"))
+    assert 2 <= len(done) < 6
+    r = flowrun_process("run", path, "--out", tmp_path / "o", "--json", cwd=tmp_path, env=env)
+    manifest = json.loads(r.stdout)
+    saves = [n for n in manifest["nodes"] if n["id"] == "out"]
+    assert sum(n["status"] == "cached" for n in saves) >= len(done) - 1
+    assert sum(n["status"] == "executed" for n in saves) <= 6 - len(done) + 1
+    assert len(list((tmp_path / "o").glob("*.txt"))) == 6
