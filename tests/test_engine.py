@@ -291,3 +291,34 @@ def test_memory_cache_is_bounded_lru():
             cache.get("k0")  # k0 becomes the most recent
     assert "k0" in cache and "k1" not in cache and "k3" in cache
     assert cache.nbytes <= 3000
+
+
+def test_extending_an_axis_renders_only_the_new_cells(workflow, tmp_path):
+    path = workflow(SWEPT)
+    api.run(api.load(path, Overrides.parse(sweeps=["seed=1,2"])), settings(tmp_path))
+    more = api.run(api.load(path, Overrides.parse(sweeps=["seed=1,2,3"])), settings(tmp_path))
+    st = statuses(more.manifest)
+    assert st["save"] == ["cached", "cached", "executed"] and st["seeded"] == ["skipped", "skipped", "executed"]
+
+
+def test_fully_cached_rerun_imports_no_torch(tiny_models, tmp_path):
+    """A no-op re-run of a diffusion sweep answers from the cache without importing torch."""
+    from conftest import ROOT, TESTS
+
+    wf = ROOT / "workflows" / "sweep-2x2.yaml"
+    env = {"FLOWRUN_CACHE_DIR": str(tmp_path / "c")}
+    first = flowrun_process("run", wf, "--models-dir", tiny_models, "--out", tmp_path / "a", "-q", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    probe = ("import sys, runpy\nsys.argv = ['flowrun'] + sys.argv[1:]\ntry:\n    runpy.run_module('flowrun', "
+             "run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\nprint('TORCH', 'torch' in sys.modules, "
+             "'EXIT', code)")
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", probe, "run", str(wf), "--models-dir", str(tiny_models), "--out",
+                        str(tmp_path / "b"), "-q"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": f"{TESTS}:{ROOT}", **env})
+    assert "TORCH False EXIT 0" in r.stdout, r.stdout + r.stderr
+    assert sorted(p.name for p in (tmp_path / "b").glob("seed*.png")) == sorted(
+        p.name for p in (tmp_path / "a").glob("seed*.png"))
