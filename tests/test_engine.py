@@ -322,3 +322,32 @@ def test_fully_cached_rerun_imports_no_torch(tiny_models, tmp_path):
     assert "TORCH False EXIT 0" in r.stdout, r.stdout + r.stderr
     assert sorted(p.name for p in (tmp_path / "b").glob("seed*.png")) == sorted(
         p.name for p in (tmp_path / "a").glob("seed*.png"))
+
+
+TWO_MODELS = """\
+version: 1
+params: {seed: 1, name: a}
+sweep:
+  grid: {seed: [1, 2, 3], name: [a, b]}
+nodes:
+  model: {type: FakeLoader, with: {name: "{{ name }}"}}
+  t: {type: Text, with: {text: x, seed: "{{ seed }}"}}
+  use: {type: UseModel, in: {model: model, text: t}}
+  save: {type: WriteText, in: {text: use}, with: {filename_prefix: "{{ name }}-{{ seed }}"}}
+"""
+
+
+def test_sweep_over_two_models_loads_each_once_and_runs_them_grouped(workflow, tmp_path):
+    path = workflow(TWO_MODELS)
+    graph, steps = api.plan(api.load(path), settings(tmp_path))
+    order = [(graph.tasks[s.task.key].node_id, graph.cell_labels(s.task)[0]) for s in steps]
+    models = [o for o in order if o[0] == "model"]
+    assert len(models) == 2  # one load per model although the model axis is the inner one
+    uses = [label for nid, label in order if nid == "use"]
+    # every cell of model a runs before any cell of model b
+    assert uses == ["seed-1_name-a", "seed-2_name-a", "seed-3_name-a", "seed-1_name-b", "seed-2_name-b",
+                    "seed-3_name-b"]
+    b_load = order.index(models[1])
+    assert all(order.index(("use", label)) < b_load for label in uses[:3])
+    result = api.run(api.load(path), settings(tmp_path))
+    assert statuses(result.manifest)["model"] == ["executed", "executed"]

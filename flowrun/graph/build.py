@@ -169,10 +169,36 @@ def build(resolved: Resolved, env: FileEnv) -> Graph:
         del tasks[old]
         tasks[task.key] = task
         g = nx.relabel_nodes(g, {old: task.key}, copy=False)
-    order = list(nx.lexicographical_topological_sort(
-        g, key=lambda k: (tasks[k].cells[0], position[tasks[k].node_id])))
+    order = _cost_aware_order(g, tasks, position)
     unused = [nid for nid in spec.nodes if nid not in needed]
     return Graph(resolved, g, tasks, order, unused)
+
+
+def _cost_aware_order(g: nx.DiGraph, tasks: dict[str, Task], position: dict[str, int]) -> list[str]:
+    """Execution order: cells grouped by the models they use (the tasks with memory-only outputs among
+    their ancestors: checkpoint, LoRA), so each model is loaded once and released when its last cell is
+    done; within a group, cells in sweep order and nodes in file order."""
+    from flowrun.nodes.ports import MEMORY_ONLY
+
+    model_tasks = {k for k, t in tasks.items()
+                   if t.out_types and any(v in MEMORY_ONLY for v in t.out_types.values())}
+    group_of: dict[str, tuple] = {}
+    for k in nx.topological_sort(g):
+        ups = [u for u in g.predecessors(k)]
+        group = set().union(*(group_of[u] for u in ups)) if ups else set()
+        if k in model_tasks:
+            group = group | {k}
+        group_of[k] = frozenset(group)
+    first_cell: dict[frozenset, int] = {}
+    for k, t in tasks.items():
+        grp = group_of[k]
+        first_cell[grp] = min(first_cell.get(grp, t.cells[0]), t.cells[0])
+
+    def rank(k: str) -> tuple:
+        t = tasks[k]
+        return (first_cell[group_of[k]], t.cells[0], position[t.node_id])
+
+    return list(nx.lexicographical_topological_sort(g, key=rank))
 
 
 def _disambiguate_outputs(resolved: Resolved, tasks: dict[str, Task]) -> list[tuple[str, Task]]:
