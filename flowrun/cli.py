@@ -98,11 +98,13 @@ class ConsoleEvents(Events):
               help="Output folder (default: out/<workflow name>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--no-batch", is_flag=True, help="Sample each cell alone instead of batching cells that differ in seed/cfg.")
 def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, out, as_json,
-        quiet):
+        quiet, no_batch):
     """Run a workflow: every cell of its sweep, reusing cached nodes."""
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
     settings = _settings(cache_dir, no_cache, out, plugins, models_dirs, allow_pickle, device)
+    settings.batch = not no_batch
     result = api.run(resolved, settings, events=ConsoleEvents(quiet or as_json, [c.label for c in resolved.cells]))
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))

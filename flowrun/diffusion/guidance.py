@@ -118,9 +118,13 @@ def _batches(entries: list[Entry]) -> list[list[Entry]]:
     return groups
 
 
-def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry], cfg: float):
-    """D(x, sigma) with guidance, for the samplers."""
-    use_negative = not math.isclose(cfg, 1.0)
+def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry], cfg):
+    """D(x, sigma) with guidance, for the samplers. `cfg` is one scale, or one per batch row (cells of a
+    batched sweep that differ in cfg)."""
+    scales = [float(c) for c in cfg] if isinstance(cfg, (list, tuple)) else [float(cfg)]
+    use_negative = not all(math.isclose(c, 1.0) for c in scales)
+    if len(scales) > 1:
+        cfg = torch.tensor(scales, dtype=torch.float32).view(-1, 1, 1, 1)
     entries = positive + (mirror_areas(positive, negative) if use_negative else [])
 
     def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -149,6 +153,7 @@ def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry]
         if not use_negative:
             return cond
         uncond = out[False] / count[False]
-        return uncond + (cond - uncond) * cfg
+        scale = cfg.to(x.device) if isinstance(cfg, torch.Tensor) else cfg
+        return uncond + (cond - uncond) * scale
 
     return run

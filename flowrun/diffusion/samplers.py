@@ -35,22 +35,42 @@ def ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
     return (sigma_to ** 2 - sigma_up ** 2) ** 0.5, sigma_up
 
 
-def gaussian_noise(x: torch.Tensor, seed: int):
-    generator = torch.Generator("cpu").manual_seed(seed + 1)
-    return lambda sigma, sigma_next: torch.randn(x.shape, dtype=x.dtype, generator=generator).to(x.device)
+Seeds = "int | list[tuple[int, int]]"  # one seed, or (seed, rows) per cell of a batched sweep
+
+
+def seed_chunks(x: torch.Tensor, seed) -> list[tuple[int, int]]:
+    """[(seed, rows)]: the rows of the batch that draw their noise from each seed (one cell each)."""
+    return [(int(seed), x.shape[0])] if isinstance(seed, int) else list(seed)
+
+
+def gaussian_noise(x: torch.Tensor, seed):
+    """Per-step noise from CPU generators seeded with seed + 1 (ComfyUI's CPU convention), one generator
+    per cell, so that a cell draws the same noise batched with others as alone."""
+    chunks = seed_chunks(x, seed)
+    gens = [(torch.Generator("cpu").manual_seed((s + 1) % 2**64), n) for s, n in chunks]
+    shape = tuple(x.shape[1:])
+
+    def draw(sigma, sigma_next):
+        parts = [torch.randn((n,) + shape, dtype=x.dtype, generator=g) for g, n in gens]
+        return torch.cat(parts).to(x.device)
+
+    return draw
 
 
 class BrownianNoise:
-    """Noise from a Brownian tree over [sigma_min, sigma_max]: queries of any interval are consistent."""
+    """Noise from Brownian trees over [sigma_min, sigma_max], one per cell: queries of any interval are
+    consistent, and a cell's noise does not depend on the other cells of its batch."""
 
-    def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed: int):
+    def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed):
         import torchsde
 
         t0, t1 = torch.as_tensor(sigma_min).detach().cpu().float(), torch.as_tensor(sigma_max).detach().cpu().float()
         self.sign = 1
         if t0 > t1:
             t0, t1, self.sign = t1, t0, -1
-        self.tree = torchsde.BrownianTree(t0, torch.zeros_like(x, device="cpu"), t1, entropy=seed)
+        shape = tuple(x.shape[1:])
+        self.trees = [torchsde.BrownianTree(t0, torch.zeros((n,) + shape), t1, entropy=s)
+                      for s, n in seed_chunks(x, seed)]
         self.device, self.dtype = x.device, x.dtype
 
     def __call__(self, sigma, sigma_next):
@@ -60,7 +80,7 @@ class BrownianNoise:
             a, b, sign = b, a, -1
         with warnings.catch_warnings():  # float32 endpoints a hair past the interval; the tree clamps them
             warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
-            w = self.tree(a, b) * (self.sign * sign)
+            w = torch.cat([tree(a, b) for tree in self.trees]) * (self.sign * sign)
         return w.to(self.device, self.dtype) / (b - a).abs().sqrt().to(self.device)
 
 

@@ -43,6 +43,7 @@ def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str,
                 "status": r.status,
                 "seconds": round(r.seconds, 4),
                 "outputs": r.files,
+                **({"batched": r.batched} if r.batched > 1 else {}),
             }
             for r in records.values()
         ],

@@ -27,11 +27,12 @@ class NodeRecord:
     status: str = SKIPPED
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
+    batched: int = 1  # cells computed together in one batched call
 
 
 class Runner:
     def __init__(self, graph: Graph, steps: list[Step], cache: NodeCache | None, out_dir: Path, files: FileEnv,
-                 events: Events | None = None):
+                 events: Events | None = None, batch: bool = True):
         self.graph, self.steps, self.cache = graph, steps, cache
         self.out_dir = Path(out_dir)
         self.files = files
@@ -45,6 +46,10 @@ class Runner:
                 for up, _ in s.task.inputs.values():
                     self.pending[up] = self.pending.get(up, 0) + 1
         self._started = 0
+        from flowrun.graph.batching import batch_groups
+
+        self.groups = batch_groups(steps) if batch else {}
+        self.prefetched: dict[str, dict[str, Any]] = {}  # results of batch members, until they are reached
 
     def run(self) -> dict[str, NodeRecord]:
         self.events.run_start(self.steps)
@@ -61,6 +66,13 @@ class Runner:
         task = self.graph.tasks[key]
         record = self.records[key]
         started = time.perf_counter()
+        if key in self.prefetched:  # computed with the rest of its batch
+            value = self.prefetched.pop(key)
+            self._announce(task)
+            if self.pending.get(key, 0) > 0:
+                self.live[key] = value
+            self.events.node_end(task, record.status, record.seconds)
+            return value
         value = self.cache.load(key, task.out_types) if self.cache is not None else None
         if value is not None:
             self._announce(task)
@@ -68,6 +80,8 @@ class Runner:
         else:
             inputs = {name: self._ensure(up)[out] for name, (up, out) in task.inputs.items()}
             self._announce(task)
+            if key in self.groups:
+                return self._execute_batch(key, inputs, started)
             try:
                 value = self._execute(task, inputs)
             except RunFailed:
@@ -86,6 +100,45 @@ class Runner:
             self.live[key] = value
         record.seconds = time.perf_counter() - started
         self.events.node_end(task, record.status, record.seconds)
+        return value
+
+    def _execute_batch(self, key: str, inputs: dict[str, Any], started: float) -> dict[str, Any]:
+        """Run the whole group of `key` in one call; keep the other members' results until they are reached."""
+        members = [k for k in self.groups[key] if self.records[k].status == SKIPPED and k not in self.prefetched]
+        tasks = [self.graph.tasks[k] for k in members]
+        nd = tasks[0].node_def
+        cells = sorted({c for t in tasks for c in self.graph.cell_labels(t)})
+        port_values = {k: v for k, v in inputs.items() if k in nd.inputs}
+        try:
+            params = [nd.params.model_validate({**t.literals, **{k: v for k, v in inputs.items() if k not in nd.inputs}})
+                      for t in tasks]
+            ctx = RunContext(tasks[0], cells, self.events, self.files)
+            results = nd.batch(params, ctx, **port_values)
+        except NodeError as exc:
+            self.records[key].status = FAILED
+            raise RunFailed(tasks[0].node_id, nd.type_name, cells, str(exc)) from exc
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            self.records[key].status = FAILED
+            raise RunFailed(tasks[0].node_id, nd.type_name, cells, f"{type(exc).__name__}: {exc}") from exc
+        seconds = (time.perf_counter() - started) / len(tasks)
+        out_name = next(iter(nd.outputs))
+        for k, task, result in zip(members, tasks, results):
+            value = {out_name: result}
+            record = self.records[k]
+            record.status, record.seconds, record.batched = EXECUTED, seconds, len(tasks)
+            if self.cache is not None:
+                self.cache.store(k, value, task.out_types,
+                                 {"node": task.node_id, "type": task.type_name, "cells": self.graph.cell_labels(task)})
+            self.prefetched[k] = value
+        for up, _ in tasks[0].inputs.values():
+            for _ in tasks:
+                self._release(up)
+        value = self.prefetched.pop(key)
+        if self.pending.get(key, 0) > 0:
+            self.live[key] = value
+        self.events.node_end(tasks[0], EXECUTED, seconds)
         return value
 
     def _announce(self, task: Task) -> None:

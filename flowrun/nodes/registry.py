@@ -63,6 +63,9 @@ class NodeDef:
     category: str = ""
     description: str = ""
     fingerprint: Callable[[NodeParams, Any], dict] | None = None  # contents of files the node reads
+    # cells that differ only in these fields may run as one call: batch(list of params, ctx, **inputs)
+    batch: Callable[..., list] | None = None
+    batch_fields: tuple[str, ...] = ()
 
     def widget_type(self, name: str) -> str | None:
         """The port type of literal field `name` when a link feeds it, or None if there is no such field."""
@@ -78,7 +81,8 @@ class NodeDef:
 
 def node(type_name: str, *, outputs: Mapping[str, str] | None = None, inputs: Mapping[str, Input | str] | None = None,
          params: type[NodeParams] = NoParams, version: int = 1, output: bool = False, category: str = "",
-         fingerprint: Callable[[NodeParams, Any], dict] | None = None) -> Callable[[Callable], NodeDef]:
+         fingerprint: Callable[[NodeParams, Any], dict] | None = None, batch: Callable[..., list] | None = None,
+         batch_fields: tuple[str, ...] = ()) -> Callable[[Callable], NodeDef]:
     """Declare a node. The function is called as fn(params, ctx, **inputs) and returns its single output,
     or a dict of outputs by name when it has several."""
     ins = {k: v if isinstance(v, Input) else Input(v) for k, v in (inputs or {}).items()}
@@ -89,7 +93,7 @@ def node(type_name: str, *, outputs: Mapping[str, str] | None = None, inputs: Ma
     def wrap(fn: Callable) -> NodeDef:
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         return NodeDef(type_name, fn, params, MappingProxyType(ins), MappingProxyType(dict(outputs or {})),
-                       version, output, category, doc, fingerprint)
+                       version, output, category, doc, fingerprint, batch, tuple(batch_fields))
 
     return wrap
 

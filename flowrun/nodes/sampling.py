@@ -37,7 +37,27 @@ def _run(ctx, model, **kwargs):
         raise NodeError(str(exc)) from None
 
 
-@node("KSampler", params=KSamplerParams, inputs=SAMPLER_INPUTS, outputs={"latent": ports.LATENT}, category="sampling")
+def _batch(seed_field: str, advanced: bool):
+    def run_batch(params: list, ctx, *, model, positive, negative, latent_image) -> list:
+        from flowrun.diffusion.ksampler import ksample_batch
+        from flowrun.errors import NodeError
+
+        p = params[0]
+        extra = {"denoise": p.denoise} if not advanced else {
+            "add_noise": p.add_noise == "enable", "start_step": p.start_at_step, "last_step": p.end_at_step,
+            "force_full_denoise": p.return_with_leftover_noise == "disable"}
+        try:
+            return ksample_batch(model, seeds=[getattr(q, seed_field) for q in params], cfgs=[q.cfg for q in params],
+                                 steps=p.steps, sampler_name=p.sampler_name, scheduler=p.scheduler, positive=positive,
+                                 negative=negative, latent=latent_image, progress=ctx.progress, **extra)
+        except ValueError as exc:
+            raise NodeError(str(exc)) from None
+
+    return run_batch
+
+
+@node("KSampler", params=KSamplerParams, inputs=SAMPLER_INPUTS, outputs={"latent": ports.LATENT}, category="sampling",
+      batch=_batch("seed", advanced=False), batch_fields=("seed", "cfg"))
 def ksampler(p: KSamplerParams, ctx, *, model, positive, negative, latent_image):
     """Denoise latent_image from the seed's noise; the same inputs always give the same latent."""
     return _run(ctx, model, seed=p.seed, steps=p.steps, cfg=p.cfg, sampler_name=p.sampler_name,
@@ -57,7 +77,7 @@ class KSamplerAdvancedParams(NodeParams):
 
 
 @node("KSamplerAdvanced", params=KSamplerAdvancedParams, inputs=SAMPLER_INPUTS, outputs={"latent": ports.LATENT},
-      category="sampling")
+      category="sampling", batch=_batch("noise_seed", advanced=True), batch_fields=("noise_seed", "cfg"))
 def ksampler_advanced(p: KSamplerAdvancedParams, ctx, *, model, positive, negative, latent_image):
     """Run steps start_at_step..end_at_step of a schedule; with leftover noise for a second sampler."""
     return _run(ctx, model, seed=p.noise_seed, steps=p.steps, cfg=p.cfg, sampler_name=p.sampler_name,
