@@ -13,7 +13,6 @@ from PIL import Image
 
 from flowrun import api
 from flowrun.diffusion.clip import encode, token_weights, tokenize
-from flowrun.errors import RunFailed
 from flowrun.settings import Settings
 from flowrun.spec.sweep import Overrides
 

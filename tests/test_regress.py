@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -46,7 +45,7 @@ def golden(case_path, name="c3366cc.png", backend="cpu"):
 def test_missing_golden_fails_with_the_command_that_creates_it(cli, case):
     r = cli("test", case)
     assert r.code == 1
-    assert f"FAIL  blend [color-3368652] c3366cc.png: no golden" in r.out
+    assert "FAIL  blend [color-3368652] c3366cc.png: no golden" in r.out
     assert f"create it with: flowrun test {case} --update" in r.out
 
 

@@ -11,7 +11,6 @@ encoder (q_proj, k_proj, v_proj, out_proj); base weights frozen. CPU, determinis
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import replace
 from pathlib import Path

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from flowrun.diffusion.configs import SD1, SD2, SDXL
+from flowrun.diffusion.configs import SD1, SDXL
 from flowrun.diffusion.model import TextEncoder
 
 START, END = 49406, 49407

@@ -9,7 +9,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from flowrun.regress.cases import GRADE_ORDER, CaseResult, Outcome
+from flowrun.regress.cases import GRADE_ORDER, CaseResult
 from flowrun.regress.compare import heatmap, load_rgb
 
 
