@@ -214,6 +214,46 @@ def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, upda
 
 
 @cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@sweep_options
+@click.option("--cell", help="Export only this cell (by label).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for the JSON files.")
+def export(file, sets, sweeps, max_cells, plugins, cell, out):
+    """Write ComfyUI's API format: one JSON file per sweep cell (or --cell)."""
+    from flowrun.interop.comfyui import export_cells
+    from flowrun.safepath import write_atomic
+
+    resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
+    try:
+        graphs = export_cells(resolved, cell)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    single = len(resolved.cells) == 1
+    for label, graph in graphs.items():
+        path = out / (f"{file.stem}.json" if single else f"{file.stem}-{label}.json")
+        write_atomic(path, (json.dumps(graph, indent=2) + "\n").encode())
+        click.echo(f"wrote {path}")
+    return 0
+
+
+@cli.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@cache_options
+@click.option("--workflow-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where relative file names in the image's workflow resolve (default: the image's folder).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder for the new render.")
+def reproduce(image, cache_dir, no_cache, models_dirs, allow_pickle, device, workflow_dir, out):
+    """Render an image again from the workflow flowrun stored in it; exit 0 if identical, 1 if not."""
+    from flowrun.interop.reproduce import reproduce as run_reproduce
+
+    settings = _settings(cache_dir, no_cache, out, (), models_dirs, allow_pickle, device)
+    r = run_reproduce(image, settings, workflow_dir)
+    click.echo(f"{image}: {r.message} (new render: {r.new})")
+    return 0 if r.identical else 1
+
+
+@cli.command()
 @click.argument("types", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
