@@ -237,6 +237,23 @@ def export(file, sets, sweeps, max_cells, plugins, cell, out):
     return 0
 
 
+@cli.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Workflow file to write (default: stdout).")
+def import_cmd(source, out):
+    """Convert a ComfyUI API-format graph (.json, or a PNG's prompt chunk) into a flowrun workflow."""
+    from flowrun.interop.comfy_import import from_api, load_graph
+    from flowrun.safepath import write_atomic
+
+    text = from_api(load_graph(source), api.registry(), name=source.stem)
+    if out is None:
+        click.echo(text, nl=False)
+        return 0
+    write_atomic(out, text.encode())
+    click.echo(f"wrote {out}", err=True)
+    return 0
+
+
 @cli.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @cache_options

@@ -1,0 +1,121 @@
+"""ComfyUI API-format graphs ({"3": {"class_type": "KSampler", "inputs": {...}}}, links as ["4", 0]) to
+flowrun workflows: readable node ids from each node's type and role, literals under `with:`, links under
+`in:`. Node types flowrun does not implement are reported together."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+
+from flowrun.errors import UsageError
+
+ROLE_NAMES = {
+    "CheckpointLoaderSimple": "ckpt", "LoraLoader": "lora", "EmptyLatentImage": "latent", "KSampler": "sample",
+    "KSamplerAdvanced": "sample", "VAEDecode": "decode", "VAEEncode": "encode", "SaveImage": "save",
+    "LoadImage": "image", "LatentUpscale": "upscale", "LatentUpscaleBy": "upscale", "ImageScale": "scale",
+    "CLIPSetLastLayer": "clip_skip", "ConditioningCombine": "combine", "ConditioningConcat": "concat",
+    "ConditioningSetArea": "area",
+}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _ids(prompt: dict[str, Any]) -> dict[str, str]:
+    """ComfyUI id -> readable flowrun id: `ckpt`, `positive`/`negative` for the prompts a sampler reads,
+    `sample`, `decode`...; repeated roles get _2, _3 in ComfyUI id order."""
+    role: dict[str, str] = {}
+    for cid, node in prompt.items():
+        if node.get("class_type") in ("KSampler", "KSamplerAdvanced"):
+            for side in ("positive", "negative"):
+                link = node.get("inputs", {}).get(side)
+                if isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") == "CLIPTextEncode":
+                    role.setdefault(str(link[0]), side)
+    names: dict[str, str] = {}
+    used: dict[str, int] = {}
+    for cid in sorted(prompt, key=lambda k: (len(k), k)):
+        ctype = prompt[cid].get("class_type", "node")
+        base = role.get(cid) or ROLE_NAMES.get(ctype) or _snake(ctype)
+        used[base] = used.get(base, 0) + 1
+        names[cid] = base if used[base] == 1 else f"{base}_{used[base]}"
+    return names
+
+
+def _dependency_order(prompt: dict[str, Any]) -> list[str]:
+    """ComfyUI ids with every node after the nodes it reads (ties in ComfyUI id order)."""
+    import graphlib
+
+    order_key = {cid: i for i, cid in enumerate(sorted(prompt, key=lambda k: (len(k), k)))}
+    deps = {cid: {str(v[0]) for v in n.get("inputs", {}).values()
+                  if isinstance(v, list) and len(v) == 2 and str(v[0]) in prompt} for cid, n in prompt.items()}
+    sorter = graphlib.TopologicalSorter(deps)
+    sorter.prepare()
+    out: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=order_key.__getitem__)
+        out += ready
+        sorter.done(*ready)
+    return out
+
+
+def from_api(prompt: dict[str, Any], registry: Any, name: str | None = None) -> str:
+    """YAML text of a flowrun workflow for an API-format graph. Raises UsageError listing unknown types."""
+    if not isinstance(prompt, dict) or not all(isinstance(v, dict) and "class_type" in v for v in prompt.values()):
+        raise UsageError("not a ComfyUI API-format graph (expected {id: {class_type, inputs}})")
+    unknown = sorted({n["class_type"] for n in prompt.values() if n["class_type"] not in registry})
+    if unknown:
+        raise UsageError("ComfyUI nodes flowrun does not implement: " + ", ".join(unknown))
+    ids = _ids(prompt)
+    nodes: dict[str, Any] = {}
+    for cid in _dependency_order(prompt):
+        node = prompt[cid]
+        nd = registry.get(node["class_type"])
+        entry: dict[str, Any] = {"type": node["class_type"]}
+        links, literals = {}, {}
+        for key, value in node.get("inputs", {}).items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt:
+                src = prompt[str(value[0])]
+                outputs = list(registry.get(src["class_type"]).outputs)
+                out = outputs[int(value[1])] if int(value[1]) < len(outputs) else outputs[0]
+                links[key] = ids[str(value[0])] if len(outputs) == 1 else f"{ids[str(value[0])]}.{out}"
+            elif key in nd.params.model_fields:
+                literals[key] = value
+        if links:
+            entry["in"] = links
+        if literals:
+            entry["with"] = literals
+        nodes[ids[cid]] = entry
+    doc = {"version": 1}
+    if name:
+        doc["name"] = name
+    doc["nodes"] = nodes
+    return "# imported from a ComfyUI graph by `flowrun import`\n" + yaml.safe_dump(doc, sort_keys=False,
+                                                                                      allow_unicode=True)
+
+
+def load_graph(path) -> dict[str, Any]:
+    """The API-format graph in a .json file or in a PNG's `prompt` text chunk."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            text = im.info.get("prompt")
+        if not text:
+            raise UsageError(f"{path} carries no ComfyUI graph (no 'prompt' text chunk)")
+    else:
+        text = path.read_text()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{path}: not JSON: {exc}") from None
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        raise UsageError(f"{path}: ComfyUI's UI format is not supported yet; export the API format "
+                         "(Save (API Format)) and import that")
+    return data
