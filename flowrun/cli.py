@@ -241,11 +241,12 @@ def export(file, sets, sweeps, max_cells, plugins, cell, out):
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Workflow file to write (default: stdout).")
 def import_cmd(source, out):
-    """Convert a ComfyUI API-format graph (.json, or a PNG's prompt chunk) into a flowrun workflow."""
+    """Convert a ComfyUI graph (API or UI format, .json or a PNG's text chunks) into a flowrun workflow."""
     from flowrun.interop.comfy_import import from_api, load_graph
     from flowrun.safepath import write_atomic
 
-    text = from_api(load_graph(source), api.registry(), name=source.stem)
+    reg = api.registry()
+    text = from_api(load_graph(source, reg), reg, name=source.stem)
     if out is None:
         click.echo(text, nl=False)
         return 0

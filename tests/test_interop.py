@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from flowrun.interop.comfyui import CORE_NODES
@@ -56,13 +57,17 @@ def test_reproduce_renders_the_image_again(cli, tmp_path):
     assert r.code == 2 and "carries no flowrun workflow" in r.err
 
 
+def _norm(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 def _shape(graph: dict) -> set:
-    """A graph up to node ids: each node's type, literals and linked (type, output index) inputs."""
+    """A graph up to node ids: each node's type, literals (numbers as floats) and linked inputs."""
     types = {k: v["class_type"] for k, v in graph.items()}
     out = set()
     for node in graph.values():
         links = tuple(sorted((k, types[str(v[0])], v[1]) for k, v in node["inputs"].items() if isinstance(v, list)))
-        lits = tuple(sorted((k, json.dumps(v)) for k, v in node["inputs"].items() if not isinstance(v, list)))
+        lits = tuple(sorted((k, json.dumps(_norm(v))) for k, v in node["inputs"].items() if not isinstance(v, list)))
         out.add((node["class_type"], lits, links))
     return out
 
@@ -83,9 +88,9 @@ def test_import_api_format_then_run_and_export_round_trip(cli, tmp_path):
 
 
 def test_import_every_example_round_trips(cli, tmp_path):
-    for wf in ("txt2img", "img2img", "hires-fix", "lora"):
-        cli("export", ROOT / "workflows" / f"{wf}.yaml", "--cell", "strength-1.0" if wf == "lora" else "default",
-            "--out", tmp_path / wf)
+    cells = {"lora": "strength-1.0", "sweep-2x2": "seed-2_cfg-7.0", "swatches": "colour-blue_color-2793696_size-64"}
+    for wf in ("txt2img", "img2img", "hires-fix", "lora", "sweep-2x2", "swatches"):
+        cli("export", ROOT / "workflows" / f"{wf}.yaml", "--cell", cells.get(wf, "default"), "--out", tmp_path / wf)
         exported = next((tmp_path / wf).glob("*.json"))
         assert cli("import", exported, "--out", tmp_path / f"{wf}.yaml").code == 0
         cli("export", tmp_path / f"{wf}.yaml", "--out", tmp_path / f"{wf}-again")
@@ -100,6 +105,69 @@ def test_import_reports_unknown_nodes_together(cli, tmp_path):
     (tmp_path / "g.json").write_text(json.dumps(graph))
     r = cli("import", tmp_path / "g.json")
     assert r.code == 2 and "ComfyUI nodes flowrun does not implement: FaceDetailer, UpscaleModelLoader" in r.err
-    (tmp_path / "ui.json").write_text(json.dumps({"nodes": [], "links": []}))
+    ui = json.loads((ROOT / "tests" / "comfyui" / "txt2img-ui.json").read_text())
+    ui["nodes"].append({"id": 20, "type": "IPAdapterApply", "mode": 0, "inputs": [], "outputs": []})
+    ui["nodes"].append({"id": 21, "type": "FaceDetailer", "mode": 2, "inputs": [], "outputs": []})  # muted: fine
+    (tmp_path / "ui.json").write_text(json.dumps(ui))
     r = cli("import", tmp_path / "ui.json")
-    assert r.code == 2 and "UI format is not supported yet" in r.err
+    assert r.code == 2 and "does not implement: IPAdapterApply" in r.err and "FaceDetailer" not in r.err
+
+
+def test_import_ui_format_with_muted_bypassed_primitive_and_reroute(cli, tmp_path):
+    from flowrun import api
+    from flowrun.interop.comfy_import import load_graph
+
+    source = ROOT / "tests" / "comfyui" / "txt2img-ui.json"
+    prompt = load_graph(source, api.registry())
+    assert sorted(prompt, key=int) == ["3", "4", "5", "6", "7", "8", "9"]  # muted save, bypass, reroute, primitive gone
+    assert prompt["3"]["inputs"]["seed"] == 123  # the primitive's value; "randomize" skipped
+    assert prompt["3"]["inputs"]["steps"] == 20 and prompt["3"]["inputs"]["sampler_name"] == "euler"
+    assert prompt["8"]["inputs"]["samples"] == ["3", 0]  # through the bypassed LatentUpscaleBy
+    assert prompt["8"]["inputs"]["vae"] == ["4", 2]  # through the reroute
+    r = cli("import", source, "--out", tmp_path / "ui.yaml")
+    assert r.code == 0
+    assert cli("run", tmp_path / "ui.yaml", "--out", tmp_path / "o").code == 0
+    from flowrun.diffusion import shapes
+
+    seen = shapes.classify(np.asarray(Image.open(tmp_path / "o" / "ComfyUI.png").convert("RGB")))
+    assert (seen.background, seen.colour) == ("white", "yellow")
+    # the same graph written in the API format imports to the same workflow shape
+    cli("export", tmp_path / "ui.yaml", "--out", tmp_path / "e")
+    assert _shape(json.loads((tmp_path / "e" / "ui.json").read_text())) == _shape(prompt)
+
+
+@pytest.mark.parametrize("name", ["txt2img-api", "img2img-api", "hires-lora-api", "sdxl-refiner-api"])
+def test_hand_written_api_graphs_round_trip(name, cli, tmp_path):
+    source = ROOT / "tests" / "comfyui" / f"{name}.json"
+    assert cli("import", source, "--out", tmp_path / "wf.yaml").code == 0
+    assert cli("validate", tmp_path / "wf.yaml").code == 0
+    assert cli("export", tmp_path / "wf.yaml", "--out", tmp_path / "e").code == 0
+    assert _shape(json.loads((tmp_path / "e" / "wf.json").read_text())) == _shape(json.loads(source.read_text()))
+
+
+def test_import_from_png_chunks(cli, tmp_path):
+    cli("run", ROOT / "workflows" / "txt2img.yaml", "--out", tmp_path / "r")
+    r = cli("import", tmp_path / "r" / "txt2img-seed42.png", "--out", tmp_path / "from-png.yaml")
+    assert r.code == 0 and cli("validate", tmp_path / "from-png.yaml").code == 0
+    ui = (ROOT / "tests" / "comfyui" / "txt2img-ui.json").read_text()
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("workflow", ui)  # ComfyUI also stores its UI graph
+    Image.new("RGB", (8, 8)).save(tmp_path / "comfy.png", pnginfo=meta)
+    assert cli("import", tmp_path / "comfy.png", "--out", tmp_path / "from-ui-png.yaml").code == 0
+    assert "seed: 123" in (tmp_path / "from-ui-png.yaml").read_text()
+
+
+@pytest.mark.parametrize("shape", ["img2img", "hires-lora", "sdxl-refiner"])
+def test_ui_format_graphs_equal_their_api_twins(shape, cli, tmp_path):
+    """Each UI-format graph imports to the same graph as the API-format one beside it, and round-trips."""
+    from flowrun import api
+    from flowrun.interop.comfy_import import load_graph
+
+    ui = load_graph(ROOT / "tests" / "comfyui" / f"{shape}-ui.json", api.registry())
+    twin = json.loads((ROOT / "tests" / "comfyui" / f"{shape}-api.json").read_text())
+    assert _shape(ui) == _shape(twin)
+    assert cli("import", ROOT / "tests" / "comfyui" / f"{shape}-ui.json", "--out", tmp_path / "wf.yaml").code == 0
+    assert cli("export", tmp_path / "wf.yaml", "--out", tmp_path / "e").code == 0
+    assert _shape(json.loads((tmp_path / "e" / "wf.json").read_text())) == _shape(twin)

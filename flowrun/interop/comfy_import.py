@@ -97,8 +97,8 @@ def from_api(prompt: dict[str, Any], registry: Any, name: str | None = None) -> 
                                                                                       allow_unicode=True)
 
 
-def load_graph(path) -> dict[str, Any]:
-    """The API-format graph in a .json file or in a PNG's `prompt` text chunk."""
+def load_graph(path, registry: Any = None) -> dict[str, Any]:
+    """The API-format graph of a .json file (API or UI format) or of a PNG's text chunks."""
     from pathlib import Path
 
     path = Path(path)
@@ -106,16 +106,81 @@ def load_graph(path) -> dict[str, Any]:
         from PIL import Image
 
         with Image.open(path) as im:
-            text = im.info.get("prompt")
+            text = im.info.get("prompt") or im.info.get("workflow")
         if not text:
-            raise UsageError(f"{path} carries no ComfyUI graph (no 'prompt' text chunk)")
+            raise UsageError(f"{path} carries no ComfyUI graph (no 'prompt' or 'workflow' text chunk)")
     else:
         text = path.read_text()
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"{path}: not JSON: {exc}") from None
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise UsageError(f"{path}: ComfyUI's UI format is not supported yet; export the API format "
-                         "(Save (API Format)) and import that")
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data:
+        return ui_to_api(data, registry)
     return data
+
+
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}  # the seed widget's companion in the UI
+MUTED, BYPASSED = 2, 4
+
+
+def ui_to_api(ui: dict[str, Any], registry: Any) -> dict[str, Any]:
+    """ComfyUI's UI format (nodes, links, widgets_values) to its API format, as ComfyUI's frontend does:
+    muted nodes are left out, bypassed nodes pass each input on to the output of the same type, Reroute
+    nodes pass their input on, PrimitiveNode values become the literals of the widgets they feed, and
+    widgets_values are matched to fields in order (skipping the control value that follows a seed)."""
+    nodes = {n["id"]: n for n in ui.get("nodes", [])}
+    links = {l[0]: l for l in ui.get("links", [])}  # id -> [id, from node, from slot, to node, to slot, type]
+
+    def source(link_id, want_type=None):
+        """(node id, slot) that really feeds a link, through reroutes and bypassed nodes; or a literal."""
+        link = links.get(link_id)
+        if link is None:
+            return None
+        node = nodes.get(link[1])
+        if node is None or node.get("mode") == MUTED:
+            return None
+        if node["type"] == "Reroute":
+            ins = node.get("inputs") or []
+            return source(ins[0].get("link"), link[5]) if ins else None
+        if node.get("mode") == BYPASSED:
+            ltype = link[5]
+            for inp in node.get("inputs") or []:
+                if inp.get("type") == ltype and inp.get("link") is not None:
+                    return source(inp["link"], ltype)
+            return None
+        if node["type"] == "PrimitiveNode":
+            return ("literal", (node.get("widgets_values") or [None])[0])
+        return (str(node["id"]), link[2])
+
+    prompt: dict[str, Any] = {}
+    unknown = sorted({n["type"] for n in nodes.values() if n.get("mode") not in (MUTED, BYPASSED)
+                      and n["type"] not in ("Reroute", "PrimitiveNode", "Note", "MarkdownNote")
+                      and n["type"] not in registry})
+    if unknown:
+        raise UsageError("ComfyUI nodes flowrun does not implement: " + ", ".join(unknown))
+    for nid, node in nodes.items():
+        if node.get("mode") in (MUTED, BYPASSED) or node["type"] in ("Reroute", "PrimitiveNode", "Note", "MarkdownNote"):
+            continue
+        nd = registry.get(node["type"])
+        inputs: dict[str, Any] = {}
+        values = list(node.get("widgets_values") or [])
+        fields = list(nd.params.model_fields)
+        i = 0
+        for field in fields:
+            if i >= len(values):
+                break
+            inputs[field] = values[i]
+            i += 1
+            if field in ("seed", "noise_seed") and i < len(values) and values[i] in CONTROL_VALUES:
+                i += 1
+        for inp in node.get("inputs") or []:
+            if inp.get("link") is None:
+                continue
+            src = source(inp["link"])
+            if src is None:
+                inputs.pop(inp["name"], None)
+                continue
+            inputs[inp["name"]] = src[1] if src[0] == "literal" else [src[0], src[1]]
+        prompt[str(nid)] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
