@@ -53,8 +53,13 @@ def problem_from_pydantic(err: dict, source: Source) -> Problem:
     kind, value = err["type"], err.get("input")
     if loc[:1] == ("sweep",) and len(loc) > 3 and loc[1] in ("grid", "zip"):
         path = loc[:3]
+        value = source_value(source, path)
+        if isinstance(value, dict) and set(value) == {"range"}:
+            return Problem("sweep", f"axis '{loc[2]}': a range is [start, stop] or [start, stop, step] of numbers, "
+                                    f"got {describe(value['range'])}", source.where(path + ("range",)),
+                           field=str(loc[2]))
         return Problem("sweep", f"axis '{loc[2]}' must be a list of values or {{range: [start, stop, step]}}, "
-                                f"got {describe(source_value(source, path))}", source.where(path), field=str(loc[2]))
+                                f"got {describe(value)}", source.where(path), field=str(loc[2]))
     path = loc
     node, field = _subject(path)
     if kind == "extra_forbidden":
@@ -70,7 +75,7 @@ def problem_from_pydantic(err: dict, source: Source) -> Problem:
                        source.where(parent, key=True) if parent else source.where(()),
                        node=node, field=None, hint=_missing_hint(path))
     where = source.where(path)
-    if kind in ("dict_type", "mapping_type"):
+    if kind in ("dict_type", "mapping_type", "model_type"):
         msg = f"expected a mapping (key: value), got {describe(value)}"
     elif kind == "list_type":
         msg = f"expected a list, got {describe(value)}"
