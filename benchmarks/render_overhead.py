@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 WORKFLOW = """\
 version: 1
@@ -71,8 +72,9 @@ def main() -> None:
     import torch
 
     from flowrun import api
+    from common import euler_pipeline, loaded_bundle
+
     from flowrun.cache.memory import MemoryCache
-    from flowrun.diffusion.checkpoint import tokenizer
     from flowrun.settings import Settings
     from flowrun.spec.sweep import Overrides
 
@@ -100,18 +102,9 @@ def main() -> None:
         return time.perf_counter() - t0
 
     flowrun_render(10_000)  # load the checkpoint into the memory cache, warm up
-    bundle = next(v for v in memory.values() if isinstance(v, dict) and "model" in v)
-    model, clip, vae = bundle["model"], bundle["clip"], bundle["vae"]
+    model, clip, vae = loaded_bundle(memory)
     timer = ForwardTimer([model.unet, vae.model, *clip.models])
-
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-
-    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   timestep_spacing="linspace", steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae.model, text_encoder=clip.models[0], tokenizer=tokenizer(), unet=model.unet,
-                                   scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = euler_pipeline(model, clip, vae)
 
     def diffusers_render(seed: int) -> float:
         t0 = time.perf_counter()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 PROMPT = "a red circle on a white background"
 
 SWEEP = """\
@@ -64,23 +65,16 @@ def in_process(work: Path, rounds: int) -> None:
     import torch
 
     from flowrun import api
+    from common import euler_pipeline, loaded_bundle
+
     from flowrun.cache.memory import MemoryCache
-    from flowrun.diffusion.checkpoint import tokenizer
     from flowrun.settings import Settings
 
     memory = MemoryCache()
     warm = write(work, "warm", [999], [7.0])
     api.run(api.load(warm), Settings(out_dir=work / "warm", cache_dir=work / "c-warm"), memory=memory)
-    bundle = next(v for v in memory.values() if isinstance(v, dict) and "model" in v)
-    model, clip, vae = bundle["model"], bundle["clip"], bundle["vae"]
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-
-    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   timestep_spacing="linspace", steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae.model, text_encoder=clip.models[0], tokenizer=tokenizer(), unet=model.unet,
-                                   scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    model, clip, vae = loaded_bundle(memory)
+    pipe = euler_pipeline(model, clip, vae)
     cfgs = [4.0, 7.0]
 
     def eight_calls(base: int) -> float:

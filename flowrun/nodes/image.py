@@ -75,17 +75,23 @@ def image_blend(p: ImageBlendParams, ctx, *, image1, image2):
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def stays_inside(field: str, what: str):
+    """A field validator refusing names that would leave their folder (`..`, absolute paths, NUL bytes)."""
+
+    def check(cls, v: str) -> str:
+        problem = relative_name_problem(v)
+        if problem:
+            raise ValueError(f"{what}: {problem}")
+        return v
+
+    return field_validator(field)(classmethod(check))
+
+
 class SaveImageParams(NodeParams):
     filename_prefix: str = Field("flowrun", min_length=1, max_length=200,
                                  description="File name without extension, below the run's output folder.")
 
-    @field_validator("filename_prefix")
-    @classmethod
-    def _inside_output_folder(cls, v: str) -> str:
-        problem = relative_name_problem(v)
-        if problem:
-            raise ValueError(f"the prefix would not stay in the output folder: {problem}")
-        return v
+    _inside = stays_inside("filename_prefix", "the prefix would not stay in the output folder")
 
 
 def to_png(array, text: dict[str, str]) -> bytes:
@@ -120,13 +126,7 @@ def save_image(p: SaveImageParams, ctx, *, images):
 class LoadImageParams(NodeParams):
     image: str = Field(min_length=1, description="Image file, relative to the workflow's folder.")
 
-    @field_validator("image")
-    @classmethod
-    def _inside_workflow_folder(cls, v: str) -> str:
-        problem = relative_name_problem(v)
-        if problem:
-            raise ValueError(f"the image path would leave the workflow's folder: {problem}")
-        return v
+    _inside = stays_inside("image", "the image path would leave the workflow's folder")
 
 
 def _image_fingerprint(literals, env) -> dict:

@@ -6,24 +6,19 @@ enter the cache keys, so replacing a file re-runs what depends on it.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from flowrun.nodes import ports
+from flowrun.nodes.image import stays_inside
 from flowrun.nodes.registry import NodeParams, node
-from flowrun.safepath import relative_name_problem
 
-
-def _model_name(v: str) -> str:
-    problem = relative_name_problem(v)
-    if problem:
-        raise ValueError(f"the name would leave the models folder: {problem}")
-    return v
+_LEAVES = "the name would leave the models folder"
 
 
 class CheckpointParams(NodeParams):
     ckpt_name: str = Field(min_length=1, description="Checkpoint file or diffusers folder, by name (e.g. flowrun-tiny).")
 
-    _name = field_validator("ckpt_name")(classmethod(lambda cls, v: _model_name(v)))
+    _inside = stays_inside("ckpt_name", _LEAVES)
 
 
 def _fingerprint(kind: str, field: str):
@@ -59,7 +54,7 @@ class LoraParams(NodeParams):
     strength_model: float = Field(1.0, ge=-100.0, le=100.0)
     strength_clip: float = Field(1.0, ge=-100.0, le=100.0)
 
-    _name = field_validator("lora_name")(classmethod(lambda cls, v: _model_name(v)))
+    _inside = stays_inside("lora_name", _LEAVES)
 
 
 @node("LoraLoader", params=LoraParams, inputs={"model": ports.MODEL, "clip": ports.CLIP}, category="loaders",
