@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from flowrun.errors import FlowrunError, UsageError
 from flowrun.nodes.registry import Registry, default_registry
@@ -15,7 +15,7 @@ from flowrun.spec.document import load_document
 from flowrun.spec.source import read_source
 from flowrun.spec.sweep import Overrides
 
-if False:  # typing only: these import networkx, which `validate` does not need
+if TYPE_CHECKING:  # typing only: these import networkx, which `validate` does not need
     from flowrun.cache.memory import MemoryCache
     from flowrun.execute.events import Events
     from flowrun.graph.build import Graph

@@ -37,7 +37,7 @@ def node_schema(nd: NodeDef) -> dict[str, Any]:
         prop = _clean(prop)
         if prop.get("type") != "string":
             desc = prop.pop("description", None)
-            default = prop.pop("default", None) if "default" in prop else None
+            default = prop.pop("default", None)
             prop = {"oneOf": [prop, {"$ref": "#/$defs/template"}]}
             if desc:
                 prop["description"] = desc
