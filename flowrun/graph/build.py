@@ -17,7 +17,7 @@ import yaml
 from flowrun import __version__
 from flowrun.cache.fingerprints import FileEnv
 from flowrun.cache.keys import digest, node_key
-from flowrun.errors import FlowrunError
+from flowrun.errors import FlowrunError, Problem, WorkflowInvalid
 from flowrun.graph.resolve import Resolved
 from flowrun.interop.comfyui import api_prompt_text
 from flowrun.nodes.registry import NodeDef
@@ -132,7 +132,7 @@ def build(resolved: Resolved, env: FileEnv) -> Graph:
                 try:
                     prints = dict(nd.fingerprint(inst.literals, env))
                 except (OSError, ValueError) as exc:
-                    raise FlowrunError(f"node '{nid}' ({nd.type_name}): {exc}") from None
+                    raise _file_problem(resolved, nid, inst.literals, cell.label, exc) from None
             provenance = None
             if nd.output:
                 sub = ancestors_of[nid]
@@ -221,3 +221,15 @@ def _disambiguate_outputs(resolved: Resolved, tasks: dict[str, Task]) -> list[tu
             task.output_suffix = suffix
             changed.append((task.key, task))
     return changed
+
+
+def _file_problem(resolved: Resolved, nid: str, literals: dict[str, Any], cell: str, exc: Exception) -> WorkflowInvalid:
+    """A file that a node names is missing or unreadable: invalid input, shown at the field that names it."""
+    name = getattr(exc, "filename", None) or ""
+    field_name = next((k for k, v in literals.items() if isinstance(v, str) and v
+                       and (str(name).endswith(v) or f"'{v}'" in str(exc))), None)
+    path = ("nodes", nid, "with", field_name) if field_name else ("nodes", nid)
+    message = f"{exc.strerror}: {name}" if isinstance(exc, OSError) and exc.strerror and name else str(exc)
+    cells = (cell,) if len(resolved.cells) > 1 else ()
+    return WorkflowInvalid([Problem("file", message, resolved.source.where(path), node=nid, field=field_name,
+                                    cells=cells)])
