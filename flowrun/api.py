@@ -111,7 +111,7 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     env = _file_env(resolved, settings)
     graph = build(resolved, env)
     steps = make_plan(graph, cache)
-    runner = Runner(graph, steps, cache, out_dir, env, events, batch=settings.batch)
+    runner = Runner(graph, steps, cache, out_dir, env, events, batch=settings.batch, keep_going=settings.keep_going)
     started, t0 = now(), time.perf_counter()
     status, error = "ok", None
     try:

@@ -84,6 +84,10 @@ class ConsoleEvents(Events):
             sys.stderr.write(f"\r{self.label} step {step}/{total}")
             sys.stderr.flush()
 
+    def warn(self, message):
+        if not self.quiet:
+            sys.stderr.write(f"warning: {message}\n")
+
     def node_end(self, task, status, seconds):
         if not self.quiet:
             sys.stderr.write(f"\r{self.label} {status} {seconds:.2f}s\x1b[K\n" if self.tty
@@ -99,12 +103,15 @@ class ConsoleEvents(Events):
 @click.option("--json", "as_json", is_flag=True, help="Print the run manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--no-batch", is_flag=True, help="Sample each cell alone instead of batching cells that differ in seed/cfg.")
+@click.option("--keep-going", is_flag=True,
+              help="When a node fails, finish the other cells; the manifest lists every failure (exit 1).")
 def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, out, as_json,
-        quiet, no_batch):
+        quiet, no_batch, keep_going):
     """Run a workflow: every cell of its sweep, reusing cached nodes."""
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
     settings = _settings(cache_dir, no_cache, out, plugins, models_dirs, allow_pickle, device)
     settings.batch = not no_batch
+    settings.keep_going = keep_going
     result = api.run(resolved, settings, events=ConsoleEvents(quiet or as_json, [c.label for c in resolved.cells]))
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))

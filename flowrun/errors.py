@@ -100,7 +100,19 @@ class RunFailed(FlowrunError):
         self.message = message
         super().__init__(message)
 
+    @classmethod
+    def many(cls, failures: Sequence["RunFailed"]) -> "RunFailed":
+        """One error for several failures (a run with --keep-going)."""
+        cells = sorted({c for f in failures for c in f.cells})
+        lines = "\n".join("  " + f.render().removeprefix("error: ") for f in failures)
+        combined = cls(failures[0].node, failures[0].node_type, cells, f"{len(failures)} nodes failed")
+        combined.failures = list(failures)
+        combined.rendered = f"error: {len(failures)} nodes failed:\n{lines}"
+        return combined
+
     def render(self) -> str:
+        if getattr(self, "rendered", None):
+            return self.rendered
         where = f"node '{self.node}' ({self.node_type})"
         if self.cells and self.cells != ("default",):
             where += f" in cell {', '.join(self.cells[:3])}" + (" ..." if len(self.cells) > 3 else "")

@@ -34,5 +34,6 @@ class Settings:
     models_dirs: tuple[str, ...] = ()  # searched before $FLOWRUN_MODELS, models/ beside the workflow, bundled models
     allow_pickle: bool = False  # load .ckpt/.pt checkpoints (with torch.load(weights_only=True))
     device: str | None = None  # torch device for models; None: cuda if available, else cpu
+    keep_going: bool = False  # a failing node stops only what depends on it; RunFailed at the end lists all
     batch: bool = True  # cells differing only in seed/cfg sample in one batched call (see README)
     contact_sheets: bool = True  # sweeps write contact-<node>.png and index.html into the output folder

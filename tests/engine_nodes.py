@@ -113,13 +113,18 @@ def steps(p, ctx, *, text):
 
 class FailParams(NodeParams):
     message: str = "it broke"
-    kind: Literal["node", "bug"] = "node"
+    kind: Literal["node", "bug", "memory"] = "node"
+    when: bool = True  # fail only in the cells where this is true; pass the text through elsewhere
 
 
 @node("Fail", params=FailParams, inputs={"text": ports.STRING}, outputs={"text": ports.STRING})
 def fail(p, ctx, *, text):
+    if not p.when:
+        return text
     if p.kind == "node":
         raise NodeError(p.message)
+    if p.kind == "memory":
+        raise MemoryError(p.message)
     raise RuntimeError(p.message)
 
 
@@ -135,3 +140,20 @@ def write_text(p, ctx, *, text):
 @node("WriteNumber", params=WriteParams, inputs={"value": ports.FLOAT}, outputs={}, output=True)
 def write_number(p, ctx, *, value):
     ctx.save(ctx.output_stem(p.filename_prefix) + ".txt", repr(value).encode())
+
+
+class EchoParams(NodeParams):
+    n: int = 0
+    max_batch: int = 100  # a batch larger than this fails, as a batch too big for the memory would
+
+
+def _echo_batch(params, ctx, *, text):
+    if len(params) > params[0].max_batch:
+        raise MemoryError(f"a batch of {len(params)}")
+    return [f"{text}#{p.n}" for p in params]
+
+
+@node("Echo", params=EchoParams, inputs={"text": ports.STRING}, outputs={"text": ports.STRING},
+      batch=_echo_batch, batch_fields=("n",))
+def echo(p, ctx, *, text):
+    return f"{text}#{p.n}"

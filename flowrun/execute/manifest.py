@@ -44,8 +44,13 @@ def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str,
                 "seconds": round(r.seconds, 4),
                 "outputs": r.files,
                 **({"batched": r.batched} if r.batched > 1 else {}),
+                **({"error": r.error} if r.error else {}),
             }
             for r in records.values()
+        ],
+        "failures": [
+            {"node": r.task.node_id, "type": r.task.type_name, "cells": graph.cell_labels(r.task), "error": r.error}
+            for r in records.values() if r.status == "failed"
         ],
     }
 

@@ -19,6 +19,7 @@ from flowrun.graph.plan import RUN, Step
 from flowrun.safepath import inside, write_atomic
 
 EXECUTED, CACHED, SKIPPED, FAILED = "executed", "cached", "skipped", "failed"
+BLOCKED = "blocked"  # not run because a node it needs failed (with --keep-going)
 
 
 @dataclass
@@ -28,11 +29,12 @@ class NodeRecord:
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
     batched: int = 1  # cells computed together in one batched call
+    error: str | None = None
 
 
 class Runner:
     def __init__(self, graph: Graph, steps: list[Step], cache: NodeCache | None, out_dir: Path, files: FileEnv,
-                 events: Events | None = None, batch: bool = True):
+                 events: Events | None = None, batch: bool = True, keep_going: bool = False):
         self.graph, self.steps, self.cache = graph, steps, cache
         self.out_dir = Path(out_dir)
         self.files = files
@@ -50,19 +52,49 @@ class Runner:
 
         self.groups = batch_groups(steps) if batch else {}
         self.prefetched: dict[str, dict[str, Any]] = {}  # results of batch members, until they are reached
+        self.keep_going = keep_going
+        self.failures: list[RunFailed] = []
+        self.failed: dict[str, RunFailed] = {}  # task key -> the failure that stops it (its own or upstream)
 
     def run(self) -> dict[str, NodeRecord]:
+        """Run every step. The first failure stops the run, unless keep_going: then each failure is
+        recorded, what depends on it is marked blocked, the rest finishes, and RunFailed lists them all."""
         self.events.run_start(self.steps)
         for step in self.steps:
             if step.action == RUN or step.task.node_def.output:
-                self._ensure(step.task.key)
+                try:
+                    self._ensure(step.task.key)
+                except RunFailed:
+                    if not self.keep_going:
+                        raise
+        if self.failures:
+            if len(self.failures) == 1:
+                raise self.failures[0]
+            raise RunFailed.many(self.failures)
         return self.records
+
+    def _fail(self, key: str, exc: RunFailed, started: float) -> RunFailed:
+        record = self.records[key]
+        record.status, record.error = FAILED, exc.render().removeprefix("error: ")
+        record.seconds = time.perf_counter() - started
+        self.failures.append(exc)
+        self.failed[key] = exc
+        return exc
+
+    def _block(self, key: str, upstream: str) -> RunFailed:
+        exc = self.failed[upstream]
+        record = self.records[key]
+        record.status, record.error = BLOCKED, f"not run: node '{self.graph.tasks[upstream].node_id}' failed"
+        self.failed[key] = exc
+        return exc
 
     def _ensure(self, key: str) -> dict[str, Any]:
         """The outputs of task `key`: from this run, from the cache, or by running it (and, recursively,
         whatever it needs). A cache entry that turns out unreadable is simply recomputed."""
         if key in self.live:
             return self.live[key]
+        if key in self.failed:
+            raise self.failed[key]
         task = self.graph.tasks[key]
         record = self.records[key]
         started = time.perf_counter()
@@ -78,16 +110,29 @@ class Runner:
             self._announce(task)
             record.status = CACHED
         else:
-            inputs = {name: self._ensure(up)[out] for name, (up, out) in task.inputs.items()}
+            inputs = {}
+            for name, (up, out) in task.inputs.items():
+                try:
+                    inputs[name] = self._ensure(up)[out]
+                except RunFailed:
+                    raise self._block(key, up) from None
             self._announce(task)
             if key in self.groups:
-                return self._execute_batch(key, inputs, started)
+                try:
+                    return self._execute_batch(key, inputs, started)
+                except RunFailed as exc:
+                    if len(self.groups[key]) == 1:
+                        raise self._fail(key, exc, started) from exc
+                    # a failed batch (out of memory, say) is retried cell by cell, so one cell's fault
+                    # or the batch's size does not fail the others
+                    self.events.warn(f"node '{task.node_id}': batch of {len(self.groups[key])} failed "
+                                     f"({exc.message}); retrying its cells one by one")
+                    for member in self.groups[key]:
+                        self.groups.pop(member, None)
             try:
                 value = self._execute(task, inputs)
-            except RunFailed:
-                record.status = FAILED
-                record.seconds = time.perf_counter() - started
-                raise
+            except RunFailed as exc:
+                raise self._fail(key, exc, started) from exc
             record.status = EXECUTED
             if self.cache is not None:
                 self.cache.store(key, value, task.out_types,
@@ -115,13 +160,11 @@ class Runner:
             ctx = RunContext(tasks[0], cells, self.events, self.files)
             results = nd.batch(params, ctx, **port_values)
         except NodeError as exc:
-            self.records[key].status = FAILED
             raise RunFailed(tasks[0].node_id, nd.type_name, cells, str(exc)) from exc
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            self.records[key].status = FAILED
-            raise RunFailed(tasks[0].node_id, nd.type_name, cells, f"{type(exc).__name__}: {exc}") from exc
+            raise RunFailed(tasks[0].node_id, nd.type_name, cells, _describe(exc)) from exc
         seconds = (time.perf_counter() - started) / len(tasks)
         out_name = next(iter(nd.outputs))
         for k, task, result in zip(members, tasks, results):
@@ -170,7 +213,7 @@ class Runner:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            raise RunFailed(task.node_id, nd.type_name, cells, f"{type(exc).__name__}: {exc}") from exc
+            raise RunFailed(task.node_id, nd.type_name, cells, _describe(exc)) from exc
         if nd.output:
             return {FILES: ctx.saved}
         outs = list(nd.outputs)
@@ -191,3 +234,11 @@ class Runner:
             write_atomic(path, data)
             written.append(name)
         return written
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure's message; out-of-memory errors (Python's or torch's) say what to try."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        text += " (out of memory: try a smaller size or --no-batch, or free memory for the run)"
+    return text
