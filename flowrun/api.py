@@ -133,7 +133,10 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
         if out_dir.is_dir():
             path = write_manifest(out_dir, manifest)
         if settings.use_cache:
+            from flowrun.cache.housekeeping import prune
             from flowrun.execute import timings
 
             timings.record(settings.cache_dir, manifest)
+            if settings.disk_max_bytes and cache is not None:
+                prune(cache.disk, settings.disk_max_bytes)
     return RunResult(manifest, out_dir, path)

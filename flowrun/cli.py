@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
 import click
 
 from flowrun import __version__, api
-from flowrun.errors import FlowrunError, WorkflowInvalid
+from flowrun.errors import FlowrunError, UsageError, WorkflowInvalid
 from flowrun.execute.events import Events
 from flowrun.settings import Settings, default_cache_dir
 from flowrun.spec.sweep import Overrides
@@ -349,6 +350,74 @@ def schema(out, check, plugins):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     click.echo(f"wrote {path}")
+    return 0
+
+
+@cli.group()
+def cache() -> None:
+    """Look after the disk cache: its size, eviction, clearing."""
+
+
+def _store(cache_dir):
+    from flowrun.cache.disk import DiskStore
+
+    return DiskStore(cache_dir or default_cache_dir())
+
+
+def _when(t):
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+
+@cache.command("info")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def cache_info(cache_dir, as_json):
+    """Entries, size, limit and last use of the disk cache."""
+    from flowrun.cache import housekeeping as hk
+
+    data = hk.info(_store(cache_dir), hk.default_max_bytes())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return 0
+    limit = hk.format_size(data["max_bytes"]) if data["max_bytes"] else "none"
+    click.echo(f"cache: {data['path']}\nentries: {data['entries']}\nsize: {hk.format_size(data['bytes'])} "
+               f"(limit {limit}, set with ${hk.MAX_SIZE_ENV})\nused: {_when(data['oldest_use'])} .. "
+               f"{_when(data['newest_use'])}")
+    if data["stale_temporary"]:
+        click.echo(f"left by interrupted writes: {data['stale_temporary']} temporary folder(s) (`flowrun cache prune`)")
+    return 0
+
+
+@cache.command("prune")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@click.option("--max-size", metavar="SIZE", help="Evict least recently used entries down to SIZE (e.g. 5G); "
+              "default: the limit ($FLOWRUN_CACHE_MAX_SIZE or 20G).")
+@click.option("--older-than", metavar="DAYS", type=click.FloatRange(min=0), help="Also evict entries unused for DAYS.")
+def cache_prune(cache_dir, max_size, older_than):
+    """Evict least recently used entries to bring the cache under a size."""
+    from flowrun.cache import housekeeping as hk
+
+    try:
+        limit = hk.parse_size(max_size) if max_size is not None else hk.default_max_bytes()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    removed, freed = hk.prune(_store(cache_dir), limit, older_than * 86400 if older_than is not None else None)
+    click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'}, {hk.format_size(freed)} freed")
+    return 0
+
+
+@cache.command("clear")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear(cache_dir, yes):
+    """Remove every entry of the disk cache."""
+    from flowrun.cache import housekeeping as hk
+
+    store = _store(cache_dir)
+    if not yes and not click.confirm(f"remove every entry in {store.root}?"):
+        return 1
+    removed, freed = hk.clear(store)
+    click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'}, {hk.format_size(freed)} freed")
     return 0
 
 

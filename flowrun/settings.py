@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowrun.cache.housekeeping import default_max_bytes
 from flowrun.cache.memory import DEFAULT_MAX_BYTES
 
 CACHE_ENV = "FLOWRUN_CACHE_DIR"
@@ -30,6 +31,7 @@ class Settings:
     cache_dir: Path = field(default_factory=default_cache_dir)
     use_cache: bool = True
     memory_bytes: int = DEFAULT_MAX_BYTES
+    disk_max_bytes: int = field(default_factory=default_max_bytes)  # LRU eviction after a run; 0: no limit
     plugins: tuple[str, ...] = ()
     models_dirs: tuple[str, ...] = ()  # searched before $FLOWRUN_MODELS, models/ beside the workflow, bundled models
     allow_pickle: bool = False  # load .ckpt/.pt checkpoints (with torch.load(weights_only=True))

@@ -157,3 +157,24 @@ def _echo_batch(params, ctx, *, text):
       batch=_echo_batch, batch_fields=("n",))
 def echo(p, ctx, *, text):
     return f"{text}#{p.n}"
+
+
+class SlowParams(NodeParams):
+    text: str
+    seconds: float = 0.2
+    log: str  # an absolute path: each computation appends "start/end PID TEXT" lines to it
+
+
+@node("Slow", params=SlowParams, outputs={"text": ports.STRING})
+def slow(p, ctx):
+    import os
+    import time
+
+    def note(what: str) -> None:
+        with open(p.log, "a") as fh:
+            fh.write(f"{what} {os.getpid()} {p.text} {time.time():.6f}\n")
+
+    note("start")
+    time.sleep(p.seconds)
+    note("end")
+    return p.text.upper()

@@ -238,8 +238,10 @@ def test_run_time_errors_are_clear_and_leave_nothing_half_written(cli, tiny_mode
     missing = tmp_path / "missing.yaml"
     missing.write_text(wf.read_text().replace("ckpt_name: flowrun-tiny", "ckpt_name: no-such-model"))
     r = cli("run", missing, "--out", tmp_path / "o1")
-    assert r.code == 1 and "no checkpoint named 'no-such-model'" in r.err and "available: flowrun-tiny" in r.err
-    assert "Traceback" not in r.err
+    # a model that is not there is invalid input, shown at the field that names it
+    assert r.code == 2 and "no checkpoint named 'no-such-model'" in r.err and "available: flowrun-tiny" in r.err
+    assert f"{missing}:" in r.err and "field 'ckpt_name'" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "o1").exists()
     broken = tmp_path / "broken"
     (broken / "checkpoints").mkdir(parents=True)
     good = (tiny_models / "checkpoints" / "flowrun-tiny.safetensors").read_bytes()

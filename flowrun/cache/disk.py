@@ -3,6 +3,10 @@
 Layout: ROOT/v1/ab/abcdef.../ holding meta.json and one file per blob. An entry is written in a private
 temporary folder and published with a single rename, so another process (or a run killed halfway)
 never sees half an entry; whoever publishes first wins and the other copy is dropped.
+
+Processes sharing the folder take a file lock per key (ROOT/v1/locks/) around computing an entry, so two
+of them never compute the same entry at once: the second waits, then finds the entry published. Reading
+an entry touches its meta.json, whose modification time is the "last used" that eviction goes by.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,18 @@ class DiskStore:
 
     def _entry(self, key: str) -> Path:
         return self.base / key[:2] / key
+
+    @contextmanager
+    def locked(self, keys: list[str]):
+        """Hold the compute locks of `keys` (taken in sorted order, so processes cannot deadlock)."""
+        from filelock import FileLock
+
+        with ExitStack() as stack:
+            for key in sorted(set(keys)):
+                path = self.base / "locks" / key[:2] / f"{key}.lock"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(FileLock(path))
+            yield
 
     def has(self, key: str) -> bool:
         return (self._entry(key) / "meta.json").is_file()
@@ -59,6 +76,10 @@ class DiskStore:
                 self._discard(key, f"blob {blob['name']!r} does not match its checksum")
                 return None
             blobs[blob["name"]] = data
+        try:
+            os.utime(entry / "meta.json")  # last used, for least-recently-used eviction
+        except OSError:
+            pass
         return blobs, meta
 
     def put(self, key: str, blobs: dict[str, bytes], info: dict[str, Any] | None = None) -> None:
@@ -92,6 +113,10 @@ class DiskStore:
 
     def _discard(self, key: str, why: str) -> None:
         warnings.warn(f"cache entry {key[:12]} discarded: {why}; it will be recomputed", CacheWarning, stacklevel=3)
+        self.remove(key)
+
+    def remove(self, key: str) -> None:
+        """Take an entry away in one rename (readers see it whole or not at all), then delete it."""
         entry = self._entry(key)
         trash = self.base / "tmp" / f"discard-{key[:12]}-{os.getpid()}"
         try:

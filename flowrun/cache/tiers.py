@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from flowrun.cache import codecs
@@ -28,6 +29,13 @@ class NodeCache:
         if self.disk is not None and (out_types is None or self.serializable(out_types)) and self.disk.has(key):
             return "disk"
         return None
+
+    def locked(self, keys: list[str], out_types: dict[str, str] | None):
+        """While computing entries that go to disk: hold their locks, so that processes sharing the
+        cache folder do not compute the same entry at once (see DiskStore.locked)."""
+        if self.disk is None or (out_types is not None and not self.serializable(out_types)):
+            return nullcontext()
+        return self.disk.locked(keys)
 
     def load(self, key: str, out_types: dict[str, str] | None) -> dict[str, Any] | None:
         if self.memory is not None:

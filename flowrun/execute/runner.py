@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,13 +131,16 @@ class Runner:
                     for member in self.groups[key]:
                         self.groups.pop(member, None)
             try:
-                value = self._execute(task, inputs)
+                with self._locked([key], task):
+                    value = self._computed_meanwhile(key, task)
+                    if value is not None:
+                        record.status = CACHED
+                    else:
+                        value = self._execute(task, inputs)
+                        record.status = EXECUTED
+                        self._store(key, task, value)
             except RunFailed as exc:
                 raise self._fail(key, exc, started) from exc
-            record.status = EXECUTED
-            if self.cache is not None:
-                self.cache.store(key, value, task.out_types,
-                                 {"node": task.node_id, "type": task.type_name, "cells": self.graph.cell_labels(task)})
             for up, _ in task.inputs.values():
                 self._release(up)
         if task.node_def.output:
@@ -147,9 +151,44 @@ class Runner:
         self.events.node_end(task, record.status, record.seconds)
         return value
 
+    def _locked(self, keys: list[str], task: Task):
+        return self.cache.locked(keys, task.out_types) if self.cache is not None else nullcontext()
+
+    def _computed_meanwhile(self, key: str, task: Task) -> dict[str, Any] | None:
+        """Under the lock: the entry another process published while this one waited, if any."""
+        if self.cache is None or self.cache.disk is None:
+            return None
+        return self.cache.load(key, task.out_types)
+
+    def _store(self, key: str, task: Task, value: dict[str, Any]) -> None:
+        if self.cache is not None:
+            self.cache.store(key, value, task.out_types,
+                             {"node": task.node_id, "type": task.type_name, "cells": self.graph.cell_labels(task)})
+
     def _execute_batch(self, key: str, inputs: dict[str, Any], started: float) -> dict[str, Any]:
         """Run the whole group of `key` in one call; keep the other members' results until they are reached."""
-        members = [k for k in self.groups[key] if self.records[k].status == SKIPPED and k not in self.prefetched]
+        group = [k for k in self.groups[key] if self.records[k].status == SKIPPED and k not in self.prefetched]
+        with self._locked(group, self.graph.tasks[key]):
+            members = []
+            for k in group:
+                value = self._computed_meanwhile(k, self.graph.tasks[k])
+                if value is None:
+                    members.append(k)
+                else:
+                    self.records[k].status = CACHED
+                    self.prefetched[k] = value
+            if members:
+                self._compute_batch(members, inputs, started)
+        for up, _ in self.graph.tasks[key].inputs.values():
+            for _ in group:
+                self._release(up)
+        value = self.prefetched.pop(key)
+        if self.pending.get(key, 0) > 0:
+            self.live[key] = value
+        self.events.node_end(self.graph.tasks[key], self.records[key].status, self.records[key].seconds)
+        return value
+
+    def _compute_batch(self, members: list[str], inputs: dict[str, Any], started: float) -> None:
         tasks = [self.graph.tasks[k] for k in members]
         nd = tasks[0].node_def
         cells = sorted({c for t in tasks for c in self.graph.cell_labels(t)})
@@ -171,18 +210,8 @@ class Runner:
             value = {out_name: result}
             record = self.records[k]
             record.status, record.seconds, record.batched = EXECUTED, seconds, len(tasks)
-            if self.cache is not None:
-                self.cache.store(k, value, task.out_types,
-                                 {"node": task.node_id, "type": task.type_name, "cells": self.graph.cell_labels(task)})
+            self._store(k, task, value)
             self.prefetched[k] = value
-        for up, _ in tasks[0].inputs.values():
-            for _ in tasks:
-                self._release(up)
-        value = self.prefetched.pop(key)
-        if self.pending.get(key, 0) > 0:
-            self.live[key] = value
-        self.events.node_end(tasks[0], EXECUTED, seconds)
-        return value
 
     def _announce(self, task: Task) -> None:
         self._started += 1
