@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from flowrun.errors import FlowrunError, UsageError
+from flowrun.safepath import remove_stale_temporaries
 from flowrun.nodes.registry import Registry, default_registry
 from flowrun.settings import Settings, default_out_dir
 from flowrun.spec.document import load_document
@@ -85,6 +87,22 @@ def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph
     return graph, make_plan(graph, _cache(settings))
 
 
+@contextmanager
+def _ignoring_interrupts():
+    """While run.json is written: a second Ctrl-C waits until it is done (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @dataclass
 class RunResult:
     manifest: dict[str, Any]
@@ -116,6 +134,7 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     status, error = "ok", None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
         runner.run()
     except FlowrunError as exc:
         status, error = "failed", exc.render()
@@ -130,13 +149,15 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
             from flowrun.execute.contact_sheet import write_sheets
 
             manifest["sheets"] = write_sheets(manifest, out_dir)
-        if out_dir.is_dir():
-            path = write_manifest(out_dir, manifest)
-        if settings.use_cache:
-            from flowrun.cache.housekeeping import prune
-            from flowrun.execute import timings
+        with _ignoring_interrupts():
+            if out_dir.is_dir():
+                path = write_manifest(out_dir, manifest)
+            if settings.use_cache:
+                from flowrun.execute import timings
 
-            timings.record(settings.cache_dir, manifest)
-            if settings.disk_max_bytes and cache is not None:
-                prune(cache.disk, settings.disk_max_bytes)
+                timings.record(settings.cache_dir, manifest)
+    if settings.use_cache and settings.disk_max_bytes and cache is not None:
+        from flowrun.cache.housekeeping import prune
+
+        prune(cache.disk, settings.disk_max_bytes)
     return RunResult(manifest, out_dir, path)

@@ -17,6 +17,7 @@ import click
 from flowrun import __version__, api
 from flowrun.errors import FlowrunError, UsageError, WorkflowInvalid
 from flowrun.execute.events import Events
+from flowrun.safepath import write_atomic
 from flowrun.settings import Settings, default_cache_dir
 from flowrun.spec.sweep import Overrides
 
@@ -230,7 +231,6 @@ def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, upda
 def export(file, sets, sweeps, max_cells, plugins, cell, out):
     """Write ComfyUI's API format: one JSON file per sweep cell (or --cell)."""
     from flowrun.interop.comfyui import export_cells
-    from flowrun.safepath import write_atomic
 
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
     try:
@@ -251,7 +251,6 @@ def export(file, sets, sweeps, max_cells, plugins, cell, out):
 def import_cmd(source, out):
     """Convert a ComfyUI graph (API or UI format, .json or a PNG's text chunks) into a flowrun workflow."""
     from flowrun.interop.comfy_import import from_api, load_graph
-    from flowrun.safepath import write_atomic
 
     reg = api.registry()
     text = from_api(load_graph(source, reg), reg, name=source.stem)
@@ -347,8 +346,7 @@ def schema(out, check, plugins):
             return 1
         click.echo(f"{path} is current")
         return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_atomic(path, text.encode())
     click.echo(f"wrote {path}")
     return 0
 

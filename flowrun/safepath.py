@@ -33,6 +33,28 @@ def inside(root: str | os.PathLike, name: str) -> Path:
     return target
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete temporary files that write_atomic left behind in a process that was killed (its pid is
+    gone). Returns how many were removed."""
+    removed = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2] if tmp.name.count(".") >= 3 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write a file so that readers see the old content or the new one, never a part."""
     path = Path(path)

@@ -98,6 +98,7 @@ def read_text(p, ctx):
 
 class StepsParams(NodeParams):
     steps: int = Field(3, ge=1, le=100)
+    log: str = ""  # if set, an absolute path: each finished step appends "TEXT STEP TIME"
 
 
 @node("Steps", params=StepsParams, inputs={"text": ports.STRING}, outputs={"text": ports.STRING})
@@ -107,6 +108,9 @@ def steps(p, ctx, *, text):
 
     for i in range(p.steps):
         time.sleep(float(os.environ.get("FLOWRUN_TEST_SLOW", "0")))  # lets a test kill a run halfway
+        if p.log:
+            with open(p.log, "a") as fh:
+                fh.write(f"{text} {i + 1} {time.time():.6f}\n")
         ctx.progress(i + 1, p.steps)
     return text
 

@@ -9,10 +9,13 @@ is drawn (the page still lists every cell). The page shows the same grid, each i
 from __future__ import annotations
 
 import html
+import io
 import itertools
 import json
 from pathlib import Path
 from typing import Any
+
+from flowrun.safepath import write_atomic
 
 MAX_SIDE = 8192
 MAX_CELLS = 4096
@@ -98,8 +101,9 @@ def draw_sheet(files: dict[str, Path], cells: list[dict[str, Any]], title: str, 
                     im = im.resize((cw, ch), Image.Resampling.LANCZOS)
                 sheet.paste(im, (row_label_w + PAD + ci * pitch, y + ri * (ch + PAD)))
         y += nrow * (ch + PAD)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, compress_level=6)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG", compress_level=6)
+    write_atomic(path, buf.getvalue())  # a run killed here leaves the old sheet or none, never half of one
     return path
 
 
@@ -157,4 +161,4 @@ def _write_page(manifest, by_node, sheets, path: Path) -> None:
         parts.append(f"<tr><td>{c['index']}</td><td>{html.escape(c['label'])}</td>"
                      f"<td><code>{html.escape(json.dumps(c['params'], sort_keys=True))}</code></td></tr>")
     parts.append("</table></body></html>")
-    path.write_text("".join(parts))
+    write_atomic(path, "".join(parts).encode())

@@ -21,6 +21,7 @@ from flowrun.safepath import inside, write_atomic
 
 EXECUTED, CACHED, SKIPPED, FAILED = "executed", "cached", "skipped", "failed"
 BLOCKED = "blocked"  # not run because a node it needs failed (with --keep-going)
+INTERRUPTED = "interrupted"  # was running when the run was interrupted (Ctrl-C)
 
 
 @dataclass
@@ -121,6 +122,9 @@ class Runner:
             if key in self.groups:
                 try:
                     return self._execute_batch(key, inputs, started)
+                except KeyboardInterrupt:
+                    record.status, record.seconds = INTERRUPTED, time.perf_counter() - started
+                    raise
                 except RunFailed as exc:
                     if len(self.groups[key]) == 1:
                         raise self._fail(key, exc, started) from exc
@@ -141,6 +145,9 @@ class Runner:
                         self._store(key, task, value)
             except RunFailed as exc:
                 raise self._fail(key, exc, started) from exc
+            except KeyboardInterrupt:
+                record.status, record.seconds = INTERRUPTED, time.perf_counter() - started
+                raise
             for up, _ in task.inputs.values():
                 self._release(up)
         if task.node_def.output:

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from flowrun.regress.cases import GRADE_ORDER, CaseResult
+from flowrun.safepath import write_atomic
 from flowrun.regress.compare import heatmap, load_rgb
 
 
@@ -70,8 +71,7 @@ tr.warn td:last-child{{background:#ffd}} tr.pass td:last-child{{background:#dfd}
 <p>{c['pass']} pass, {c['warn']} warn, {c['fail']} fail, {c['error']} case error(s). Failures first.</p>
 <table><tr><th>case / cell / params</th><th>file</th><th>golden</th><th>new</th><th>difference</th><th>grade</th></tr>
 {''.join(rows)}</table></body></html>"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
+    write_atomic(path, page.encode())
     return path
 
 
@@ -89,8 +89,9 @@ def write_junit(results: list[CaseResult], path: Path) -> Path:
                 ET.SubElement(case, "failure", message=o.message).text = o.message
             elif o.grade == "warn":
                 ET.SubElement(case, "system-out").text = f"WARN: {o.message}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    buf = io.BytesIO()
+    ET.ElementTree(suite).write(buf, encoding="utf-8", xml_declaration=True)
+    write_atomic(path, buf.getvalue())
     return path
 
 
@@ -98,6 +99,5 @@ def write_json(results: list[CaseResult], path: Path, changes: list[str]) -> Pat
     data = {"counts": counts(results), "changes": changes,
             "cases": [{"workflow": str(r.workflow), "grade": r.grade, "error": r.error,
                        "outcomes": [o.as_json() for o in r.outcomes]} for r in results]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
     return path
