@@ -441,4 +441,11 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         code = 1
+    if argv is None and "torch" in sys.modules:
+        # As a command, after torch was loaded: skip the interpreter's teardown of torch, diffusers and
+        # transformers (0.7 s here), so Ctrl-C leaves at once. Every output, cache entry and run.json is
+        # already written, closed and renamed into place by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
     sys.exit(code or 0)

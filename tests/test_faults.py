@@ -92,7 +92,7 @@ def test_ctrl_c_during_sampling(tmp_path, tiny_models):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert time.time() - sent < 5
+    assert time.time() - sent < 1.0  # out at once: no teardown of torch (0.7 s) after run.json is written
     m = json.loads((tmp_path / "out" / "run.json").read_text())
     assert m["status"] == "interrupted"
     assert [n["status"] for n in m["nodes"] if n["id"] == "sample"][0] == "interrupted"
