@@ -53,18 +53,18 @@ def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins
 def _file_env(resolved: "Resolved", settings: Settings):
     from flowrun.cache.fingerprints import FileEnv
 
-    return FileEnv(Path(resolved.file).resolve().parent, settings.cache_dir if settings.use_cache else None,
+    return FileEnv(Path(resolved.file).resolve().parent, settings.local_cache_dir,
                    settings.models_dirs, settings.allow_pickle, settings.device)
 
 
 def _cache(settings: Settings, memory: "MemoryCache | None" = None):
-    from flowrun.cache.disk import DiskStore
+    from flowrun.cache.fsspec_store import open_store
     from flowrun.cache.memory import MemoryCache
     from flowrun.cache.tiers import NodeCache
 
     if not settings.use_cache:
         return None
-    return NodeCache(memory if memory is not None else MemoryCache(settings.memory_bytes), DiskStore(settings.cache_dir))
+    return NodeCache(memory if memory is not None else MemoryCache(settings.memory_bytes), open_store(settings.cache_dir))
 
 
 def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]:
@@ -73,7 +73,7 @@ def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]
     from flowrun.execute import timings
     from flowrun.graph.plan import RUN
 
-    data = timings.load(settings.cache_dir if settings.use_cache else None)
+    data = timings.load(settings.local_cache_dir)
     return timings.estimate(data, [s.task for s in steps if s.action == RUN])
 
 
@@ -129,7 +129,8 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     env = _file_env(resolved, settings)
     graph = build(resolved, env)
     steps = make_plan(graph, cache)
-    runner = Runner(graph, steps, cache, out_dir, env, events, batch=settings.batch, keep_going=settings.keep_going)
+    runner = Runner(graph, steps, cache, out_dir, env, events, batch=settings.batch, keep_going=settings.keep_going,
+                    max_batch=settings.max_batch)
     started, t0 = now(), time.perf_counter()
     status, error = "ok", None
     try:
@@ -152,11 +153,11 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
         with _ignoring_interrupts():
             if out_dir.is_dir():
                 path = write_manifest(out_dir, manifest)
-            if settings.use_cache:
+            if settings.local_cache_dir is not None:
                 from flowrun.execute import timings
 
-                timings.record(settings.cache_dir, manifest)
-    if settings.use_cache and settings.disk_max_bytes and cache is not None:
+                timings.record(settings.local_cache_dir, manifest)
+    if settings.local_cache_dir is not None and settings.disk_max_bytes and cache is not None:
         from flowrun.cache.housekeeping import prune
 
         prune(cache.disk, settings.disk_max_bytes)

@@ -18,7 +18,7 @@ from flowrun import __version__, api
 from flowrun.errors import FlowrunError, UsageError, WorkflowInvalid
 from flowrun.execute.events import Events
 from flowrun.safepath import write_atomic
-from flowrun.settings import Settings, default_cache_dir
+from flowrun.settings import Settings, cache_location, default_cache_dir
 from flowrun.spec.sweep import Overrides
 
 _debug = bool(os.environ.get("FLOWRUN_DEBUG"))
@@ -43,8 +43,9 @@ def cache_options(fn):
     fn = click.option("--models-dir", "models_dirs", multiple=True, type=click.Path(file_okay=False),
                       help="Folder with checkpoints/ and loras/, searched first (also: $FLOWRUN_MODELS).")(fn)
     fn = click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")(fn)
-    fn = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-                      help=f"Cache folder (default: $FLOWRUN_CACHE_DIR or {default_cache_dir()}).")(fn)
+    fn = click.option("--cache-dir", metavar="DIR|URL",
+                      help=f"Cache folder, or an fsspec URL such as s3://bucket/flowrun for a cache shared over the "
+                           f"network (default: $FLOWRUN_CACHE_DIR or {default_cache_dir()}).")(fn)
     return fn
 
 
@@ -52,7 +53,7 @@ def _settings(cache_dir, no_cache, out=None, plugins=(), models_dirs=(), allow_p
     s = Settings(out_dir=out, use_cache=not no_cache, plugins=tuple(plugins), models_dirs=tuple(models_dirs),
                  allow_pickle=allow_pickle, device=device)
     if cache_dir is not None:
-        s.cache_dir = cache_dir
+        s.cache_dir = cache_location(str(cache_dir))
     return s
 
 
@@ -105,15 +106,18 @@ class ConsoleEvents(Events):
 @click.option("--json", "as_json", is_flag=True, help="Print the run manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--no-batch", is_flag=True, help="Sample each cell alone instead of batching cells that differ in seed/cfg.")
+@click.option("--max-batch", type=click.IntRange(min=1), metavar="N",
+              help="Batch at most N cells in one sampler call (default: all that can batch together).")
 @click.option("--keep-going", is_flag=True,
               help="When a node fails, finish the other cells; the manifest lists every failure (exit 1).")
 def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, out, as_json,
-        quiet, no_batch, keep_going):
+        quiet, no_batch, max_batch, keep_going):
     """Run a workflow: every cell of its sweep, reusing cached nodes."""
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
     settings = _settings(cache_dir, no_cache, out, plugins, models_dirs, allow_pickle, device)
     settings.batch = not no_batch
     settings.keep_going = keep_going
+    settings.max_batch = max_batch
     result = api.run(resolved, settings, events=ConsoleEvents(quiet or as_json, [c.label for c in resolved.cells]))
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
@@ -359,7 +363,11 @@ def cache() -> None:
 def _store(cache_dir):
     from flowrun.cache.disk import DiskStore
 
-    return DiskStore(cache_dir or default_cache_dir())
+    location = cache_location(cache_dir) if cache_dir else default_cache_dir()
+    if isinstance(location, str):
+        raise UsageError(f"`flowrun cache` looks after a cache folder on this machine, not {location}; "
+                         "use the storage's own tools for a cache at a URL")
+    return DiskStore(location)
 
 
 def _when(t):
@@ -367,7 +375,7 @@ def _when(t):
 
 
 @cache.command("info")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@click.option("--cache-dir", help="Cache folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cache_info(cache_dir, as_json):
     """Entries, size, limit and last use of the disk cache."""
@@ -387,7 +395,7 @@ def cache_info(cache_dir, as_json):
 
 
 @cache.command("prune")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@click.option("--cache-dir", help="Cache folder.")
 @click.option("--max-size", metavar="SIZE", help="Evict least recently used entries down to SIZE (e.g. 5G); "
               "default: the limit ($FLOWRUN_CACHE_MAX_SIZE or 20G).")
 @click.option("--older-than", metavar="DAYS", type=click.FloatRange(min=0), help="Also evict entries unused for DAYS.")
@@ -405,7 +413,7 @@ def cache_prune(cache_dir, max_size, older_than):
 
 
 @cache.command("clear")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@click.option("--cache-dir", help="Cache folder.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def cache_clear(cache_dir, yes):
     """Remove every entry of the disk cache."""

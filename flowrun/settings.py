@@ -12,10 +12,15 @@ from flowrun.cache.memory import DEFAULT_MAX_BYTES
 CACHE_ENV = "FLOWRUN_CACHE_DIR"
 
 
-def default_cache_dir() -> Path:
+def cache_location(text: str) -> Path | str:
+    """A --cache-dir value: an fsspec URL stays text, a folder becomes a Path."""
+    return text if "://" in text else Path(text)
+
+
+def default_cache_dir() -> Path | str:
     """$FLOWRUN_CACHE_DIR, else $XDG_CACHE_HOME/flowrun, else ~/.cache/flowrun."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
+        return cache_location(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "flowrun"
 
@@ -28,7 +33,7 @@ def default_out_dir(workflow_file: str) -> Path:
 @dataclass
 class Settings:
     out_dir: Path | None = None  # None: default_out_dir(workflow)
-    cache_dir: Path = field(default_factory=default_cache_dir)
+    cache_dir: Path | str = field(default_factory=default_cache_dir)  # a folder, or an fsspec URL (s3://...)
     use_cache: bool = True
     memory_bytes: int = DEFAULT_MAX_BYTES
     disk_max_bytes: int = field(default_factory=default_max_bytes)  # LRU eviction after a run; 0: no limit
@@ -37,5 +42,14 @@ class Settings:
     allow_pickle: bool = False  # load .ckpt/.pt checkpoints (with torch.load(weights_only=True))
     device: str | None = None  # torch device for models; None: cuda if available, else cpu
     keep_going: bool = False  # a failing node stops only what depends on it; RunFailed at the end lists all
+    max_batch: int | None = None  # cells per batched call at most (None: all that can batch together)
     batch: bool = True  # cells differing only in seed/cfg sample in one batched call (see README)
     contact_sheets: bool = True  # sweeps write contact-<node>.png and index.html into the output folder
+
+    @property
+    def local_cache_dir(self) -> Path | None:
+        """The cache folder when the cache is used and on this machine (timings, file checksums and
+        eviction live there); None for no cache or a cache at a URL."""
+        if not self.use_cache or "://" in str(self.cache_dir):
+            return None
+        return Path(self.cache_dir)

@@ -17,6 +17,7 @@ from flowrun.execute.context import RunContext
 from flowrun.execute.events import Events
 from flowrun.graph.build import Graph, Task
 from flowrun.graph.plan import RUN, Step
+from flowrun.graph.plan import SKIP as SKIP_STEP
 from flowrun.safepath import inside, write_atomic
 
 EXECUTED, CACHED, SKIPPED, FAILED = "executed", "cached", "skipped", "failed"
@@ -36,7 +37,8 @@ class NodeRecord:
 
 class Runner:
     def __init__(self, graph: Graph, steps: list[Step], cache: NodeCache | None, out_dir: Path, files: FileEnv,
-                 events: Events | None = None, batch: bool = True, keep_going: bool = False):
+                 events: Events | None = None, batch: bool = True, keep_going: bool = False,
+                 max_batch: int | None = None):
         self.graph, self.steps, self.cache = graph, steps, cache
         self.out_dir = Path(out_dir)
         self.files = files
@@ -52,7 +54,7 @@ class Runner:
         self._started = 0
         from flowrun.graph.batching import batch_groups
 
-        self.groups = batch_groups(steps) if batch else {}
+        self.groups = batch_groups(steps, max_batch) if batch else {}
         self.prefetched: dict[str, dict[str, Any]] = {}  # results of batch members, until they are reached
         self.keep_going = keep_going
         self.failures: list[RunFailed] = []
@@ -63,7 +65,7 @@ class Runner:
         recorded, what depends on it is marked blocked, the rest finishes, and RunFailed lists them all."""
         self.events.run_start(self.steps)
         for step in self.steps:
-            if step.action == RUN or step.task.node_def.output:
+            if step.action == RUN or (step.task.node_def.output and step.action != SKIP_STEP):
                 try:
                     self._ensure(step.task.key)
                 except RunFailed:

@@ -7,8 +7,10 @@ from flowrun.cache.keys import canonical_json
 from flowrun.graph.plan import RUN, Step
 
 
-def batch_groups(steps: list[Step]) -> dict[str, list[str]]:
-    """task key -> the keys of its group (in execution order), for every task in a group of two or more."""
+def batch_groups(steps: list[Step], max_batch: int | None = None) -> dict[str, list[str]]:
+    """task key -> the keys of its group (in execution order), for every task in a group of two or more.
+    With `max_batch`, groups are cut, in order, into consecutive parts of at most that many tasks (the
+    same parts on one machine and across a cluster, so both render the same bytes)."""
     groups: dict[str, list[str]] = {}
     for step in steps:
         task = step.task
@@ -18,4 +20,8 @@ def batch_groups(steps: list[Step]) -> dict[str, list[str]]:
         shared = {k: v for k, v in task.literals.items() if k not in nd.batch_fields}
         signature = canonical_json([nd.type_name, nd.version, shared, sorted(task.inputs.items()), task.fingerprints])
         groups.setdefault(signature, []).append(task.key)
-    return {key: members for members in groups.values() if len(members) > 1 for key in members}
+    parts = []
+    for members in groups.values():
+        size = max_batch or len(members)
+        parts += [members[i:i + size] for i in range(0, len(members), size)]
+    return {key: part for part in parts if len(part) > 1 for key in part}

@@ -17,14 +17,16 @@ class Step:
     reason: str
 
 
-def plan(graph: Graph, cache: NodeCache | None) -> list[Step]:
+def plan(graph: Graph, cache: NodeCache | None, targets: set[str] | None = None) -> list[Step]:
     """One step per task, in execution order. A task runs when an output needs it and no cache holds it;
-    tasks whose every consumer is cached are skipped."""
+    tasks whose every consumer is cached are skipped. `targets` limits the outputs wanted to those task
+    keys (a worker rendering some of the cells)."""
     demanded: set[str] = set()
     steps: dict[str, Step] = {}
     for key in reversed(graph.order):
         task = graph.tasks[key]
-        if not (task.node_def.output or key in demanded):
+        wanted = task.node_def.output and (targets is None or key in targets)
+        if not (wanted or key in demanded):
             steps[key] = Step(task, SKIP, "not needed: what it feeds is cached")
             continue
         where = cache.where(key, task.out_types) if cache is not None else None
