@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from flowrun.errors import FlowrunError, UsageError
-from flowrun.safepath import remove_stale_temporaries
 from flowrun.nodes.registry import Registry, default_registry
+from flowrun.safepath import remove_stale_temporaries
 from flowrun.settings import Settings, default_out_dir
 from flowrun.spec.document import load_document
 from flowrun.spec.source import read_source
@@ -129,8 +129,15 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     env = _file_env(resolved, settings)
     graph = build(resolved, env)
     steps = make_plan(graph, cache)
-    runner = Runner(graph, steps, cache, out_dir, env, events, batch=settings.batch, keep_going=settings.keep_going,
-                    max_batch=settings.max_batch)
+    if settings.executor == "ray":
+        from flowrun.execute.events import Events as NoEvents
+        from flowrun.execute.ray_executor import RayExecutor, RayOptions
+
+        runner = RayExecutor(graph, steps, settings, out_dir, events or NoEvents(), settings.ray_options or RayOptions(),
+                             cache, env)
+    else:
+        runner = Runner(graph, steps, cache, out_dir, env, events, batch=settings.batch,
+                        keep_going=settings.keep_going, max_batch=settings.max_batch)
     started, t0 = now(), time.perf_counter()
     status, error = "ok", None
     try:
@@ -145,7 +152,8 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
         raise
     finally:
         manifest = build_manifest(graph, runner.records, status=status, started=started,
-                                  seconds=time.perf_counter() - t0, error=error)
+                                  seconds=time.perf_counter() - t0, error=error,
+                                  cells=getattr(runner, "cells", None), executor=settings.executor)
         if status == "ok" and settings.contact_sheets:
             from flowrun.execute.contact_sheet import write_sheets
 

@@ -87,6 +87,11 @@ class ConsoleEvents(Events):
             sys.stderr.write(f"\r{self.label} step {step}/{total}")
             sys.stderr.flush()
 
+    def cells_done(self, done, total, labels, worker, seconds):
+        if not self.quiet:
+            shown = labels[0] + (f" +{len(labels) - 1}" if len(labels) > 1 else "")
+            sys.stderr.write(f"[cells {done}/{total}] {shown} on {worker} {seconds:.2f}s\n")
+
     def warn(self, message):
         if not self.quiet:
             sys.stderr.write(f"warning: {message}\n")
@@ -106,18 +111,33 @@ class ConsoleEvents(Events):
 @click.option("--json", "as_json", is_flag=True, help="Print the run manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--no-batch", is_flag=True, help="Sample each cell alone instead of batching cells that differ in seed/cfg.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where cells render: this process, or actors on a Ray cluster (pip install 'flowrun[ray]').")
+@click.option("--address", metavar="auto|ray://HOST:PORT",
+              help="Ray cluster to join (default: start one on this machine for the run).")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Ray workers (default: one per CPU of the cluster, or per --gpus-per-worker GPUs).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, metavar="N",
+              help="GPUs each Ray worker reserves (fractions share a GPU).")
 @click.option("--max-batch", type=click.IntRange(min=1), metavar="N",
               help="Batch at most N cells in one sampler call (default: all that can batch together).")
 @click.option("--keep-going", is_flag=True,
               help="When a node fails, finish the other cells; the manifest lists every failure (exit 1).")
 def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, out, as_json,
-        quiet, no_batch, max_batch, keep_going):
+        quiet, no_batch, executor, address, workers, gpus_per_worker, max_batch, keep_going):
     """Run a workflow: every cell of its sweep, reusing cached nodes."""
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
     settings = _settings(cache_dir, no_cache, out, plugins, models_dirs, allow_pickle, device)
     settings.batch = not no_batch
     settings.keep_going = keep_going
     settings.max_batch = max_batch
+    settings.executor = executor
+    if executor == "ray":
+        from flowrun.execute.ray_executor import RayOptions
+
+        settings.ray_options = RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+    elif address or workers or gpus_per_worker:
+        raise UsageError("--address, --workers and --gpus-per-worker go with --executor ray")
     result = api.run(resolved, settings, events=ConsoleEvents(quiet or as_json, [c.label for c in resolved.cells]))
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))

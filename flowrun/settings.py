@@ -43,6 +43,8 @@ class Settings:
     device: str | None = None  # torch device for models; None: cuda if available, else cpu
     keep_going: bool = False  # a failing node stops only what depends on it; RunFailed at the end lists all
     max_batch: int | None = None  # cells per batched call at most (None: all that can batch together)
+    executor: str = "local"  # "local", or "ray" (with ray_options: execute.ray_executor.RayOptions)
+    ray_options: object | None = None
     batch: bool = True  # cells differing only in seed/cfg sample in one batched call (see README)
     contact_sheets: bool = True  # sweeps write contact-<node>.png and index.html into the output folder
 

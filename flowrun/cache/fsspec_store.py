@@ -12,9 +12,10 @@ A reader that finds the record finds every blob it names; a writer that died bef
 only unreferenced blobs, which no reader sees. Every blob is checked against its sha256 on read; a
 damaged entry is dropped with a CacheWarning and recomputed, as on a local disk.
 
-Two workers may compute the same entry at the same time (there is no lock across machines); both
-publish the same bytes, so the result is the same. The cluster executor gives each cell to one
-worker, so this only happens for nodes that cells on different workers share.
+On a local or mounted filesystem (`file://`) computing an entry takes the same file lock as a cache
+folder. On object stores there is no lock across machines, so two workers may compute the same entry
+at the same time; both publish the same bytes, so the result is the same. The cluster executor gives
+each cell to one worker, so this only happens for nodes that cells on different workers share.
 """
 
 from __future__ import annotations
@@ -67,7 +68,13 @@ class FsspecStore:
         self.fs.mv(tmp, path)
 
     def locked(self, keys: list[str]):
-        return nullcontext()  # see the module docstring: concurrent writers publish identical bytes
+        """File locks where the store is a local (or network-mounted) filesystem, as DiskStore takes;
+        none on object stores (see the module docstring: concurrent writers publish identical bytes)."""
+        if not self.local:
+            return nullcontext()
+        from flowrun.cache.disk import DiskStore
+
+        return DiskStore(self.root).locked(keys)
 
     def has(self, key: str) -> bool:
         return self.fs.exists(self._record(key))

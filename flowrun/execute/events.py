@@ -15,3 +15,6 @@ class Events:
     def node_end(self, task: Any, status: str, seconds: float) -> None: ...
 
     def warn(self, message: str) -> None: ...
+
+    def cells_done(self, done: int, total: int, labels: list[str], worker: str, seconds: float) -> None:
+        """A cluster worker finished some cells (the Ray executor)."""

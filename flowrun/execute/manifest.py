@@ -18,8 +18,11 @@ MANIFEST = "run.json"
 
 
 def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str, started: datetime,
-                   seconds: float, error: str | None = None) -> dict[str, Any]:
+                   seconds: float, error: str | None = None, cells: dict[int, dict] | None = None,
+                   executor: str = "local") -> dict[str, Any]:
+    """`cells`: per cell index, where it was rendered (worker, seconds of its unit), from a cluster run."""
     resolved = graph.resolved
+    cells = cells or {}
     return {
         "flowrun_version": __version__,
         "python": platform.python_version(),
@@ -32,7 +35,9 @@ def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str,
         "error": error,
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(seconds, 4),
-        "cells": [{"index": c.index, "label": c.label, "values": c.values, "params": c.params}
+        "executor": executor,
+        "cells": [{"index": c.index, "label": c.label, "values": c.values, "params": c.params,
+                   **cells.get(c.index, {})}
                   for c in resolved.cells],
         "nodes": [
             {
@@ -45,6 +50,7 @@ def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str,
                 "outputs": r.files,
                 **({"batched": r.batched} if r.batched > 1 else {}),
                 **({"error": r.error} if r.error else {}),
+                **({"worker": r.worker} if r.worker else {}),
             }
             for r in records.values()
         ],

@@ -33,6 +33,7 @@ class NodeRecord:
     files: list[str] = field(default_factory=list)
     batched: int = 1  # cells computed together in one batched call
     error: str | None = None
+    worker: str | None = None  # which cluster worker ran it (the Ray executor)
 
 
 class Runner:
