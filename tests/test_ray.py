@@ -155,3 +155,23 @@ def test_without_ray_the_executor_says_how_to_install_it(cli, workflow, tmp_path
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
     r = cli("run", workflow(SHARED.format(log=tmp_path / "log")), "--executor", "ray")
     assert r.code == 2 and "pip install 'flowrun[ray]'" in r.err and "Traceback" not in r.err, r.err
+
+
+FAILING = """
+version: 1
+params: {n: 1}
+sweep:
+  grid: {n: [1, 2, 3, 4]}
+nodes:
+  t: {type: Text, with: {text: "cell {{ n }}"}}
+  f: {type: Fail, in: {text: t}, with: {message: "cell {{ n }} broke", when: "{{ n == 2 }}"}}
+  out: {type: WriteText, in: {text: f}, with: {filename_prefix: "out-{{ n }}"}}
+"""
+
+
+def test_a_failing_cell_on_a_worker_names_node_and_cell(cluster, cli, workflow, tmp_path):
+    r = cli("run", workflow(FAILING), "--executor", "ray", "--workers", "2", "--keep-going", "--out", tmp_path / "o")
+    assert r.code == 1 and "node 'f' (Fail) in cell n-2 failed: cell 2 broke" in r.err, r.err
+    m = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert m["status"] == "failed" and [(f["node"], f["cells"]) for f in m["failures"]] == [("f", ["n-2"])]
+    assert sorted(p.name for p in (tmp_path / "o").glob("out-*.txt")) == ["out-1.txt", "out-3.txt", "out-4.txt"]
