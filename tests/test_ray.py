@@ -175,3 +175,11 @@ def test_a_failing_cell_on_a_worker_names_node_and_cell(cluster, cli, workflow, 
     m = json.loads((tmp_path / "o" / "run.json").read_text())
     assert m["status"] == "failed" and [(f["node"], f["cells"]) for f in m["failures"]] == [("f", ["n-2"])]
     assert sorted(p.name for p in (tmp_path / "o").glob("out-*.txt")) == ["out-1.txt", "out-3.txt", "out-4.txt"]
+
+
+def test_ray_options_are_checked(cluster, cli, workflow, tmp_path):
+    wf = workflow(FAILING)
+    r = cli("run", wf, "--executor", "ray", "--gpus-per-worker", "1", "--out", tmp_path / "o")
+    assert r.code == 2 and "--gpus-per-worker 1: the cluster has 0 GPU(s)" in r.err, r.err
+    r = cli("run", wf, "--address", "auto", "--out", tmp_path / "o")
+    assert r.code == 2 and "go with --executor ray" in r.err, r.err
