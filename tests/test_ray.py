@@ -183,3 +183,15 @@ def test_ray_options_are_checked(cluster, cli, workflow, tmp_path):
     assert r.code == 2 and "--gpus-per-worker 1: the cluster has 0 GPU(s)" in r.err, r.err
     r = cli("run", wf, "--address", "auto", "--out", tmp_path / "o")
     assert r.code == 2 and "go with --executor ray" in r.err, r.err
+
+
+def test_a_worker_with_other_library_versions_is_refused():
+    from flowrun import __version__
+    from flowrun.execute.ray_executor import _environment_mismatch
+    from flowrun.graph.build import environment_info
+
+    expected = {"flowrun": __version__, **environment_info(None)}
+    assert _environment_mismatch(expected, None) is None
+    other = {**expected, "versions": {**expected["versions"], "torch": "2.4.0"}}
+    message = _environment_mismatch(other, None)
+    assert "torch" in message and "(driver: 2.4.0)" in message and "install the driver's versions" in message

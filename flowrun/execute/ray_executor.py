@@ -57,7 +57,7 @@ def _ray():
 class CellWorker:
     """Lives in a Ray actor: renders units of cells of one graph."""
 
-    def __init__(self, settings, env: dict[str, str], threads: int):
+    def __init__(self, settings, env: dict[str, str], threads: int, expected: dict[str, Any]):
         import sys
 
         os.environ.update(env)
@@ -82,6 +82,7 @@ class CellWorker:
         self.graph: Graph | None = None
         self.graph_id = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.mismatch = _environment_mismatch(expected, settings.device)
 
     def _use_graph(self, boxed_ref: list) -> None:
         # the graph comes by reference with each call (boxed, so Ray does not fetch it every time): an
@@ -101,6 +102,8 @@ class CellWorker:
         from flowrun.execute.runner import Runner
         from flowrun.graph.plan import plan
 
+        if self.mismatch:
+            return {"worker": self.name, "fatal": f"worker {self.name} {self.mismatch}"}
         self._use_graph(boxed_graph)
         steps = plan(self.graph, self.cache, set(targets))
         started = time.perf_counter()
@@ -121,6 +124,19 @@ class CellWorker:
 
     def ping(self) -> str:
         return self.name
+
+
+def _environment_mismatch(expected: dict[str, Any], device: str | None) -> str | None:
+    """Why this worker may not render for the driver: cache keys carry the driver's library versions and
+    machine type, so results from other versions would be stored under keys that do not describe them."""
+    from flowrun import __version__
+    from flowrun.graph.build import environment_info
+
+    here = {"flowrun": __version__, **environment_info(device)}
+    diffs = [f"{k} {here.get(k)!r} (driver: {v!r})" for k, v in expected.items() if k != "versions" and here.get(k) != v]
+    diffs += [f"{k} {here['versions'].get(k)} (driver: {v})" for k, v in expected["versions"].items()
+              if here["versions"].get(k) != v]
+    return "has " + ", ".join(diffs) + "; install the driver's versions on every worker" if diffs else None
 
 
 _RANK = {"skipped": 0, "cached": 1, "blocked": 2, "executed": 3, "interrupted": 4, "failed": 5}
@@ -196,7 +212,11 @@ class RayExecutor:
                            max_task_retries=0)(CellWorker)
         self.graph_ref = ray.put(self.graph)  # kept for the whole run: restarted actors fetch it again
         threads = max(1, int(opts.cpus_per_worker))
-        return [actor.remote(self.settings, env, threads) for _ in range(n)]
+        from flowrun import __version__
+        from flowrun.graph.build import environment_info
+
+        expected = {"flowrun": __version__, **environment_info(self.settings.device)}
+        return [actor.remote(self.settings, env, threads, expected) for _ in range(n)]
 
     def _schedule(self, ray, units: list[Unit], n_workers: int) -> None:
         from ray.exceptions import RayActorError, WorkerCrashedError
@@ -234,6 +254,8 @@ class RayExecutor:
                 idle.append(w)  # Ray restarts the actor; the unit goes to the next idle worker first
                 idle.sort(key=lambda i: i == w)
                 continue
+            if "fatal" in result:
+                raise RunFailed("(worker)", "ray", self._labels(unit), result["fatal"])
             holds[w] = unit.affinity
             idle.append(w)
             self._merge(unit, result)
