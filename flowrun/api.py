@@ -121,6 +121,7 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     from flowrun.execute.manifest import build_manifest, now, write_manifest
     from flowrun.execute.runner import Runner
     from flowrun.graph.build import build
+    from flowrun.graph.plan import RUN
     from flowrun.graph.plan import plan as make_plan
 
     settings = settings or Settings()
@@ -130,12 +131,15 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     graph = build(resolved, env)
     steps = make_plan(graph, cache)
     if settings.executor == "ray":
+        from flowrun.execute.ray_executor import require_ray
+
+        require_ray()
+    if settings.executor == "ray" and any(s.action == RUN for s in steps):
         from flowrun.execute.events import Events as NoEvents
         from flowrun.execute.ray_executor import RayExecutor, RayOptions
 
-        runner = RayExecutor(graph, steps, settings, out_dir, events or NoEvents(), settings.ray_options or RayOptions(),
-                             cache, env)
-    else:
+        runner = RayExecutor(graph, steps, settings, out_dir, events or NoEvents(), settings.ray_options or RayOptions())
+    else:  # on this machine; also a cluster run with nothing to compute, which only restores files
         runner = Runner(graph, steps, cache, out_dir, env, events, batch=settings.batch,
                         keep_going=settings.keep_going, max_batch=settings.max_batch)
     started, t0 = now(), time.perf_counter()

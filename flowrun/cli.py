@@ -380,6 +380,9 @@ def cache() -> None:
     """Look after the disk cache: its size, eviction, clearing."""
 
 
+_cache_dir_option = click.option("--cache-dir", help="Cache folder (default: $FLOWRUN_CACHE_DIR or the user cache).")
+
+
 def _store(cache_dir):
     from flowrun.cache.disk import DiskStore
 
@@ -395,7 +398,7 @@ def _when(t):
 
 
 @cache.command("info")
-@click.option("--cache-dir", help="Cache folder.")
+@_cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cache_info(cache_dir, as_json):
     """Entries, size, limit and last use of the disk cache."""
@@ -415,7 +418,7 @@ def cache_info(cache_dir, as_json):
 
 
 @cache.command("prune")
-@click.option("--cache-dir", help="Cache folder.")
+@_cache_dir_option
 @click.option("--max-size", metavar="SIZE", help="Evict least recently used entries down to SIZE (e.g. 5G); "
               "default: the limit ($FLOWRUN_CACHE_MAX_SIZE or 20G).")
 @click.option("--older-than", metavar="DAYS", type=click.FloatRange(min=0), help="Also evict entries unused for DAYS.")
@@ -433,7 +436,7 @@ def cache_prune(cache_dir, max_size, older_than):
 
 
 @cache.command("clear")
-@click.option("--cache-dir", help="Cache folder.")
+@_cache_dir_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def cache_clear(cache_dir, yes):
     """Remove every entry of the disk cache."""

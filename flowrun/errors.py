@@ -102,7 +102,9 @@ class RunFailed(FlowrunError):
 
     @classmethod
     def many(cls, failures: Sequence["RunFailed"]) -> "RunFailed":
-        """One error for several failures (a run with --keep-going)."""
+        """One error for one or several failures (a run with --keep-going)."""
+        if len(failures) == 1:
+            return failures[0]
         cells = sorted({c for f in failures for c in f.cells})
         lines = "\n".join("  " + f.render().removeprefix("error: ") for f in failures)
         combined = cls(failures[0].node, failures[0].node_type, cells, f"{len(failures)} nodes failed")

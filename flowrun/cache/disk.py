@@ -28,6 +28,25 @@ class CacheWarning(UserWarning):
     """A cache entry could not be used (corrupt, unreadable); it is discarded and recomputed."""
 
 
+def verified_blobs(meta: dict[str, Any], read) -> tuple[dict[str, bytes] | None, str]:
+    """The blobs an entry's meta lists, each read with `read(blob)` and checked against its size and
+    sha256; (None, why) at the first one missing or damaged. Shared by both stores."""
+    blobs: dict[str, bytes] = {}
+    for blob in meta.get("blobs", []):
+        try:
+            data = read(blob)
+        except OSError:
+            return None, f"blob {blob['name']!r} is missing"
+        if len(data) != blob["size"] or hashlib.sha256(data).hexdigest() != blob["sha256"]:
+            return None, f"blob {blob['name']!r} does not match its checksum"
+        blobs[blob["name"]] = data
+    return blobs, ""
+
+
+def warn_discarded(key: str, why: str) -> None:
+    warnings.warn(f"cache entry {key[:12]} discarded: {why}; it will be recomputed", CacheWarning, stacklevel=4)
+
+
 class DiskStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -65,17 +84,10 @@ class DiskStore:
             if entry.exists():
                 self._discard(key, "its meta.json is missing or unreadable")
             return None
-        blobs: dict[str, bytes] = {}
-        for blob in meta.get("blobs", []):
-            try:
-                data = (entry / blob["file"]).read_bytes()
-            except OSError:
-                self._discard(key, f"blob {blob['name']!r} is missing")
-                return None
-            if len(data) != blob["size"] or hashlib.sha256(data).hexdigest() != blob["sha256"]:
-                self._discard(key, f"blob {blob['name']!r} does not match its checksum")
-                return None
-            blobs[blob["name"]] = data
+        blobs, why = verified_blobs(meta, lambda blob: (entry / blob["file"]).read_bytes())
+        if blobs is None:
+            self._discard(key, why)
+            return None
         try:
             os.utime(entry / "meta.json")  # last used, for least-recently-used eviction
         except OSError:
@@ -112,7 +124,7 @@ class DiskStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _discard(self, key: str, why: str) -> None:
-        warnings.warn(f"cache entry {key[:12]} discarded: {why}; it will be recomputed", CacheWarning, stacklevel=3)
+        warn_discarded(key, why)
         self.remove(key)
 
     def remove(self, key: str) -> None:

@@ -24,11 +24,10 @@ import hashlib
 import json
 import os
 import uuid
-import warnings
 from contextlib import nullcontext
 from typing import Any
 
-from flowrun.cache.disk import LAYOUT, CacheWarning
+from flowrun.cache.disk import LAYOUT, DiskStore, verified_blobs, warn_discarded
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -72,8 +71,6 @@ class FsspecStore:
         none on object stores (see the module docstring: concurrent writers publish identical bytes)."""
         if not self.local:
             return nullcontext()
-        from flowrun.cache.disk import DiskStore
-
         return DiskStore(self.root).locked(keys)
 
     def has(self, key: str) -> bool:
@@ -89,17 +86,10 @@ class FsspecStore:
         meta = self.meta(key)
         if meta is None:
             return None
-        blobs: dict[str, bytes] = {}
-        for blob in meta.get("blobs", []):
-            try:
-                data = self.fs.cat_file(self._blob(blob["sha256"]))
-            except OSError:
-                self._discard(key, f"blob {blob['name']!r} is missing")
-                return None
-            if len(data) != blob["size"] or hashlib.sha256(data).hexdigest() != blob["sha256"]:
-                self._discard(key, f"blob {blob['name']!r} does not match its checksum")
-                return None
-            blobs[blob["name"]] = data
+        blobs, why = verified_blobs(meta, lambda blob: self.fs.cat_file(self._blob(blob["sha256"])))
+        if blobs is None:
+            self._discard(key, why)
+            return None
         return blobs, meta
 
     def put(self, key: str, blobs: dict[str, bytes], info: dict[str, Any] | None = None) -> None:
@@ -121,7 +111,7 @@ class FsspecStore:
             pass
 
     def _discard(self, key: str, why: str) -> None:
-        warnings.warn(f"cache entry {key[:12]} discarded: {why}; it will be recomputed", CacheWarning, stacklevel=3)
+        warn_discarded(key, why)
         self.remove(key)
 
 
@@ -134,6 +124,4 @@ def open_store(location: str | os.PathLike):
     """The cache store for a folder (DiskStore, with locks and eviction) or a URL (FsspecStore)."""
     if is_url(location):
         return FsspecStore(str(location))
-    from flowrun.cache.disk import DiskStore
-
     return DiskStore(location)

@@ -46,7 +46,7 @@ class RayOptions:
     cpus_per_worker: float = 1
 
 
-def _ray():
+def require_ray():
     try:
         import ray
     except ImportError:
@@ -110,20 +110,17 @@ class CellWorker:
         with tempfile.TemporaryDirectory(prefix="flowrun-worker-") as tmp:
             runner = Runner(self.graph, steps, self.cache, Path(tmp), self.files, None, batch=self.settings.batch,
                             keep_going=self.settings.keep_going, max_batch=self.settings.max_batch)
-            failure = None
             try:
                 runner.run()
-            except RunFailed as exc:
-                failure = exc.render()
+            except RunFailed:
+                pass  # each failure is in runner.failures, sent back below
             files = {name: (Path(tmp) / name).read_bytes() for r in runner.records.values() for name in r.files}
         records = {key: {"status": r.status, "seconds": r.seconds, "files": r.files, "batched": r.batched,
                          "error": r.error}
                    for key, r in runner.records.items() if r.status != SKIPPED}
+        failures = [(f.node, f.node_type, list(f.cells), f.message) for f in runner.failures]
         return {"worker": self.name, "seconds": time.perf_counter() - started, "records": records, "files": files,
-                "failure": failure}
-
-    def ping(self) -> str:
-        return self.name
+                "failures": failures}
 
 
 def _environment_mismatch(expected: dict[str, Any], device: str | None) -> str | None:
@@ -146,25 +143,18 @@ class RayExecutor:
     """The Runner's counterpart on a cluster: same `run()`, same `records`, plus `cells` (who rendered
     each cell and how long its unit took)."""
 
-    def __init__(self, graph: Graph, steps: list[Step], settings, out_dir: Path, events, options: RayOptions,
-                 cache=None, files=None):
+    def __init__(self, graph: Graph, steps: list[Step], settings, out_dir: Path, events, options: RayOptions):
         self.graph, self.steps, self.settings = graph, steps, settings
-        self.cache, self.files = cache, files  # for a run that is all cached: restored here, no cluster
         self.out_dir = Path(out_dir)
         self.events = events
         self.options = options
         self.records: dict[str, NodeRecord] = {s.task.key: NodeRecord(s.task) for s in steps}
         self.cells: dict[int, dict[str, Any]] = {}
         self.written: set[str] = set()
+        self.failures: list[RunFailed] = []
 
     def run(self) -> dict[str, NodeRecord]:
-        ray = _ray()
-        if not any(s.action == "run" for s in self.steps):
-            from flowrun.execute.runner import Runner  # all cached: no cluster needed to restore the files
-
-            local = Runner(self.graph, self.steps, self.cache, self.out_dir, self.files, self.events)
-            self.records = local.run()
-            return self.records
+        ray = require_ray()
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False,
@@ -183,13 +173,8 @@ class RayExecutor:
         finally:
             if started_here:
                 ray.shutdown()
-        failures = [r for r in self.records.values() if r.status == "failed"]
-        if failures:
-            first = failures[0]
-            raise RunFailed(first.task.node_id, first.task.type_name, self.graph.cell_labels(first.task),
-                            first.error or "failed") if len(failures) == 1 else RunFailed.many(
-                [RunFailed(r.task.node_id, r.task.type_name, self.graph.cell_labels(r.task), r.error or "failed")
-                 for r in failures])
+        if self.failures:
+            raise RunFailed.many(self.failures)
         return self.records
 
     def _pool_size(self, ray) -> int:
@@ -261,7 +246,8 @@ class RayExecutor:
             self._merge(unit, result)
             done += len(unit.cells)
             self.events.cells_done(done, total, self._labels(unit), result["worker"], result["seconds"])
-            if result["failure"] and not self.settings.keep_going:
+            self.failures += [RunFailed(*f) for f in result["failures"]]
+            if result["failures"] and not self.settings.keep_going:
                 failed_stop = True
                 pending.clear()
 

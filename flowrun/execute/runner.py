@@ -73,8 +73,6 @@ class Runner:
                     if not self.keep_going:
                         raise
         if self.failures:
-            if len(self.failures) == 1:
-                raise self.failures[0]
             raise RunFailed.many(self.failures)
         return self.records
 
@@ -122,32 +120,12 @@ class Runner:
                 except RunFailed:
                     raise self._block(key, up) from None
             self._announce(task)
-            if key in self.groups:
-                try:
-                    return self._execute_batch(key, inputs, started)
-                except KeyboardInterrupt:
-                    record.status, record.seconds = INTERRUPTED, time.perf_counter() - started
-                    raise
-                except RunFailed as exc:
-                    if len(self.groups[key]) == 1:
-                        raise self._fail(key, exc, started) from exc
-                    # a failed batch (out of memory, say) is retried cell by cell, so one cell's fault
-                    # or the batch's size does not fail the others
-                    self.events.warn(f"node '{task.node_id}': batch of {len(self.groups[key])} failed "
-                                     f"({exc.message}); retrying its cells one by one")
-                    for member in self.groups[key]:
-                        self.groups.pop(member, None)
             try:
-                with self._locked([key], task):
-                    value = self._computed_meanwhile(key, task)
-                    if value is not None:
-                        record.status = CACHED
-                    else:
-                        value = self._execute(task, inputs)
-                        record.status = EXECUTED
-                        self._store(key, task, value)
-            except RunFailed as exc:
-                raise self._fail(key, exc, started) from exc
+                if key in self.groups:
+                    batched = self._try_batch(key, task, inputs, started)
+                    if batched is not None:
+                        return batched
+                value = self._compute(key, task, inputs, started)
             except KeyboardInterrupt:
                 record.status, record.seconds = INTERRUPTED, time.perf_counter() - started
                 raise
@@ -160,6 +138,38 @@ class Runner:
         record.seconds = time.perf_counter() - started
         self.events.node_end(task, record.status, record.seconds)
         return value
+
+    def _try_batch(self, key: str, task: Task, inputs: dict[str, Any], started: float) -> dict[str, Any] | None:
+        """The batched result for `key`, or None when the batch failed and its cells go one by one: a failed
+        batch (out of memory, say) is retried cell by cell, so one cell's fault or the batch's size does
+        not fail the others."""
+        try:
+            return self._execute_batch(key, inputs, started)
+        except RunFailed as exc:
+            group = self.groups[key]
+            if len(group) == 1:
+                raise self._fail(key, exc, started) from exc
+            self.events.warn(f"node '{task.node_id}': batch of {len(group)} failed ({exc.message}); "
+                             "retrying its cells one by one")
+            for member in group:
+                self.groups.pop(member, None)
+            return None
+
+    def _compute(self, key: str, task: Task, inputs: dict[str, Any], started: float) -> dict[str, Any]:
+        """Run one task under its cache lock, unless another process published it meanwhile."""
+        record = self.records[key]
+        try:
+            with self._locked([key], task):
+                value = self._computed_meanwhile(key, task)
+                if value is not None:
+                    record.status = CACHED
+                    return value
+                value = self._execute(task, inputs)
+                record.status = EXECUTED
+                self._store(key, task, value)
+                return value
+        except RunFailed as exc:
+            raise self._fail(key, exc, started) from exc
 
     def _locked(self, keys: list[str], task: Task):
         return self.cache.locked(keys, task.out_types) if self.cache is not None else nullcontext()

@@ -149,9 +149,8 @@ def bounded_filter(name: str, func):
                 raise TemplateBudgetExceeded(f"the filter `replace` would make a text {grown:,} long")
         return check_size(func(*args, **kwargs), f"the filter `{name}`")
 
-    for attr in ("jinja_pass_arg",):
-        if hasattr(func, attr):
-            setattr(wrapper, attr, getattr(func, attr))
+    if passes:  # jinja passes the context or environment first to filters marked so
+        wrapper.jinja_pass_arg = func.jinja_pass_arg
     wrapper.__name__ = getattr(func, "__name__", name)
     return wrapper
 
