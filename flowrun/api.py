@@ -41,20 +41,28 @@ def registry(plugins: Iterable[str] = ()) -> Registry:
 
 
 def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins: Iterable[str] = (),
-         reg: Registry | None = None) -> "Resolved":
-    """Read, validate and expand a workflow file. Raises WorkflowInvalid listing every problem."""
+         reg: Registry | None = None, files: Settings | None = None) -> "Resolved":
+    """Read, validate and expand a workflow file. With `files` (the settings that say where models are
+    looked up), also check that every model, LoRA and input file it names exists. Raises WorkflowInvalid
+    listing every problem."""
     from flowrun.graph.resolve import resolve
 
     source = read_source(str(path))
     spec = load_document(source)
-    return resolve(spec, source, reg or registry(plugins), overrides)
+    resolved = resolve(spec, source, reg or registry(plugins), overrides)
+    if files is not None:
+        from flowrun.files import FileLookup
+        from flowrun.graph.files import check
+
+        check(resolved, FileLookup.from_settings(files, resolved.file))
+    return resolved
 
 
-def _file_env(resolved: "Resolved", settings: Settings):
-    from flowrun.cache.fingerprints import FileEnv
+def _build(resolved: "Resolved", settings: Settings) -> "Graph":
+    from flowrun.files import FileLookup
+    from flowrun.graph.build import build
 
-    return FileEnv(Path(resolved.file).resolve().parent, settings.local_cache_dir,
-                   settings.models_dirs, settings.allow_pickle, settings.device)
+    return build(resolved, FileLookup.from_settings(settings, resolved.file), settings.device)
 
 
 def _cache(settings: Settings, memory: "MemoryCache | None" = None):
@@ -79,11 +87,10 @@ def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]
 
 def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph", list["Step"]]:
     """The merged graph of all cells and, for each node, whether it will run, come from the cache, or be skipped."""
-    from flowrun.graph.build import build
     from flowrun.graph.plan import plan as make_plan
 
     settings = settings or Settings()
-    graph = build(resolved, _file_env(resolved, settings))
+    graph = _build(resolved, settings)
     return graph, make_plan(graph, _cache(settings))
 
 
@@ -118,17 +125,16 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
         memory: "MemoryCache | None" = None) -> RunResult:
     """Run a loaded workflow and write its outputs and run.json. Raises RunFailed if a node fails (run.json
     is written all the same, with the failure recorded)."""
+    from flowrun.execute.context import Services
     from flowrun.execute.manifest import build_manifest, now, write_manifest
     from flowrun.execute.runner import Runner
-    from flowrun.graph.build import build
     from flowrun.graph.plan import RUN
     from flowrun.graph.plan import plan as make_plan
 
     settings = settings or Settings()
     out_dir = Path(settings.out_dir or default_out_dir(resolved.file))
     cache = _cache(settings, memory)
-    env = _file_env(resolved, settings)
-    graph = build(resolved, env)
+    graph = _build(resolved, settings)
     steps = make_plan(graph, cache)
     if settings.executor == "ray":
         from flowrun.execute.ray_executor import require_ray
@@ -140,7 +146,8 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
 
         runner = RayExecutor(graph, steps, settings, out_dir, events or NoEvents(), settings.ray_options or RayOptions())
     else:  # on this machine; also a cluster run with nothing to compute, which only restores files
-        runner = Runner(graph, steps, cache, out_dir, env, events, batch=settings.batch,
+        runner = Runner(graph, steps, cache, out_dir, Services.for_run(settings, resolved.file), events,
+                        batch=settings.batch,
                         keep_going=settings.keep_going, max_batch=settings.max_batch)
     started, t0 = now(), time.perf_counter()
     status, error = "ok", None

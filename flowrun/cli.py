@@ -36,12 +36,18 @@ def sweep_options(fn):
     return fn
 
 
-def cache_options(fn):
-    fn = click.option("--device", metavar="DEVICE", help="torch device for models (default: cuda if available, else cpu).")(fn)
+def lookup_options(fn):
+    """Where the files a workflow names are looked up (run, plan, validate and test take the same)."""
     fn = click.option("--allow-pickle", is_flag=True,
                       help="Also load .ckpt/.pt checkpoints (weights only). Pickles can run code: trust the source.")(fn)
     fn = click.option("--models-dir", "models_dirs", multiple=True, type=click.Path(file_okay=False),
                       help="Folder with checkpoints/ and loras/, searched first (also: $FLOWRUN_MODELS).")(fn)
+    return fn
+
+
+def cache_options(fn):
+    fn = click.option("--device", metavar="DEVICE", help="torch device for models (default: cuda if available, else cpu).")(fn)
+    fn = lookup_options(fn)
     fn = click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")(fn)
     fn = click.option("--cache-dir", metavar="DIR|URL",
                       help=f"Cache folder, or an fsspec URL such as s3://bucket/flowrun for a cache shared over the "
@@ -153,12 +159,18 @@ def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @sweep_options
-def validate(files, sets, sweeps, max_cells, plugins):
-    """Check workflows without running anything (imports no torch)."""
+@lookup_options
+@click.option("--no-file-check", is_flag=True,
+              help="Check the workflow only, not that the models and inputs it names exist (e.g. in a CI job "
+                   "that lints workflows without the models).")
+def validate(files, sets, sweeps, max_cells, plugins, models_dirs, allow_pickle, no_file_check):
+    """Check workflows and the files they name without running anything (imports no torch)."""
+    settings = Settings(plugins=tuple(plugins), models_dirs=tuple(models_dirs), allow_pickle=allow_pickle)
     failed = 0
     for f in files:
         try:
-            resolved = api.load(f, _overrides(sets, sweeps, max_cells), plugins=plugins)
+            resolved = api.load(f, _overrides(sets, sweeps, max_cells), plugins=plugins,
+                                files=None if no_file_check else settings)
         except WorkflowInvalid as exc:
             failed += 1
             click.echo(exc.render(), err=True)

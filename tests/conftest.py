@@ -81,7 +81,6 @@ def tiny_models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_models):
     """MODEL, CLIP and VAE values of the tiny checkpoint, loaded once."""
-    from flowrun.cache.fingerprints import FileEnv
     from flowrun.diffusion.checkpoint import load_bundle
 
-    return load_bundle(tiny_models / "checkpoints" / "tiny.safetensors", FileEnv(tiny_models, device="cpu"), "tiny")
+    return load_bundle(tiny_models / "checkpoints" / "tiny.safetensors", "tiny")

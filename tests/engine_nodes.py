@@ -7,17 +7,18 @@ from typing import Literal
 from pydantic import Field
 
 from flowrun.errors import NodeError
+from flowrun.files import INPUT
 from flowrun.nodes import ports
 from flowrun.nodes.image import SaveImageParams
-from flowrun.nodes.registry import Input, NodeParams, node
+from flowrun.nodes.registry import NodeParams, NoParams, node
 
 
 class NumberParams(NodeParams):
     value: int = Field(0, ge=-1000, le=1000)
 
 
-@node("Number", params=NumberParams, outputs={"value": ports.INT})
-def number(p, ctx):
+@node("Number", outputs={"value": ports.INT})
+def number(p: NumberParams, ctx) -> int:
     return p.value
 
 
@@ -26,15 +27,15 @@ class ScaleParams(NodeParams):
     mode: Literal["floor", "round", "exact"] = "exact"
 
 
-@node("Scale", params=ScaleParams, inputs={"x": ports.INT}, outputs={"value": ports.FLOAT})
-def scale(p, ctx, *, x):
+@node("Scale", outputs={"value": ports.FLOAT})
+def scale(p: ScaleParams, ctx, *, x: int) -> float:
     y = x * p.factor
     return float(int(y)) if p.mode == "floor" else float(round(y)) if p.mode == "round" else y
 
 
-@node("Add", inputs={"a": ports.INT, "b": Input(ports.INT, optional=True)}, outputs={"sum": ports.INT})
-def add(p, ctx, *, a, b=0):
-    return a + b
+@node("Add", outputs={"sum": ports.INT})
+def add(p: NoParams, ctx, *, a: int, b: int | None = None) -> int:
+    return a + (b or 0)
 
 
 class TextParams(NodeParams):
@@ -42,13 +43,13 @@ class TextParams(NodeParams):
     seed: int = Field(0, ge=0, le=2**32)
 
 
-@node("Text", params=TextParams, outputs={"text": ports.STRING})
-def text(p, ctx):
+@node("Text", outputs={"text": ports.STRING})
+def text(p: TextParams, ctx) -> str:
     return f"{p.text}#{p.seed}"
 
 
-@node("Split", inputs={"text": ports.STRING}, outputs={"head": ports.STRING, "tail": ports.STRING})
-def split(p, ctx, *, text):
+@node("Split", outputs={"head": ports.STRING, "tail": ports.STRING})
+def split(p: NoParams, ctx, *, text: str) -> dict:
     head, _, tail = text.partition("#")
     return {"head": head, "tail": tail}
 
@@ -57,8 +58,8 @@ class JoinParams(NodeParams):
     sep: str = " "
 
 
-@node("Join", params=JoinParams, inputs={"left": ports.STRING, "right": ports.STRING}, outputs={"text": ports.STRING})
-def join(p, ctx, *, left, right):
+@node("Join", outputs={"text": ports.STRING})
+def join(p: JoinParams, ctx, *, left: str, right: str) -> str:
     return f"{left}{p.sep}{right}"
 
 
@@ -73,13 +74,13 @@ class LoaderParams(NodeParams):
     name: str
 
 
-@node("FakeLoader", params=LoaderParams, outputs={"model": ports.MODEL})
-def fake_loader(p, ctx):
+@node("FakeLoader", outputs={"model": ports.MODEL})
+def fake_loader(p: LoaderParams, ctx) -> ports.Model:
     return Model(p.name)
 
 
-@node("UseModel", inputs={"model": ports.MODEL, "text": ports.STRING}, outputs={"text": ports.STRING})
-def use_model(p, ctx, *, model, text):
+@node("UseModel", outputs={"text": ports.STRING})
+def use_model(p: NoParams, ctx, *, model: ports.Model, text: str) -> str:
     return f"{model.name}:{text}"
 
 
@@ -87,13 +88,9 @@ class ReadParams(NodeParams):
     path: str
 
 
-def _read_fingerprint(literals, env):
-    return {"path": env.sha256(env.workflow_dir / literals["path"])}
-
-
-@node("ReadText", params=ReadParams, outputs={"text": ports.STRING}, fingerprint=_read_fingerprint)
-def read_text(p, ctx):
-    return (ctx.files.workflow_dir / p.path).read_text()
+@node("ReadText", outputs={"text": ports.STRING}, files={"path": INPUT})
+def read_text(p: ReadParams, ctx) -> str:
+    return ctx.files.path(INPUT, p.path).read_text()
 
 
 class StepsParams(NodeParams):
@@ -101,8 +98,8 @@ class StepsParams(NodeParams):
     log: str = ""  # if set, an absolute path: each finished step appends "TEXT STEP TIME"
 
 
-@node("Steps", params=StepsParams, inputs={"text": ports.STRING}, outputs={"text": ports.STRING})
-def steps(p, ctx, *, text):
+@node("Steps", outputs={"text": ports.STRING})
+def steps(p: StepsParams, ctx, *, text: str) -> str:
     import os
     import time
 
@@ -121,8 +118,8 @@ class FailParams(NodeParams):
     when: bool = True  # fail only in the cells where this is true; pass the text through elsewhere
 
 
-@node("Fail", params=FailParams, inputs={"text": ports.STRING}, outputs={"text": ports.STRING})
-def fail(p, ctx, *, text):
+@node("Fail", outputs={"text": ports.STRING})
+def fail(p: FailParams, ctx, *, text: str) -> str:
     if not p.when:
         return text
     if p.kind == "node":
@@ -136,14 +133,14 @@ class WriteParams(SaveImageParams):  # the same path rules as SaveImage
     filename_prefix: str = "out"
 
 
-@node("WriteText", params=WriteParams, inputs={"text": ports.STRING}, outputs={}, output=True)
-def write_text(p, ctx, *, text):
-    ctx.save(ctx.output_stem(p.filename_prefix) + ".txt", text.encode())
+@node("WriteText", output=True)
+def write_text(p: WriteParams, ctx, *, text: str) -> None:
+    ctx.outputs.save(ctx.outputs.stem(p.filename_prefix) + ".txt", text.encode())
 
 
-@node("WriteNumber", params=WriteParams, inputs={"value": ports.FLOAT}, outputs={}, output=True)
-def write_number(p, ctx, *, value):
-    ctx.save(ctx.output_stem(p.filename_prefix) + ".txt", repr(value).encode())
+@node("WriteNumber", output=True)
+def write_number(p: WriteParams, ctx, *, value: float) -> None:
+    ctx.outputs.save(ctx.outputs.stem(p.filename_prefix) + ".txt", repr(value).encode())
 
 
 class EchoParams(NodeParams):
@@ -151,16 +148,11 @@ class EchoParams(NodeParams):
     max_batch: int = 100  # a batch larger than this fails, as a batch too big for the memory would
 
 
-def _echo_batch(params, ctx, *, text):
-    if len(params) > params[0].max_batch:
-        raise MemoryError(f"a batch of {len(params)}")
-    return [f"{text}#{p.n}" for p in params]
-
-
-@node("Echo", params=EchoParams, inputs={"text": ports.STRING}, outputs={"text": ports.STRING},
-      batch=_echo_batch, batch_fields=("n",))
-def echo(p, ctx, *, text):
-    return f"{text}#{p.n}"
+@node("Echo", outputs={"text": ports.STRING}, batch=("n",))
+def echo(ps: list[EchoParams], ctx, *, text: str) -> list[str]:
+    if len(ps) > ps[0].max_batch:
+        raise MemoryError(f"a batch of {len(ps)}")
+    return [f"{text}#{p.n}" for p in ps]
 
 
 class SlowParams(NodeParams):
@@ -169,8 +161,8 @@ class SlowParams(NodeParams):
     log: str  # an absolute path: each computation appends "start/end PID TEXT" lines to it
 
 
-@node("Slow", params=SlowParams, outputs={"text": ports.STRING})
-def slow(p, ctx):
+@node("Slow", outputs={"text": ports.STRING})
+def slow(p: SlowParams, ctx) -> str:
     import os
     import time
 

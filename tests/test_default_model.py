@@ -12,7 +12,7 @@ from PIL import Image
 
 from flowrun import api
 from flowrun.diffusion import shapes
-from flowrun.diffusion.locate import BUNDLED, locate, search_roots
+from flowrun.files import BUNDLED, locate, search_roots
 from flowrun.settings import Settings
 
 from conftest import ROOT
@@ -54,12 +54,11 @@ def test_training_script_runs_on_tiny_settings(tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "vae step 3/3" in r.stdout and "unet step 3/3" in r.stdout and "wrote" in r.stdout
-    from flowrun.cache.fingerprints import FileEnv
     from flowrun.diffusion.checkpoint import load_bundle
     from flowrun.diffusion.detect import read_header
 
     header = read_header(out / "flowrun-tiny.safetensors")
     assert any(k.startswith("model.diffusion_model.") for k in header.shapes)  # the original SD layout
     assert {header.dtypes[k] for k in header.shapes if "weight" in k} == {"F16"}
-    model, clip, vae = load_bundle(out / "flowrun-tiny.safetensors", FileEnv(tmp_path, device="cpu"), "quick")
+    model, clip, vae = load_bundle(out / "flowrun-tiny.safetensors", "quick")
     assert model.family == "sd1" and clip.models[0].config.hidden_size == 64

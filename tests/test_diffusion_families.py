@@ -57,17 +57,15 @@ def test_family_renders(family, family_models, tmp_path):
 
 
 def test_family_specific_conditioning(family_models):
-    from flowrun.cache.fingerprints import FileEnv
     from flowrun.diffusion.checkpoint import load_bundle
     from flowrun.diffusion.clip import encode
 
-    env = FileEnv(family_models, device="cpu")
-    sd2 = load_bundle(family_models / "checkpoints" / "tiny-sd2.safetensors", env, "sd2")
+    sd2 = load_bundle(family_models / "checkpoints" / "tiny-sd2.safetensors", "sd2")
     assert sd2[0].sampling.prediction_type == "v_prediction" and sd2[1].family == "sd2"
-    cond, extra = encode(sd2[1], "a square")[0]
-    assert cond.shape == (1, 77, 48) and extra == {}
-    xl = load_bundle(family_models / "checkpoints" / "tiny-sdxl.safetensors", env, "xl")
-    cond, extra = encode(xl[1], "a square")[0]
-    assert cond.shape == (1, 77, 80) and extra["pooled_output"].shape == (1, 48)
+    entry = encode(sd2[1], "a square")[0]
+    assert entry.embedding.shape == (1, 77, 48) and entry.pooled_output is None
+    xl = load_bundle(family_models / "checkpoints" / "tiny-sdxl.safetensors", "xl")
+    entry = encode(xl[1], "a square")[0]
+    assert entry.embedding.shape == (1, 77, 80) and entry.pooled_output.shape == (1, 48)
     config = json.loads((family_models / "checkpoints" / "tiny-sdxl.json").read_text())
     assert config["family"] == "sdxl"

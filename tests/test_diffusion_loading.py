@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowrun.cache.fingerprints import FileEnv
 from flowrun.diffusion.checkpoint import load_bundle, load_state, read_state_dict
 from flowrun.diffusion.configs import SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
 from flowrun.diffusion.ldm_layout import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
-from flowrun.diffusion.locate import locate, search_roots
+from flowrun.files import locate, search_roots
 
 
 def meta_checkpoint(family: str, inpaint: bool = False) -> dict[str, torch.Tensor]:
@@ -91,9 +90,8 @@ def test_text_encoder_roundtrip_through_diffusers_converters():
 
 
 def test_single_file_and_diffusers_folder_load_the_same_model(tiny_models):
-    env = FileEnv(tiny_models, device="cpu")
-    a = load_bundle(tiny_models / "checkpoints" / "tiny.safetensors", env, "a")
-    b = load_bundle(tiny_models / "checkpoints" / "tiny-diffusers", env, "b")
+    a = load_bundle(tiny_models / "checkpoints" / "tiny.safetensors", "a")
+    b = load_bundle(tiny_models / "checkpoints" / "tiny-diffusers", "b")
     for (ma, mb) in [(a[0].unet, b[0].unet), (a[1].models[0], b[1].models[0]), (a[2].model, b[2].model)]:
         sa, sb = ma.state_dict(), mb.state_dict()
         assert set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)

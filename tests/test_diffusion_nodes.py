@@ -9,6 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
+from flowrun.values import Latent
 from PIL import Image
 
 from flowrun import api
@@ -49,16 +51,16 @@ def test_tokenize_chunks_of_77_keep_words_whole(tiny_bundle):
 
 def test_long_prompts_concatenate_chunks(tiny_bundle):
     clip = tiny_bundle[1]
-    short = encode(clip, "a red circle")[0][0]
-    long = encode(clip, " ".join(["a red circle"] * 30))[0][0]
+    short = encode(clip, "a red circle")[0].embedding
+    long = encode(clip, " ".join(["a red circle"] * 30))[0].embedding
     assert short.shape == (1, 77, 32) and long.shape == (1, 154, 32)
 
 
 def test_weights_scale_away_from_the_empty_prompt(tiny_bundle):
     clip = tiny_bundle[1]
-    plain = encode(clip, "a red circle")[0][0]
-    empty = encode(clip, "")[0][0]
-    weighted = encode(clip, "a (red:1.5) circle")[0][0]
+    plain = encode(clip, "a red circle")[0].embedding
+    empty = encode(clip, "")[0].embedding
+    weighted = encode(clip, "a (red:1.5) circle")[0].embedding
     red = 2  # start token, "a", then "red"
     assert torch.allclose(weighted[0, red], (plain[0, red] - empty[0, red]) * 1.5 + empty[0, red], atol=1e-5)
     others = [i for i in range(77) if i != red]
@@ -67,9 +69,9 @@ def test_weights_scale_away_from_the_empty_prompt(tiny_bundle):
 
 def test_clip_set_last_layer(tiny_bundle):
     clip = tiny_bundle[1]
-    default = encode(clip, "a red circle")[0][0]
-    assert torch.allclose(encode(clip.with_layer(-1), "a red circle")[0][0], default, atol=1e-6)
-    assert not torch.allclose(encode(clip.with_layer(-2), "a red circle")[0][0], default, atol=1e-3)
+    default = encode(clip, "a red circle")[0].embedding
+    assert torch.allclose(encode(clip.with_layer(-1), "a red circle")[0].embedding, default, atol=1e-6)
+    assert not torch.allclose(encode(clip.with_layer(-2), "a red circle")[0].embedding, default, atol=1e-3)
     with pytest.raises(ValueError, match="beyond this text encoder's 3 layers"):
         encode(clip.with_layer(-5), "x")
 
@@ -83,8 +85,8 @@ def test_lora_patches_apply_and_restore(tiny_models, tiny_bundle):
     before = {k: v.clone() for k, v in model.unet.state_dict().items()}
     unet_p, clip_p = read_lora(tiny_models / "loras" / "flowrun-tiny-night.safetensors", model.unet, clip.models, 1.0, 1.0)
     assert len(unet_p) == 32 and len(clip_p) == 12  # 4 transformer blocks x 2 attentions x 4 projections; 3 x 4
-    plain = encode(clip, "a red circle")[0][0]
-    assert not torch.allclose(encode(clip.with_patches(clip_p), "a red circle")[0][0], plain, atol=1e-4)
+    plain = encode(clip, "a red circle")[0].embedding
+    assert not torch.allclose(encode(clip.with_patches(clip_p), "a red circle")[0].embedding, plain, atol=1e-4)
     with patched(model.unet, tuple(unet_p)):
         changed = [k for k, v in model.unet.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == 32
@@ -135,15 +137,15 @@ def test_regional_conditioning_and_concat(tiny_bundle):
     model, clip, _ = tiny_bundle
     base, red, empty = encode(clip, "a white background"), encode(clip, "a red circle"), encode(clip, "")
     area = conditioning_set_area(AreaParams(width=64, height=64, x=64, y=0, strength=1.0), None, conditioning=red)
-    assert area[0][1]["area"] == (8, 8, 0, 8)
+    assert area[0].area == (8, 8, 0, 8)
     combined = conditioning_combine(None, None, conditioning_1=base, conditioning_2=area)
     assert len(combined) == 2
     kw = dict(seed=1, steps=4, cfg=5.0, sampler_name="euler", scheduler="normal", negative=empty,
-              latent={"samples": torch.zeros(1, 4, 16, 16)})  # a 128 x 128 image
-    plain = ksample(model, positive=base, **kw)["samples"]
-    regional = ksample(model, positive=combined, **kw)["samples"]
+              latent=Latent(torch.zeros(1, 4, 16, 16)))  # a 128 x 128 image
+    plain = ksample(model, positive=base, **kw).samples
+    regional = ksample(model, positive=combined, **kw).samples
     assert not torch.allclose(plain, regional)
-    assert conditioning_concat(None, None, conditioning_to=base, conditioning_from=red)[0][0].shape == (1, 154, 32)
+    assert conditioning_concat(None, None, conditioning_to=base, conditioning_from=red)[0].embedding.shape == (1, 154, 32)
 
 
 def test_latent_upscale_nodes():
@@ -151,15 +153,16 @@ def test_latent_upscale_nodes():
                                       latent_upscale, latent_upscale_by, EmptyLatentParams)
 
     latent = empty_latent_image(EmptyLatentParams(width=64, height=48, batch_size=2), None)
-    assert latent["samples"].shape == (2, 4, 6, 8)
+    assert latent.samples.shape == (2, 4, 6, 8)
     up = latent_upscale_by(LatentUpscaleByParams(scale_by=1.5, upscale_method="bilinear"), None, samples=latent)
-    assert up["samples"].shape == (2, 4, 9, 12)
+    assert up.samples.shape == (2, 4, 9, 12)
     sized = latent_upscale(LatentUpscaleParams(width=128, height=0), None, samples=latent)
-    assert sized["samples"].shape == (2, 4, 12, 16)
+    assert sized.samples.shape == (2, 4, 12, 16)
 
 
 def test_image_nodes_load_scale(tmp_path):
-    from flowrun.cache.fingerprints import FileEnv
+    from flowrun.execute.context import NodeFiles, RunContext
+    from flowrun.files import FileLookup
     from flowrun.nodes.image import ImageScaleParams, LoadImageParams, image_scale, load_image
 
     rgba = np.zeros((10, 20, 4), np.uint8)
@@ -167,10 +170,8 @@ def test_image_nodes_load_scale(tmp_path):
     rgba[:, :10, 3] = 255
     Image.fromarray(rgba, "RGBA").save(tmp_path / "half.png")
 
-    class Ctx:
-        files = FileEnv(tmp_path)
-
-    out = load_image(LoadImageParams(image="half.png"), Ctx())
+    ctx = RunContext(files=NodeFiles(FileLookup(tmp_path)))
+    out = load_image(LoadImageParams(image="half.png"), ctx)
     assert out["image"].shape == (1, 10, 20, 3) and out["image"][0, 0, 0, 0] == 1.0
     assert out["mask"].shape == (1, 10, 20) and out["mask"][0, 0, 0] == 0.0 and out["mask"][0, 0, 15] == 1.0
     scaled = image_scale(ImageScaleParams(width=40, height=0, upscale_method="lanczos"), None, image=out["image"])
@@ -294,21 +295,22 @@ def test_seed_and_cfg_batching_matches_cells_run_alone(tiny_models, tmp_path):
         assert diff <= 1, (a.name, diff)
     types = {"latent": "LATENT"}
     for sa, sb in zip(samples, [n for n in alone.manifest["nodes"] if n["id"] == "sample"]):
-        la = NodeCache(None, DiskStore(tmp_path / "a" / "cache")).load(sa["key"], types)["latent"]["samples"]
-        lb = NodeCache(None, DiskStore(tmp_path / "b" / "cache")).load(sb["key"], types)["latent"]["samples"]
+        la = NodeCache(None, DiskStore(tmp_path / "a" / "cache")).load(sa["key"], types)["latent"].samples
+        lb = NodeCache(None, DiskStore(tmp_path / "b" / "cache")).load(sb["key"], types)["latent"].samples
         assert float((la - lb).abs().max() / lb.abs().max()) < 1e-5
 
 
 def test_batched_ancestral_and_sde_noise_is_per_cell(tiny_bundle):
     from flowrun.diffusion.ksampler import ksample, ksample_batch
+    from flowrun.diffusion.noise import SeedNoise
 
     model, clip, _ = tiny_bundle
     pos, neg = encode(clip, "a red circle"), encode(clip, "")
-    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    latent = Latent(torch.zeros(1, 4, 8, 8))
     for sampler in ("euler_ancestral", "dpmpp_2m_sde"):
         kw = dict(steps=5, sampler_name=sampler, scheduler="karras", positive=pos, negative=neg, latent=latent)
-        together = ksample_batch(model, seeds=[3, 4], cfgs=[5.0, 2.0], **kw)
+        together = ksample_batch(model, noise=SeedNoise([3, 4]), cfgs=[5.0, 2.0], **kw)
         for seed, cfg, got in zip((3, 4), (5.0, 2.0), together):
-            alone = ksample(model, seed=seed, cfg=cfg, **kw)["samples"]
-            err = float((got["samples"] - alone).abs().max() / alone.abs().max())
+            alone = ksample(model, seed=seed, cfg=cfg, **kw).samples
+            err = float((got.samples - alone).abs().max() / alone.abs().max())
             assert err < 1e-5, (sampler, err)

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from flowrun.values import Latent
+
 from flowrun.diffusion import samplers, schedules
-from flowrun.diffusion.ksampler import initial_noise, ksample
+from flowrun.diffusion.ksampler import ksample
+from flowrun.diffusion.noise import SeedNoise, initial_noise
 from flowrun.diffusion.model import ModelSampling
 from flowrun.diffusion.names import SAMPLERS, SCHEDULERS
 
@@ -93,7 +96,7 @@ def _solve(name, steps, x=None, seed=0):
     sigmas = schedules.sampler_sigmas(ms, "karras", name, steps)
     x_t = x if x is not None else torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
     start = x_t * sigmas[0]
-    return samplers.get(name)(gaussian_denoiser, start, sigmas, seed, lambda i: None), x_t, sigmas
+    return samplers.get(name)(gaussian_denoiser, start, sigmas, SeedNoise([seed]), lambda i: None), x_t, sigmas
 
 
 def test_every_sampler_name_is_covered():
@@ -164,13 +167,13 @@ def tiny(tiny_bundle):
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_every_sampler_with_every_scheduler_on_a_model(tiny, scheduler):
     model, pos, neg = tiny
-    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    latent = Latent(torch.zeros(1, 4, 8, 8))
     for name in SAMPLERS:
         out = ksample(model, seed=3, steps=4, cfg=5.0, sampler_name=name, scheduler=scheduler, positive=pos,
-                      negative=neg, latent=latent)["samples"]
+                      negative=neg, latent=latent).samples
         assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all(), (name, scheduler)
         again = ksample(model, seed=3, steps=4, cfg=5.0, sampler_name=name, scheduler=scheduler, positive=pos,
-                        negative=neg, latent=latent)["samples"]
+                        negative=neg, latent=latent).samples
         assert torch.equal(out, again), (name, scheduler)
 
 
@@ -178,34 +181,34 @@ def test_progress_reports_each_step(tiny):
     model, pos, neg = tiny
     seen = []
     ksample(model, seed=1, steps=5, cfg=3.0, sampler_name="heun", scheduler="normal", positive=pos, negative=neg,
-            latent={"samples": torch.zeros(1, 4, 8, 8)}, progress=lambda i, n: seen.append((i, n)))
+            latent=Latent(torch.zeros(1, 4, 8, 8)), progress=lambda i, n: seen.append((i, n)))
     assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
 
 
 def test_img2img_batch_and_denoise(tiny):
     model, pos, neg = tiny
-    start = {"samples": torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    start = Latent(torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
     kw = dict(seed=5, steps=6, cfg=4.0, sampler_name="euler", scheduler="normal", positive=pos, negative=neg)
-    none = ksample(model, latent=start, denoise=0.0, **kw)["samples"]
-    assert torch.equal(none, start["samples"])
-    light = ksample(model, latent=start, denoise=0.3, **kw)["samples"]
-    heavy = ksample(model, latent=start, denoise=0.9, **kw)["samples"]
-    d_light = float((light - start["samples"]).abs().mean())
-    d_heavy = float((heavy - start["samples"]).abs().mean())
+    none = ksample(model, latent=start, denoise=0.0, **kw).samples
+    assert torch.equal(none, start.samples)
+    light = ksample(model, latent=start, denoise=0.3, **kw).samples
+    heavy = ksample(model, latent=start, denoise=0.9, **kw).samples
+    d_light = float((light - start.samples).abs().mean())
+    d_heavy = float((heavy - start.samples).abs().mean())
     assert light.shape == (3, 4, 8, 8) and 0 < d_light < d_heavy
-    single = ksample(model, latent={"samples": start["samples"][:1]}, denoise=0.3, **kw)["samples"]
+    single = ksample(model, latent=Latent(start.samples[:1]), denoise=0.3, **kw).samples
     assert not torch.allclose(single, light[1:2])  # each image of the batch has its own noise
 
 
 def test_ksampler_advanced_split_equals_one_run(tiny):
     model, pos, neg = tiny
-    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    latent = Latent(torch.zeros(1, 4, 8, 8))
     kw = dict(seed=8, steps=10, cfg=5.0, sampler_name="euler", scheduler="karras", positive=pos, negative=neg)
-    whole = ksample(model, latent=latent, **kw)["samples"]
+    whole = ksample(model, latent=latent, **kw).samples
     half = ksample(model, latent=latent, start_step=0, last_step=5, force_full_denoise=False, **kw)
     rest = ksample(model, latent=half, add_noise=False, start_step=5, last_step=10000, force_full_denoise=True, **kw)
-    assert torch.allclose(rest["samples"], whole, atol=1e-4)
-    assert not torch.allclose(half["samples"], whole, atol=1e-2)
+    assert torch.allclose(rest.samples, whole, atol=1e-4)
+    assert not torch.allclose(half.samples, whole, atol=1e-2)
 
 
 def test_euler_normal_matches_diffusers_pipeline(tiny_models, tmp_path):

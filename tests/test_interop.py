@@ -140,7 +140,10 @@ def test_import_ui_format_with_muted_bypassed_primitive_and_reroute(cli, tmp_pat
 def test_hand_written_api_graphs_round_trip(name, cli, tmp_path):
     source = ROOT / "tests" / "comfyui" / f"{name}.json"
     assert cli("import", source, "--out", tmp_path / "wf.yaml").code == 0
-    assert cli("validate", tmp_path / "wf.yaml").code == 0
+    assert cli("validate", tmp_path / "wf.yaml", "--no-file-check").code == 0
+    if name == "sdxl-refiner-api":  # the models it names are not here: both are reported, at once
+        r = cli("validate", tmp_path / "wf.yaml")
+        assert r.code == 2 and r.err.count("error[file]") == 2 and "sd_xl_refiner_1.0.safetensors" in r.err, r.err
     assert cli("export", tmp_path / "wf.yaml", "--out", tmp_path / "e").code == 0
     assert _shape(json.loads((tmp_path / "e" / "wf.json").read_text())) == _shape(json.loads(source.read_text()))
 

@@ -56,13 +56,11 @@ def vae_psnr(ckpt: str, models_dirs: tuple[str, ...], n: int = 256, seed: int = 
     """PSNR (dB) of VAE reconstructions of n held-out images (a seed the training never used)."""
     import torch
 
-    from flowrun.cache.fingerprints import FileEnv
     from flowrun.diffusion.checkpoint import load_bundle
-    from flowrun.diffusion.locate import locate
+    from flowrun.files import FileLookup
     from flowrun.diffusion.vae import decode, encode
 
-    env = FileEnv(Path.cwd(), models_dirs=models_dirs, device="cpu")
-    _, _, vae = load_bundle(locate(ckpt, "checkpoints", env.model_roots()), env, "eval")
+    _, _, vae = load_bundle(FileLookup(Path.cwd(), tuple(models_dirs)).path("checkpoints", ckpt), "eval")
     images, _ = shapes.batch(np.random.default_rng(seed), n)
     x = images.astype(np.float32) / 255.0
     with torch.no_grad():

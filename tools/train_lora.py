@@ -68,11 +68,10 @@ def main() -> None:
 
     from safetensors.torch import save_file
 
-    from flowrun.cache.fingerprints import FileEnv
     from flowrun.diffusion.checkpoint import load_bundle
     from flowrun.diffusion.clip import END, tokenize
 
-    model, clip, vae = load_bundle(args.ckpt, FileEnv(ROOT, device="cpu"), "base")
+    model, clip, vae = load_bundle(args.ckpt, "base")
     unet, text = model.unet, clip.models[0]
     gen = torch.Generator().manual_seed(args.seed)
     unet_loras = attach(unet, ("to_q", "to_k", "to_v", "to_out.0"), gen)

@@ -6,10 +6,12 @@ without a codec (loaded models) are kept in memory only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from flowrun import values
 from flowrun.nodes import ports
 
 
@@ -39,11 +41,17 @@ def _array_decode(data: bytes) -> Any:
 
 
 def _flatten(value: Any, tensors: dict) -> Any:
-    """Replace every tensor in a nest of lists and dicts by a reference; collect the tensors."""
+    """Replace every tensor in a nest of lists, dicts and port values (flowrun.values) by a reference;
+    collect the tensors."""
     if hasattr(value, "detach") and hasattr(value, "dtype"):
         name = f"t{len(tensors)}"
         tensors[name] = value.detach().cpu().contiguous()
         return {"__tensor__": name}
+    if isinstance(value, values.Conditioning):
+        return {"__conditioning__": [_flatten(v, tensors) for v in value]}
+    if type(value).__name__ in values.STRUCTURED and dataclasses.is_dataclass(value):
+        return {"__value__": type(value).__name__,
+                "fields": [[f.name, _flatten(getattr(value, f.name), tensors)] for f in dataclasses.fields(value)]}
     if isinstance(value, dict):
         return {"__dict__": [[k, _flatten(v, tensors)] for k, v in value.items()]}
     if isinstance(value, (list, tuple)):
@@ -56,6 +64,10 @@ def _unflatten(node: Any, tensors: dict) -> Any:
     if isinstance(node, dict):
         if "__tensor__" in node:
             return tensors[node["__tensor__"]]
+        if "__conditioning__" in node:
+            return values.Conditioning(_unflatten(v, tensors) for v in node["__conditioning__"])
+        if "__value__" in node:
+            return values.STRUCTURED[node["__value__"]](**{k: _unflatten(v, tensors) for k, v in node["fields"]})
         if "__dict__" in node:
             return {k: _unflatten(v, tensors) for k, v in node["__dict__"]}
         if "__list__" in node:
@@ -92,8 +104,8 @@ BY_PORT: dict[str, Codec] = {
     ports.BOOLEAN: JSON,
     ports.IMAGE: ARRAY,
     ports.MASK: ARRAY,
-    ports.LATENT: TORCH,  # {"samples": tensor, ...}
-    ports.CONDITIONING: TORCH,  # [[tensor, {"pooled_output": tensor, "area": ..., ...}], ...]
+    ports.LATENT: TORCH,  # flowrun.values.Latent
+    ports.CONDITIONING: TORCH,  # flowrun.values.Conditioning of CondEntry
 }
 
 

@@ -1,4 +1,4 @@
-"""Content fingerprints of files that nodes read (images, checkpoints), computed once per file version.
+"""Content hashes of files that nodes read (images, checkpoints), computed once per file version.
 
 A file's sha256 is remembered by (path, size, mtime) in memory and in the cache folder, so a large
 checkpoint is hashed once, not at every run.
@@ -45,24 +45,3 @@ def file_sha256(path: str | os.PathLike, memo_dir: str | os.PathLike | None = No
         except OSError:
             pass  # the memo is an optimisation; a read-only cache folder must not fail the run
     return value
-
-
-class FileEnv:
-    """What nodes may know of the file system: where relative names resolve, where models are searched,
-    whether pickle checkpoints are allowed, and the hashing memo."""
-
-    def __init__(self, workflow_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                 models_dirs: tuple[str, ...] = (), allow_pickle: bool = False, device: str | None = None):
-        self.workflow_dir = Path(workflow_dir)
-        self.cache_dir = cache_dir
-        self.models_dirs = tuple(models_dirs)
-        self.allow_pickle = allow_pickle
-        self.device = device
-
-    def sha256(self, path: str | os.PathLike) -> str:
-        return file_sha256(path, self.cache_dir)
-
-    def model_roots(self) -> list[Path]:
-        from flowrun.diffusion.locate import search_roots
-
-        return search_roots(self.models_dirs, self.workflow_dir)

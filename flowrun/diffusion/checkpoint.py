@@ -15,7 +15,7 @@ from typing import Any
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
 from flowrun.diffusion.configs import SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
-from flowrun.diffusion.locate import PICKLE_SUFFIXES
+from flowrun.files import PICKLE_SUFFIXES
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
 
 import torch
@@ -34,8 +34,12 @@ def tokenizer():
 
 
 def sidecar(path: Path) -> Path | None:
-    side = path.with_suffix(".json")
-    return side if side.is_file() else None
+    """`<name>.json` beside the checkpoint, or beside the file a link leads to (shared model drives)."""
+    for candidate in (path, path.resolve()):
+        side = candidate.with_suffix(".json")
+        if side.is_file():
+            return side
+    return None
 
 
 def read_state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
@@ -218,23 +222,17 @@ def load_diffusers_folder(path: Path) -> tuple[ModelConfig, Any, list[Any], Any]
     return config, unet, texts, vae
 
 
-def pick_device(requested: str | None) -> str:
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_bundle(path: Path, env: Any, fingerprint: str) -> tuple[DiffusionModel, TextEncoder, Vae]:
-    """MODEL, CLIP and VAE values for a checkpoint file or diffusers folder. The UNet and VAE go to the
-    chosen device; text encoders stay on the CPU, so conditioning is the same on every machine."""
+def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False
+                ) -> tuple[DiffusionModel, TextEncoder, Vae]:
+    """MODEL, CLIP and VAE values for a checkpoint file or diffusers folder. The UNet and VAE go to
+    `device`; text encoders stay on the CPU, so conditioning is the same on every machine."""
     from flowrun.diffusion.determinism import configure
 
     configure()
     if path.is_dir():
         config, unet, texts, vae = load_diffusers_folder(path)
     else:
-        config, unet, texts, vae = load_single_file(path, getattr(env, "allow_pickle", False))
-    device = pick_device(getattr(env, "device", None))
+        config, unet, texts, vae = load_single_file(path, allow_pickle)
     unet.to(device)
     vae.to(device)
     model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)

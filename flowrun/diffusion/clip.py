@@ -17,6 +17,7 @@ import torch
 
 from flowrun.diffusion.configs import SD1, SDXL
 from flowrun.diffusion.model import TextEncoder
+from flowrun.values import CondEntry, Conditioning
 
 START, END = 49406, 49407
 CHUNK = 77
@@ -149,17 +150,17 @@ def _encode_one(enc: TextEncoder, index: int, chunks: list[list[tuple[int, float
     return torch.cat(pieces, dim=1), pooled
 
 
-def encode(enc: TextEncoder, text: str) -> list[list[Any]]:
-    """CONDITIONING for one prompt: [[cond [1, 77*k, width], {"pooled_output": ...}]]."""
+def encode(enc: TextEncoder, text: str) -> Conditioning:
+    """CONDITIONING for one prompt: one entry, the embedding [1, 77*k, width] (and SDXL's pooled output)."""
     from flowrun.diffusion.lora import patched
 
     with patched(enc.models, enc.patches):
         if enc.family == SDXL:
             cond_l, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, END), END)
             cond_g, pooled = _encode_one(enc, 1, tokenize(enc.tokenizer, text, 0), 0)
-            return [[torch.cat([cond_l, cond_g], dim=-1), {"pooled_output": pooled}]]
+            return Conditioning([CondEntry(torch.cat([cond_l, cond_g], dim=-1), pooled_output=pooled)])
         pad = END if enc.family == SD1 else 0
         cond, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, pad), pad)
-        return [[cond, {}]]
+        return Conditioning([CondEntry(cond)])
 
 

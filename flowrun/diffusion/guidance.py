@@ -16,6 +16,7 @@ import torch
 
 from flowrun.diffusion.configs import SDXL
 from flowrun.diffusion.model import DiffusionModel
+from flowrun.values import Conditioning
 
 FEATHER = 8
 MAX_PAD_RATIO = 4  # contexts of different lengths are batched by repetition up to this ratio, as ComfyUI does
@@ -30,26 +31,27 @@ class Entry:
     positive: bool
 
 
-def prepare(model: DiffusionModel, conditioning: list, latent: torch.Tensor, positive: bool) -> list[Entry]:
+def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Tensor, positive: bool) -> list[Entry]:
     h, w = latent.shape[2], latent.shape[3]
     entries = []
-    for cond, extra in conditioning:
-        area = extra.get("area")
+    for cond in conditioning:
+        area = cond.area
         if area is not None:
             ah, aw, ay, ax = (int(v) for v in area)
             ay, ax = min(ay, h - 1), min(ax, w - 1)
             area = (max(1, min(ah, h - ay)), max(1, min(aw, w - ax)), ay, ax)
         added = None
         if model.family == SDXL:
-            pooled = extra.get("pooled_output")
+            pooled = cond.pooled_output
             if pooled is None:
                 pooled = torch.zeros(1, model.unet.config.projection_class_embeddings_input_dim - 6 * model.unet.config.addition_time_embed_dim)
+            extra = cond.extra
             height, width = extra.get("height", h * 8), extra.get("width", w * 8)
             time_ids = torch.tensor([[height, width, extra.get("crop_h", 0), extra.get("crop_w", 0),
                                       extra.get("target_height", height), extra.get("target_width", width)]],
                                     dtype=torch.float32)
             added = {"text_embeds": pooled.float(), "time_ids": time_ids}
-        entries.append(Entry(cond.float(), area, float(extra.get("strength", 1.0)), added, positive))
+        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive))
     return entries
 
 

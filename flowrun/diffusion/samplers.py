@@ -3,19 +3,17 @@
 The algorithms are those of k-diffusion as ComfyUI runs them (Karras et al. 2022 for euler/heun;
 DPM-Solver and DPM-Solver++ by Lu et al. 2022 for dpm_2 and the dpmpp family; LMS with coefficients
 integrated numerically; LCM by Luo et al. 2023; UniPC by Zhao et al. 2023 in `unipc.py`).
-Per-step noise is drawn on the CPU from the seed: ancestral samplers from a generator seeded with
-seed + 1 (as ComfyUI does on the CPU), SDE samplers from a Brownian tree (torchsde) seeded with the seed,
-so a seed gives the same noise on any device.
+Per-step noise comes from the call's `SeedNoise` (flowrun.diffusion.noise, where a seed's meaning lives).
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
 
 from flowrun.diffusion.names import SAMPLERS
+from flowrun.diffusion.noise import SeedNoise
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int], None]
@@ -35,64 +33,11 @@ def ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
     return (sigma_to ** 2 - sigma_up ** 2) ** 0.5, sigma_up
 
 
-Seeds = "int | list[tuple[int, int]]"  # one seed, or (seed, rows) per cell of a batched sweep
-
-
-def seed_chunks(x: torch.Tensor, seed) -> list[tuple[int, int]]:
-    """[(seed, rows)]: the rows of the batch that draw their noise from each seed (one cell each)."""
-    return [(int(seed), x.shape[0])] if isinstance(seed, int) else list(seed)
-
-
-def gaussian_noise(x: torch.Tensor, seed):
-    """Per-step noise from CPU generators seeded with seed + 1 (ComfyUI's CPU convention), one generator
-    per cell, so that a cell draws the same noise batched with others as alone."""
-    chunks = seed_chunks(x, seed)
-    gens = [(torch.Generator("cpu").manual_seed((s + 1) % 2**64), n) for s, n in chunks]
-    shape = tuple(x.shape[1:])
-
-    def draw(sigma, sigma_next):
-        parts = [torch.randn((n,) + shape, dtype=x.dtype, generator=g) for g, n in gens]
-        return torch.cat(parts).to(x.device)
-
-    return draw
-
-
-class BrownianNoise:
-    """Noise from Brownian trees over [sigma_min, sigma_max], one per cell: queries of any interval are
-    consistent, and a cell's noise does not depend on the other cells of its batch."""
-
-    def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed):
-        import torchsde
-
-        t0, t1 = torch.as_tensor(sigma_min).detach().cpu().float(), torch.as_tensor(sigma_max).detach().cpu().float()
-        self.sign = 1
-        if t0 > t1:
-            t0, t1, self.sign = t1, t0, -1
-        shape = tuple(x.shape[1:])
-        self.trees = [torchsde.BrownianTree(t0, torch.zeros((n,) + shape), t1, entropy=s)
-                      for s, n in seed_chunks(x, seed)]
-        self.device, self.dtype = x.device, x.dtype
-
-    def __call__(self, sigma, sigma_next):
-        a, b = torch.as_tensor(sigma).detach().cpu().float(), torch.as_tensor(sigma_next).detach().cpu().float()
-        sign = 1
-        if a > b:
-            a, b, sign = b, a, -1
-        with warnings.catch_warnings():  # float32 endpoints a hair past the interval; the tree clamps them
-            warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
-            w = torch.cat([tree(a, b) for tree in self.trees]) * (self.sign * sign)
-        return w.to(self.device, self.dtype) / (b - a).abs().sqrt().to(self.device)
-
-
-def _brownian(x, sigmas, seed):
-    return BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
-
-
 def _ones(x):
     return x.new_ones([x.shape[0]])
 
 
-def sample_euler(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+def sample_euler(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -101,8 +46,8 @@ def sample_euler(model: Denoiser, x, sigmas, seed: int, callback: Callback):
     return x
 
 
-def sample_euler_ancestral(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
-    noise = gaussian_noise(x, seed)
+def sample_euler_ancestral(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0):
+    noise = seed_noise.gaussian(x)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -115,7 +60,7 @@ def sample_euler_ancestral(model: Denoiser, x, sigmas, seed: int, callback: Call
     return x
 
 
-def sample_heun(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+def sample_heun(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -131,7 +76,7 @@ def sample_heun(model: Denoiser, x, sigmas, seed: int, callback: Callback):
     return x
 
 
-def sample_dpm_2(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+def sample_dpm_2(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -147,8 +92,8 @@ def sample_dpm_2(model: Denoiser, x, sigmas, seed: int, callback: Callback):
     return x
 
 
-def sample_dpm_2_ancestral(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
-    noise = gaussian_noise(x, seed)
+def sample_dpm_2_ancestral(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0):
+    noise = seed_noise.gaussian(x)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -179,7 +124,7 @@ def _lms_coefficient(order: int, t, i: int, j: int) -> float:
     return integrate.quad(fn, t[i], t[i + 1], epsrel=1e-4)[0]
 
 
-def sample_lms(model: Denoiser, x, sigmas, seed: int, callback: Callback, order: int = 4):
+def sample_lms(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, order: int = 4):
     s_in = _ones(x)
     sigmas_cpu = sigmas.detach().cpu().numpy()
     ds = []
@@ -198,8 +143,8 @@ def sample_lms(model: Denoiser, x, sigmas, seed: int, callback: Callback, order:
     return x
 
 
-def sample_dpmpp_2s_ancestral(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
-    noise = gaussian_noise(x, seed)
+def sample_dpmpp_2s_ancestral(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0):
+    noise = seed_noise.gaussian(x)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -219,10 +164,10 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x, sigmas, seed: int, callback: C
     return x
 
 
-def sample_dpmpp_sde(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0, r: float = 0.5):
+def sample_dpmpp_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0, r: float = 0.5):
     if len(sigmas) <= 1:
         return x
-    noise = _brownian(x, sigmas, seed)
+    noise = seed_noise.brownian(x, sigmas)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -253,7 +198,7 @@ def sample_dpmpp_sde(model: Denoiser, x, sigmas, seed: int, callback: Callback, 
     return x
 
 
-def sample_dpmpp_2m(model: Denoiser, x, sigmas, seed: int, callback: Callback):
+def sample_dpmpp_2m(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
     s_in = _ones(x)
     old = None
     for i in range(len(sigmas) - 1):
@@ -271,11 +216,11 @@ def sample_dpmpp_2m(model: Denoiser, x, sigmas, seed: int, callback: Callback):
     return x
 
 
-def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
+def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0):
     """DPM-Solver++(2M) SDE, midpoint variant."""
     if len(sigmas) <= 1:
         return x
-    noise = _brownian(x, sigmas, seed)
+    noise = seed_noise.brownian(x, sigmas)
     s_in = _ones(x)
     old, h_last = None, None
     for i in range(len(sigmas) - 1):
@@ -299,10 +244,10 @@ def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed: int, callback: Callbac
     return x
 
 
-def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, seed: int, callback: Callback, eta: float = 1.0):
+def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0):
     if len(sigmas) <= 1:
         return x
-    noise = _brownian(x, sigmas, seed)
+    noise = seed_noise.brownian(x, sigmas)
     s_in = _ones(x)
     d1_prev, d2_prev = None, None
     h, h1, h2 = None, None, None
@@ -336,8 +281,8 @@ def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, seed: int, callback: Callbac
     return x
 
 
-def sample_lcm(model: Denoiser, x, sigmas, seed: int, callback: Callback):
-    noise = gaussian_noise(x, seed)
+def sample_lcm(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
+    noise = seed_noise.gaussian(x)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         x = model(x, sigmas[i] * s_in)

@@ -126,9 +126,9 @@ def _sample(model, x, sigmas, callback, variant: str):
     return x / _alpha(timesteps[-1])
 
 
-def sample_unipc(model, x, sigmas, seed: int, callback):
+def sample_unipc(model, x, sigmas, seed_noise, callback):
     return _sample(model, x, sigmas, callback, "bh1")
 
 
-def sample_unipc_bh2(model, x, sigmas, seed: int, callback):
+def sample_unipc_bh2(model, x, sigmas, seed_noise, callback):
     return _sample(model, x, sigmas, callback, "bh2")

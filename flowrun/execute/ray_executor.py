@@ -69,7 +69,6 @@ class CellWorker:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
-        from flowrun.cache.fingerprints import FileEnv
         from flowrun.cache.fsspec_store import open_store
         from flowrun.cache.memory import MemoryCache
         from flowrun.cache.tiers import NodeCache
@@ -91,12 +90,10 @@ class CellWorker:
 
         (ref,) = boxed_ref
         if self.graph_id != ref.hex():
-            from flowrun.cache.fingerprints import FileEnv
+            from flowrun.execute.context import Services
 
             self.graph, self.graph_id = ray.get(ref), ref.hex()
-            s = self.settings
-            self.files = FileEnv(Path(self.graph.resolved.file).resolve().parent, s.local_cache_dir, s.models_dirs,
-                                 s.allow_pickle, s.device)
+            self.services = Services.for_run(self.settings, self.graph.resolved.file)
 
     def render(self, boxed_graph: list, targets: list[str]) -> dict[str, Any]:
         from flowrun.execute.runner import Runner
@@ -108,7 +105,7 @@ class CellWorker:
         steps = plan(self.graph, self.cache, set(targets))
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="flowrun-worker-") as tmp:
-            runner = Runner(self.graph, steps, self.cache, Path(tmp), self.files, None, batch=self.settings.batch,
+            runner = Runner(self.graph, steps, self.cache, Path(tmp), self.services, None, batch=self.settings.batch,
                             keep_going=self.settings.keep_going, max_batch=self.settings.max_batch)
             try:
                 runner.run()

@@ -10,10 +10,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flowrun.cache.fingerprints import FileEnv
 from flowrun.cache.tiers import FILES, NodeCache
 from flowrun.errors import NodeError, RunFailed
-from flowrun.execute.context import RunContext
+from flowrun.execute.context import RunContext, Services
 from flowrun.execute.events import Events
 from flowrun.graph.build import Graph, Task
 from flowrun.graph.plan import RUN, Step
@@ -37,12 +36,12 @@ class NodeRecord:
 
 
 class Runner:
-    def __init__(self, graph: Graph, steps: list[Step], cache: NodeCache | None, out_dir: Path, files: FileEnv,
+    def __init__(self, graph: Graph, steps: list[Step], cache: NodeCache | None, out_dir: Path, services: Services,
                  events: Events | None = None, batch: bool = True, keep_going: bool = False,
                  max_batch: int | None = None):
         self.graph, self.steps, self.cache = graph, steps, cache
         self.out_dir = Path(out_dir)
-        self.files = files
+        self.services = services
         self.events = events or Events()
         self.records: dict[str, NodeRecord] = {s.task.key: NodeRecord(s.task) for s in steps}
         self.live: dict[str, dict[str, Any]] = {}
@@ -216,8 +215,7 @@ class Runner:
         try:
             params = [nd.params.model_validate({**t.literals, **{k: v for k, v in inputs.items() if k not in nd.inputs}})
                       for t in tasks]
-            ctx = RunContext(tasks[0], cells, self.events, self.files)
-            results = nd.batch(params, ctx, **port_values)
+            results = nd.call_batch(params, self._context(tasks[0], cells), **port_values)
         except NodeError as exc:
             raise RunFailed(tasks[0].node_id, nd.type_name, cells, str(exc)) from exc
         except (KeyboardInterrupt, SystemExit):
@@ -232,6 +230,12 @@ class Runner:
             record.status, record.seconds, record.batched = EXECUTED, seconds, len(tasks)
             self._store(k, task, value)
             self.prefetched[k] = value
+
+    def _context(self, task: Task, cells: list[str]) -> RunContext:
+        """The node's door to the world: the run's services, its files' fingerprints, its outputs."""
+        return RunContext.for_node(self.services, fingerprints=task.fingerprints, suffix=task.output_suffix,
+                                   provenance=task.provenance, cells=cells,
+                                   progress=lambda step, total: self.events.node_step(task, step, total))
 
     def _announce(self, task: Task) -> None:
         self._started += 1
@@ -254,7 +258,7 @@ class Runner:
             name = err["loc"][0] if err["loc"] else "?"
             raise RunFailed(task.node_id, nd.type_name, cells,
                             f"value for '{name}' from its link is invalid: {err['msg']} (got {err.get('input')!r})") from None
-        ctx = RunContext(task, cells, self.events, self.files)
+        ctx = self._context(task, cells)
         try:
             result = nd(params, ctx, **port_values)
         except NodeError as exc:
@@ -264,7 +268,7 @@ class Runner:
         except Exception as exc:
             raise RunFailed(task.node_id, nd.type_name, cells, _describe(exc)) from exc
         if nd.output:
-            return {FILES: ctx.saved}
+            return {FILES: ctx.outputs.saved}
         outs = list(nd.outputs)
         if len(outs) == 1 and not (isinstance(result, dict) and set(result) == set(outs)):
             return {outs[0]: result}

@@ -15,7 +15,7 @@ def batch_groups(steps: list[Step], max_batch: int | None = None) -> dict[str, l
     for step in steps:
         task = step.task
         nd = task.node_def
-        if step.action != RUN or nd.batch is None:
+        if step.action != RUN or not nd.batch:
             continue
         shared = {k: v for k, v in task.literals.items() if k not in nd.batch_fields}
         signature = canonical_json([nd.type_name, nd.version, shared, sorted(task.inputs.items()), task.fingerprints])

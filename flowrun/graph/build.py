@@ -15,9 +15,9 @@ import networkx as nx
 import yaml
 
 from flowrun import __version__
-from flowrun.cache.fingerprints import FileEnv
 from flowrun.cache.keys import digest, node_key
-from flowrun.errors import FlowrunError, Problem, WorkflowInvalid
+from flowrun.files import FileLookup
+from flowrun.graph.files import fingerprints as file_fingerprints
 from flowrun.graph.resolve import Resolved
 from flowrun.interop.comfyui import api_prompt_text
 from flowrun.nodes.registry import NodeDef
@@ -100,9 +100,11 @@ def environment_info(device: str | None) -> dict[str, Any]:
     return {"versions": versions, "machine": platform.machine(), "device": device or "auto"}
 
 
-def build(resolved: Resolved, env: FileEnv) -> Graph:
+def build(resolved: Resolved, lookup: FileLookup, device: str | None = None) -> Graph:
+    """The merged graph of every cell. Raises WorkflowInvalid listing every file that a needed node
+    names and that is missing or outside its folder."""
     spec = resolved.spec
-    environment = environment_info(env.device)
+    environment = environment_info(device)
     env_digest = digest(environment)
     g = nx.DiGraph()
     tasks: dict[str, Task] = {}
@@ -118,6 +120,7 @@ def build(resolved: Resolved, env: FileEnv) -> Graph:
         ups = nx.ancestors(static, nid) | {nid}
         ancestors_of[nid] = [n for n in resolved.order if n in ups]
     needed = set().union(*ancestors_of.values()) if ancestors_of else set()
+    prints_by_cell = file_fingerprints(resolved, lookup, needed)
 
     for ci, cell in enumerate(resolved.cells):
         keys: dict[str, str] = {}
@@ -127,12 +130,7 @@ def build(resolved: Resolved, env: FileEnv) -> Graph:
             inst = resolved.instances[ci][nid]
             nd = inst.node_def
             inputs = {name: (keys[l.node], l.output) for name, l in inst.links.items()}
-            prints: dict[str, str] = {}
-            if nd.fingerprint is not None:
-                try:
-                    prints = dict(nd.fingerprint(inst.literals, env))
-                except (OSError, ValueError) as exc:
-                    raise _file_problem(resolved, nid, inst.literals, cell.label, exc) from None
+            prints = prints_by_cell[ci].get(nid, {})
             provenance = None
             if nd.output:
                 sub = ancestors_of[nid]
@@ -221,15 +219,3 @@ def _disambiguate_outputs(resolved: Resolved, tasks: dict[str, Task]) -> list[tu
             task.output_suffix = suffix
             changed.append((task.key, task))
     return changed
-
-
-def _file_problem(resolved: Resolved, nid: str, literals: dict[str, Any], cell: str, exc: Exception) -> WorkflowInvalid:
-    """A file that a node names is missing or unreadable: invalid input, shown at the field that names it."""
-    name = getattr(exc, "filename", None) or ""
-    field_name = next((k for k, v in literals.items() if isinstance(v, str) and v
-                       and (str(name).endswith(v) or f"'{v}'" in str(exc))), None)
-    path = ("nodes", nid, "with", field_name) if field_name else ("nodes", nid)
-    message = f"{exc.strerror}: {name}" if isinstance(exc, OSError) and exc.strerror and name else str(exc)
-    cells = (cell,) if len(resolved.cells) > 1 else ()
-    return WorkflowInvalid([Problem("file", message, resolved.source.where(path), node=nid, field=field_name,
-                                    cells=cells)])

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from flowrun.errors import NodeError
+from flowrun.files import INPUT
 from flowrun.nodes import ports
-from flowrun.nodes.registry import NodeParams, node
-from flowrun.safepath import relative_name_problem
-
-MAX_RESOLUTION = 16384
+from flowrun.nodes.fields import MAX_RESOLUTION, stays_inside
+from flowrun.nodes.registry import NodeParams, NoParams, node
 
 
 class EmptyImageParams(NodeParams):
@@ -25,8 +24,8 @@ class EmptyImageParams(NodeParams):
     color: int = Field(0, ge=0, le=0xFFFFFF, description="0xRRGGBB")
 
 
-@node("EmptyImage", params=EmptyImageParams, outputs={"image": ports.IMAGE}, category="image")
-def empty_image(p: EmptyImageParams, ctx):
+@node("EmptyImage", outputs={"image": ports.IMAGE}, category="image")
+def empty_image(p: EmptyImageParams, ctx) -> ports.Image:
     """A batch of images filled with one colour."""
     import numpy as np
 
@@ -34,8 +33,8 @@ def empty_image(p: EmptyImageParams, ctx):
     return np.broadcast_to(np.asarray(rgb, dtype=np.float32), (p.batch_size, p.height, p.width, 3)).copy()
 
 
-@node("ImageInvert", inputs={"image": ports.IMAGE}, outputs={"image": ports.IMAGE}, category="image")
-def image_invert(p, ctx, *, image):
+@node("ImageInvert", outputs={"image": ports.IMAGE}, category="image")
+def image_invert(p: NoParams, ctx, *, image: ports.Image) -> ports.Image:
     """1 - image, channel by channel."""
     return (1.0 - image).astype(image.dtype)
 
@@ -48,9 +47,8 @@ class ImageBlendParams(NodeParams):
     blend_mode: BlendMode = "normal"
 
 
-@node("ImageBlend", params=ImageBlendParams, inputs={"image1": ports.IMAGE, "image2": ports.IMAGE},
-      outputs={"image": ports.IMAGE}, category="image/postprocessing")
-def image_blend(p: ImageBlendParams, ctx, *, image1, image2):
+@node("ImageBlend", outputs={"image": ports.IMAGE}, category="image/postprocessing")
+def image_blend(p: ImageBlendParams, ctx, *, image1: ports.Image, image2: ports.Image) -> ports.Image:
     """Blend image2 onto image1 with one of ComfyUI's blend modes, then mix by blend_factor."""
     import numpy as np
 
@@ -73,18 +71,6 @@ def image_blend(p: ImageBlendParams, ctx, *, image1, image2):
         mixed = a - b
     out = a * (1 - p.blend_factor) + mixed * p.blend_factor
     return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def stays_inside(field: str, what: str):
-    """A field validator refusing names that would leave their folder (`..`, absolute paths, NUL bytes)."""
-
-    def check(cls, v: str) -> str:
-        problem = relative_name_problem(v)
-        if problem:
-            raise ValueError(f"{what}: {problem}")
-        return v
-
-    return field_validator(field)(classmethod(check))
 
 
 class SaveImageParams(NodeParams):
@@ -113,14 +99,14 @@ def to_png(array, text: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-@node("SaveImage", params=SaveImageParams, inputs={"images": ports.IMAGE}, outputs={}, output=True, category="image")
-def save_image(p: SaveImageParams, ctx, *, images):
+@node("SaveImage", output=True, category="image")
+def save_image(p: SaveImageParams, ctx, *, images: ports.Image) -> None:
     """Write each image as a PNG carrying the resolved workflow and the cell's params."""
-    stem = ctx.output_stem(p.filename_prefix)
-    text = ctx.provenance_text()
+    stem = ctx.outputs.stem(p.filename_prefix)
+    text = ctx.outputs.provenance_text()
     for i, array in enumerate(images):
         name = f"{stem}.png" if len(images) == 1 else f"{stem}-{i:02d}.png"
-        ctx.save(name, to_png(array, text))
+        ctx.outputs.save(name, to_png(array, text))
 
 
 class LoadImageParams(NodeParams):
@@ -129,23 +115,14 @@ class LoadImageParams(NodeParams):
     _inside = stays_inside("image", "the image path would leave the workflow's folder")
 
 
-def _image_fingerprint(literals, env) -> dict:
-    from flowrun.safepath import inside
-
-    return {"image": env.sha256(inside(env.workflow_dir, literals["image"]))}
-
-
-@node("LoadImage", params=LoadImageParams, outputs={"image": ports.IMAGE, "mask": ports.MASK}, category="image",
-      fingerprint=_image_fingerprint)
-def load_image(p: LoadImageParams, ctx):
+@node("LoadImage", outputs={"image": ports.IMAGE, "mask": ports.MASK}, category="image", files={"image": INPUT})
+def load_image(p: LoadImageParams, ctx) -> dict:
     """An RGB image and its mask (1 - alpha; zeros when the image has no alpha), as ComfyUI loads them."""
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    from flowrun.safepath import inside
-
     try:
-        with Image.open(inside(ctx.files.workflow_dir, p.image)) as im:
+        with Image.open(ctx.files.path(INPUT, p.image)) as im:
             im = ImageOps.exif_transpose(im)
             if im.mode == "I":
                 im = im.point(lambda i: i * (1 / 255))
@@ -169,14 +146,13 @@ class ImageScaleParams(NodeParams):
     crop: Literal["disabled", "center"] = "disabled"
 
 
-@node("ImageScale", params=ImageScaleParams, inputs={"image": ports.IMAGE}, outputs={"image": ports.IMAGE},
-      category="image/upscaling")
-def image_scale(p: ImageScaleParams, ctx, *, image):
+@node("ImageScale", outputs={"image": ports.IMAGE}, category="image/upscaling")
+def image_scale(p: ImageScaleParams, ctx, *, image: ports.Image) -> ports.Image:
     """Resize images to width x height (0 keeps the aspect from the other side)."""
     import numpy as np
     import torch
 
-    from flowrun.nodes.latent import upscale
+    from flowrun.diffusion.resize import upscale
 
     if p.width == 0 and p.height == 0:
         return image

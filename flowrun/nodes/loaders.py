@@ -1,49 +1,40 @@
 """Model loading nodes: CheckpointLoaderSimple and LoraLoader (ComfyUI's names and fields).
 
-Files are found by name on the model search path (see flowrun.diffusion.locate); their content hashes
-enter the cache keys, so replacing a file re-runs what depends on it.
+Files are found by name on the model search path (flowrun.files); their content fingerprints enter the
+cache keys, so replacing a file re-runs what depends on it. Loaded models go through the run's model
+pool, so nodes loading the same file share one copy while it is held.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from flowrun.errors import NodeError
 from flowrun.nodes import ports
-from flowrun.nodes.image import stays_inside
+from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
 from flowrun.nodes.registry import NodeParams, node
-
-_LEAVES = "the name would leave the models folder"
 
 
 class CheckpointParams(NodeParams):
     ckpt_name: str = Field(min_length=1, description="Checkpoint file or diffusers folder, by name (e.g. flowrun-tiny).")
 
-    _inside = stays_inside("ckpt_name", _LEAVES)
+    _inside = stays_inside("ckpt_name", LEAVES_MODELS)
 
 
-def _fingerprint(kind: str, field: str):
-    def compute(literals, env) -> dict:
-        from flowrun.diffusion.locate import fingerprint_path, locate
-
-        path = locate(literals[field], kind, env.model_roots())
-        return {field: fingerprint_path(path, env.sha256)}
-
-    return compute
-
-
-@node("CheckpointLoaderSimple", params=CheckpointParams, category="loaders",
-      outputs={"model": ports.MODEL, "clip": ports.CLIP, "vae": ports.VAE},
-      fingerprint=_fingerprint("checkpoints", "ckpt_name"))
-def checkpoint_loader(p: CheckpointParams, ctx):
+@node("CheckpointLoaderSimple", outputs={"model": ports.MODEL, "clip": ports.CLIP, "vae": ports.VAE},
+      category="loaders", files={"ckpt_name": "checkpoints"})
+def checkpoint_loader(p: CheckpointParams, ctx) -> dict:
     """Load a checkpoint (single .safetensors in the original layout, or a diffusers folder)."""
     from flowrun.diffusion.checkpoint import load_bundle
     from flowrun.diffusion.detect import CheckpointError
-    from flowrun.diffusion.locate import locate
-    from flowrun.errors import NodeError
 
+    fingerprint = ctx.files.fingerprint("ckpt_name")
+    device = ctx.device.device
     try:
-        path = locate(p.ckpt_name, "checkpoints", ctx.files.model_roots())
-        model, clip, vae = load_bundle(path, ctx.files, ctx.task.fingerprints["ckpt_name"])
+        path = ctx.files.path("checkpoints", p.ckpt_name)
+        model, clip, vae = ctx.models.load(
+            ("checkpoint", fingerprint, device, ctx.device.dtype),
+            lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle))
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise NodeError(str(exc)) from None
     return {"model": model, "clip": clip, "vae": vae}
@@ -54,20 +45,18 @@ class LoraParams(NodeParams):
     strength_model: float = Field(1.0, ge=-100.0, le=100.0)
     strength_clip: float = Field(1.0, ge=-100.0, le=100.0)
 
-    _inside = stays_inside("lora_name", _LEAVES)
+    _inside = stays_inside("lora_name", LEAVES_MODELS)
 
 
-@node("LoraLoader", params=LoraParams, inputs={"model": ports.MODEL, "clip": ports.CLIP}, category="loaders",
-      outputs={"model": ports.MODEL, "clip": ports.CLIP}, fingerprint=_fingerprint("loras", "lora_name"))
-def lora_loader(p: LoraParams, ctx, *, model, clip):
+@node("LoraLoader", outputs={"model": ports.MODEL, "clip": ports.CLIP}, category="loaders",
+      files={"lora_name": "loras"})
+def lora_loader(p: LoraParams, ctx, *, model: ports.Model, clip: ports.Clip) -> dict:
     """Apply a kohya/A1111-layout LoRA to the model and the text encoder, each with its strength."""
     from flowrun.diffusion.detect import CheckpointError
-    from flowrun.diffusion.locate import locate
     from flowrun.diffusion.lora import read_lora
-    from flowrun.errors import NodeError
 
     try:
-        path = locate(p.lora_name, "loras", ctx.files.model_roots())
+        path = ctx.files.path("loras", p.lora_name)
         unet_patches, clip_patches = read_lora(path, model.unet, clip.models, p.strength_model, p.strength_clip)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise NodeError(str(exc)) from None

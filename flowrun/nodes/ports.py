@@ -1,8 +1,19 @@
-"""Port types: the tags on edges, named as in ComfyUI, and which of them may feed which."""
+"""Port types: the tags on edges, named as in ComfyUI; which of them may feed which; and the Python
+annotations that declare them in a node's signature.
+
+A node's keyword-only parameters are its inputs, and their annotations say the port type: a class of
+flowrun.values (`Latent`, `Conditioning`), one of the tagged aliases below (`Model`, `Image`...),
+or a plain `int`, `float`, `str`, `bool`. Nothing here imports torch.
+"""
 
 from __future__ import annotations
 
+import types
 import typing
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from flowrun.values import Conditioning, Latent
 
 MODEL = "MODEL"
 CLIP = "CLIP"
@@ -23,11 +34,38 @@ ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, 
 MEMORY_ONLY = frozenset({MODEL, CLIP, VAE})
 
 
+@dataclass(frozen=True)
+class Port:
+    """Marks an annotation with its port type: `Annotated[Any, Port("MODEL")]`."""
+
+    type: str
+
+
+Model = Annotated[Any, Port(MODEL)]  # flowrun.diffusion.model.DiffusionModel
+Clip = Annotated[Any, Port(CLIP)]  # flowrun.diffusion.model.TextEncoder
+Vae = Annotated[Any, Port(VAE)]  # flowrun.diffusion.model.Vae
+Image = Annotated[Any, Port(IMAGE)]  # float32 numpy [batch, height, width, channels] in 0..1
+Mask = Annotated[Any, Port(MASK)]  # float32 numpy [batch, height, width] in 0..1
+
+_BY_CLASS = {Latent: LATENT, Conditioning: CONDITIONING, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}
+
+
 def compatible(source: str, target: str) -> bool:
     """Whether an output of type `source` may feed an input of type `target`."""
     if source == target or ANY in (source, target):
         return True
     return source == INT and target == FLOAT  # an int is a valid float, never the other way round
+
+
+def port_of(annotation: Any) -> str | None:
+    """The port type an input annotation declares (None: it declares none), ignoring `| None`."""
+    if typing.get_origin(annotation) is Annotated:
+        tags = [m for m in annotation.__metadata__ if isinstance(m, Port)]
+        return tags[0].type if tags else port_of(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = {port_of(a) for a in typing.get_args(annotation) if a is not type(None)}
+        return kinds.pop() if len(kinds) == 1 else None
+    return _BY_CLASS.get(annotation)
 
 
 def of_annotation(annotation: typing.Any) -> str:
@@ -36,9 +74,9 @@ def of_annotation(annotation: typing.Any) -> str:
     if origin is typing.Literal:
         values = typing.get_args(annotation)
         return of_annotation(type(values[0])) if values else ANY
-    if origin is typing.Annotated:
+    if origin is Annotated:
         return of_annotation(typing.get_args(annotation)[0])
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    if origin in (typing.Union, types.UnionType):
         kinds = {of_annotation(a) for a in typing.get_args(annotation) if a is not type(None)}
         return kinds.pop() if len(kinds) == 1 else ANY
     return {bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}.get(annotation, ANY)

@@ -26,25 +26,25 @@ class BooleanParams(NodeParams):
     value: bool = False
 
 
-@node("PrimitiveInt", params=IntParams, outputs={"value": ports.INT}, category="utils/primitive")
+@node("PrimitiveInt", outputs={"value": ports.INT}, category="utils/primitive")
 def primitive_int(p: IntParams, ctx) -> int:
     """An integer, for linking into any INT field."""
     return p.value
 
 
-@node("PrimitiveFloat", params=FloatParams, outputs={"value": ports.FLOAT}, category="utils/primitive")
+@node("PrimitiveFloat", outputs={"value": ports.FLOAT}, category="utils/primitive")
 def primitive_float(p: FloatParams, ctx) -> float:
     """A number, for linking into any FLOAT field."""
     return p.value
 
 
-@node("PrimitiveString", params=StringParams, outputs={"value": ports.STRING}, category="utils/primitive")
+@node("PrimitiveString", outputs={"value": ports.STRING}, category="utils/primitive")
 def primitive_string(p: StringParams, ctx) -> str:
     """A text, for linking into any STRING field."""
     return p.value
 
 
-@node("PrimitiveBoolean", params=BooleanParams, outputs={"value": ports.BOOLEAN}, category="utils/primitive")
+@node("PrimitiveBoolean", outputs={"value": ports.BOOLEAN}, category="utils/primitive")
 def primitive_boolean(p: BooleanParams, ctx) -> bool:
     """A boolean, for linking into any BOOLEAN field."""
     return p.value

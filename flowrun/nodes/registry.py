@@ -1,15 +1,18 @@
 """Node declarations and the registry that finds them.
 
-A node is a plain function wrapped by `@node`: its literals are a pydantic `NodeParams` class (checked at
-load time), its links are typed `Input`s, its outputs are named. The declaration imports no heavy library;
-the function body does, when it runs. The registry is built explicitly from a list of modules (the
+A node is a plain function wrapped by `@node`, and its signature is its declaration: the literals are a
+pydantic `NodeParams` class (checked at load time), the links are keyword-only parameters typed with port
+annotations, the outputs are named in the decorator; the two are checked against each other when the
+module is imported. The declaration imports no heavy library; the function body does, when it runs. The registry is built explicitly from a list of modules (the
 built-in families, then plugins) rather than by modules mutating a global at import time.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import typing
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any, Callable, Iterable, Mapping
@@ -49,6 +52,10 @@ class Input:
     description: str = ""
 
 
+class DeclarationError(TypeError):
+    """A node's declaration contradicts itself (raised when its module is imported, naming the node)."""
+
+
 @dataclass(frozen=True)
 class NodeDef:
     """Everything the light side needs to know about a node type, plus the function that runs it."""
@@ -62,10 +69,15 @@ class NodeDef:
     output: bool = False  # writes files into the run's output folder; the graph runs what leads to these
     category: str = ""
     description: str = ""
-    fingerprint: Callable[[NodeParams, Any], dict] | None = None  # contents of files the node reads
-    # cells that differ only in these fields may run as one call: batch(list of params, ctx, **inputs)
-    batch: Callable[..., list] | None = None
+    # literal fields that name files the node reads: field -> where ("checkpoints", "loras", ... on the
+    # model search path, or files.INPUT beside the workflow); their contents enter the cache key
+    files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # cells that differ only in these fields may run as one call; the function then takes and returns lists
     batch_fields: tuple[str, ...] = ()
+
+    @property
+    def batch(self) -> bool:
+        return bool(self.batch_fields)
 
     def widget_type(self, name: str) -> str | None:
         """The port type of literal field `name` when a link feeds it, or None if there is no such field."""
@@ -76,26 +88,118 @@ class NodeDef:
         return name in self.inputs or name in self.params.model_fields
 
     def __call__(self, params: NodeParams, ctx: Any, **inputs: Any) -> Any:
+        """Run for one cell (a batching node's list form, called with a list of one)."""
+        if self.batch_fields:
+            return self.fn([params], ctx, **inputs)[0]
         return self.fn(params, ctx, **inputs)
 
+    def call_batch(self, params: list[NodeParams], ctx: Any, **inputs: Any) -> list:
+        """Run for several cells that differ only in `batch_fields`: one result per cell, in order."""
+        if not self.batch_fields:
+            raise TypeError(f"{self.type_name} does not batch")
+        results = list(self.fn(list(params), ctx, **inputs))
+        if len(results) != len(params):
+            raise ValueError(f"{self.type_name} returned {len(results)} results for {len(params)} cells")
+        return results
 
-def node(type_name: str, *, outputs: Mapping[str, str] | None = None, inputs: Mapping[str, Input | str] | None = None,
-         params: type[NodeParams] = NoParams, version: int = 1, output: bool = False, category: str = "",
-         fingerprint: Callable[[NodeParams, Any], dict] | None = None, batch: Callable[..., list] | None = None,
-         batch_fields: tuple[str, ...] = ()) -> Callable[[Callable], NodeDef]:
-    """Declare a node. The function is called as fn(params, ctx, **inputs) and returns its single output,
-    or a dict of outputs by name when it has several."""
-    ins = {k: v if isinstance(v, Input) else Input(v) for k, v in (inputs or {}).items()}
-    overlap = set(ins) & set(params.model_fields)
-    if overlap:
-        raise TypeError(f"{type_name}: {sorted(overlap)} declared both as input and as literal field")
+
+def node(type_name: str, *, outputs: Mapping[str, str] | None = None, version: int = 1, output: bool = False,
+         category: str = "", files: Mapping[str, str] | None = None,
+         batch: tuple[str, ...] = ()) -> Callable[[Callable], NodeDef]:
+    """Declare a node from its function, which is the one place its interface is written:
+
+        @node("KSampler", outputs={"latent": ports.LATENT}, batch=("seed", "cfg"))
+        def ksampler(ps: list[KSamplerParams], ctx, *, model: Model, positive: Conditioning, ...) -> list[Latent]:
+
+    The first parameter's annotation is the `NodeParams` class of its literal fields (`list[...]` of it
+    for a node that batches cells differing only in the `batch` fields); keyword-only parameters are its
+    linked inputs, their annotations the port types, a default of None making one optional. The function
+    returns its single output, or a dict of outputs by name. Contradictions fail here, naming the node."""
 
     def wrap(fn: Callable) -> NodeDef:
+        params, inputs = _signature(type_name, fn, tuple(batch))
+        outs = dict(outputs or {})
+        for name, kind in outs.items():
+            if kind not in ports.ALL and kind != ports.ANY:
+                raise DeclarationError(f"node {type_name}: output '{name}' has unknown port type {kind!r}")
+        for name in files or {}:
+            if name not in params.model_fields:
+                raise DeclarationError(f"node {type_name}: files names '{name}', which is not a literal field")
+        if output and outs:
+            raise DeclarationError(f"node {type_name}: an output node writes files and has no outputs")
+        _check_return(type_name, fn, outs, tuple(batch))
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        return NodeDef(type_name, fn, params, MappingProxyType(ins), MappingProxyType(dict(outputs or {})),
-                       version, output, category, doc, fingerprint, batch, tuple(batch_fields))
+        return NodeDef(type_name, fn, params, MappingProxyType(inputs), MappingProxyType(outs), version, output,
+                       category, doc, MappingProxyType(dict(files or {})), tuple(batch))
 
     return wrap
+
+
+def _check_return(type_name: str, fn: Callable, outs: dict[str, str], batch: tuple[str, ...]) -> None:
+    """A return annotation that names a port type must agree with the single declared output."""
+    annotation = inspect.signature(fn).return_annotation
+    if annotation is inspect.Signature.empty or len(outs) != 1:
+        return
+    try:
+        value = eval(annotation, fn.__globals__) if isinstance(annotation, str) else annotation
+    except Exception:
+        return  # a typing-only name: nothing to check against
+    if batch and typing.get_origin(value) is list:
+        value = typing.get_args(value)[0]
+    kind = ports.port_of(value)
+    (name, declared), = outs.items()
+    if kind is not None and not ports.compatible(kind, declared):
+        raise DeclarationError(f"node {type_name}: returns {kind} but its output '{name}' is declared {declared}")
+
+
+def _signature(type_name: str, fn: Callable, batch: tuple[str, ...]) -> tuple[type[NodeParams], dict[str, Input]]:
+    """The params class and the inputs that `fn`'s signature declares, checked against each other."""
+    def fail(message: str) -> DeclarationError:
+        return DeclarationError(f"node {type_name} ({fn.__module__}.{fn.__qualname__}): {message}")
+
+    sig = inspect.signature(fn)
+    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) != 2:
+        raise fail("takes (params, ctx, *, inputs...): two positional parameters, then keyword-only inputs")
+    hints = {}
+    for p in sig.parameters.values():  # each on its own: ctx's annotation may be a typing-only name
+        if p is positional[1] or p.annotation is inspect.Parameter.empty:
+            continue
+        try:
+            hints[p.name] = eval(p.annotation, fn.__globals__) if isinstance(p.annotation, str) else p.annotation
+        except Exception as exc:  # a name the module does not define at run time
+            raise fail(f"cannot read the annotation of '{p.name}': {exc}") from None
+    annotation = hints.get(positional[0].name)
+    is_list = typing.get_origin(annotation) is list
+    params = typing.get_args(annotation)[0] if is_list else annotation
+    if not (isinstance(params, type) and issubclass(params, NodeParams)):
+        raise fail(f"its first parameter '{positional[0].name}' must be annotated with a NodeParams class"
+                   + (" (in a list, for a batching node)" if batch else ""))
+    if batch and not is_list:
+        raise fail(f"it batches {list(batch)}, so its first parameter takes list[{params.__name__}]")
+    if is_list and not batch:
+        raise fail("its first parameter is a list, but no batch fields are declared")
+    for name in batch:
+        if name not in params.model_fields:
+            raise fail(f"batch field '{name}' is not a field of {params.__name__}")
+    inputs: dict[str, Input] = {}
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            stars = "*" if p.kind == p.VAR_POSITIONAL else "**"
+            raise fail(f"{stars}{p.name} is not allowed: every input is named")
+        if p.kind != p.KEYWORD_ONLY:
+            continue
+        if p.name not in hints:
+            raise fail(f"input '{p.name}' has no annotation; annotate it with its port type (e.g. ports.Model)")
+        kind = ports.port_of(hints[p.name])
+        if kind is None:
+            raise fail(f"input '{p.name}': {hints[p.name]!r} is not a port type")
+        if p.name in params.model_fields:
+            raise fail(f"'{p.name}' is both an input and a field of {params.__name__}")
+        if p.default is not inspect.Parameter.empty and p.default is not None:
+            raise fail(f"optional input '{p.name}' must default to None")
+        inputs[p.name] = Input(kind, optional=p.default is None)
+    return params, inputs
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""KSampler and KSamplerAdvanced, with ComfyUI's fields, ranges, sampler and scheduler names."""
+"""KSampler and KSamplerAdvanced, with ComfyUI's fields, ranges, sampler and scheduler names.
+
+Both batch: cells that differ only in seed and cfg sample in one call, each cell's rows with their own
+seed's noise and their own guidance scale. The functions are written once, in list form; a single cell
+is a list of one.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,14 @@ from typing import Literal
 from pydantic import Field
 
 from flowrun.diffusion.names import SAMPLERS, SCHEDULERS
+from flowrun.errors import NodeError
 from flowrun.nodes import ports
+from flowrun.nodes.fields import SEED_MAX
 from flowrun.nodes.registry import NodeParams, node
+from flowrun.values import Conditioning, Latent
 
 SamplerName = Literal[SAMPLERS]  # type: ignore[valid-type]
 SchedulerName = Literal[SCHEDULERS]  # type: ignore[valid-type]
-SEED_MAX = 2**64 - 1
-
-SAMPLER_INPUTS = {"model": ports.MODEL, "positive": ports.CONDITIONING, "negative": ports.CONDITIONING,
-                  "latent_image": ports.LATENT}
 
 
 class KSamplerParams(NodeParams):
@@ -27,41 +31,24 @@ class KSamplerParams(NodeParams):
     denoise: float = Field(1.0, ge=0.0, le=1.0)
 
 
-def _run(ctx, model, **kwargs):
-    from flowrun.diffusion.ksampler import ksample
-    from flowrun.errors import NodeError
+def _sample(ctx, seeds: list[int], cfgs: list[float], p, model, positive, negative, latent, **options) -> list[Latent]:
+    from flowrun.diffusion.ksampler import ksample_batch
 
     try:
-        return ksample(model, progress=ctx.progress, **kwargs)
+        return ksample_batch(model, noise=ctx.noise(seeds), cfgs=cfgs, steps=p.steps, sampler_name=p.sampler_name,
+                             scheduler=p.scheduler, positive=positive, negative=negative, latent=latent,
+                             progress=ctx.progress, **options)
     except ValueError as exc:
         raise NodeError(str(exc)) from None
 
 
-def _batch(seed_field: str, advanced: bool):
-    def run_batch(params: list, ctx, *, model, positive, negative, latent_image) -> list:
-        from flowrun.diffusion.ksampler import ksample_batch
-        from flowrun.errors import NodeError
-
-        p = params[0]
-        extra = {"denoise": p.denoise} if not advanced else {
-            "add_noise": p.add_noise == "enable", "start_step": p.start_at_step, "last_step": p.end_at_step,
-            "force_full_denoise": p.return_with_leftover_noise == "disable"}
-        try:
-            return ksample_batch(model, seeds=[getattr(q, seed_field) for q in params], cfgs=[q.cfg for q in params],
-                                 steps=p.steps, sampler_name=p.sampler_name, scheduler=p.scheduler, positive=positive,
-                                 negative=negative, latent=latent_image, progress=ctx.progress, **extra)
-        except ValueError as exc:
-            raise NodeError(str(exc)) from None
-
-    return run_batch
-
-
-@node("KSampler", params=KSamplerParams, inputs=SAMPLER_INPUTS, outputs={"latent": ports.LATENT}, category="sampling",
-      batch=_batch("seed", advanced=False), batch_fields=("seed", "cfg"))
-def ksampler(p: KSamplerParams, ctx, *, model, positive, negative, latent_image):
+@node("KSampler", outputs={"latent": ports.LATENT}, category="sampling", batch=("seed", "cfg"))
+def ksampler(ps: list[KSamplerParams], ctx, *, model: ports.Model, positive: Conditioning, negative: Conditioning,
+             latent_image: Latent) -> list[Latent]:
     """Denoise latent_image from the seed's noise; the same inputs always give the same latent."""
-    return _run(ctx, model, seed=p.seed, steps=p.steps, cfg=p.cfg, sampler_name=p.sampler_name,
-                scheduler=p.scheduler, positive=positive, negative=negative, latent=latent_image, denoise=p.denoise)
+    p = ps[0]
+    return _sample(ctx, [q.seed for q in ps], [q.cfg for q in ps], p, model, positive, negative, latent_image,
+                   denoise=p.denoise)
 
 
 class KSamplerAdvancedParams(NodeParams):
@@ -76,11 +63,11 @@ class KSamplerAdvancedParams(NodeParams):
     return_with_leftover_noise: Literal["disable", "enable"] = "disable"
 
 
-@node("KSamplerAdvanced", params=KSamplerAdvancedParams, inputs=SAMPLER_INPUTS, outputs={"latent": ports.LATENT},
-      category="sampling", batch=_batch("noise_seed", advanced=True), batch_fields=("noise_seed", "cfg"))
-def ksampler_advanced(p: KSamplerAdvancedParams, ctx, *, model, positive, negative, latent_image):
+@node("KSamplerAdvanced", outputs={"latent": ports.LATENT}, category="sampling", batch=("noise_seed", "cfg"))
+def ksampler_advanced(ps: list[KSamplerAdvancedParams], ctx, *, model: ports.Model, positive: Conditioning,
+                      negative: Conditioning, latent_image: Latent) -> list[Latent]:
     """Run steps start_at_step..end_at_step of a schedule; with leftover noise for a second sampler."""
-    return _run(ctx, model, seed=p.noise_seed, steps=p.steps, cfg=p.cfg, sampler_name=p.sampler_name,
-                scheduler=p.scheduler, positive=positive, negative=negative, latent=latent_image,
-                add_noise=p.add_noise == "enable", start_step=p.start_at_step, last_step=p.end_at_step,
-                force_full_denoise=p.return_with_leftover_noise == "disable")
+    p = ps[0]
+    return _sample(ctx, [q.noise_seed for q in ps], [q.cfg for q in ps], p, model, positive, negative, latent_image,
+                   add_noise=p.add_noise == "enable", start_step=p.start_at_step, last_step=p.end_at_step,
+                   force_full_denoise=p.return_with_leftover_noise == "disable")

@@ -1,0 +1,154 @@
+"""What a workflow may read: models by name on the model search path, input files beside the workflow,
+and the content fingerprints of both. Torch-free: the planner fingerprints files, `validate` checks them.
+
+Model search order: --models-dir, $FLOWRUN_MODELS (os.pathsep-separated), `models/` beside the workflow,
+then the models bundled with flowrun. Each root is laid out as ComfyUI's `models/` folder (`checkpoints/`,
+`loras/`, ...). Model folders are configured by the person running flowrun and are trusted: symbolic
+links in them are followed (a Hugging Face cache snapshot is a folder of links into `blobs/`, shared
+drives are linked into `checkpoints/`). What stays refused is a *name written in a workflow* that would
+leave its folder (`..`, absolute paths, NUL, drive letters). Input files keep the strict rule: a name
+and every link on its way must stay inside the workflow's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from flowrun.cache.fingerprints import file_sha256
+from flowrun.safepath import inside, relative_name_problem
+
+INPUT = "input"  # the file kind of names relative to the workflow's folder (LoadImage's image)
+MODELS_ENV = "FLOWRUN_MODELS"
+BUNDLED = Path(__file__).resolve().parent / "models"
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def search_roots(models_dirs: Iterable[str | os.PathLike] = (), workflow_dir: str | os.PathLike | None = None) -> list[Path]:
+    roots = [Path(d) for d in models_dirs]
+    roots += [Path(p) for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+    if workflow_dir is not None:
+        roots.append(Path(workflow_dir) / "models")
+    roots.append(BUNDLED)
+    return list(dict.fromkeys(roots))
+
+
+def _candidates(name: str, kind: str) -> list[str]:
+    if name.endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES):
+        return [name]
+    names = [name + s for s in SAFE_SUFFIXES] + [name]  # a bare name may be a diffusers folder
+    if kind == "checkpoints":
+        names += [name + s for s in PICKLE_SUFFIXES]
+    return names
+
+
+def locate(name: str, kind: str, roots: list[Path]) -> Path:
+    """The file (or diffusers folder) called `name` under ROOT/kind/ for the first root that has it,
+    following symbolic links in the model folders. Raises FileNotFoundError listing what is there, or
+    ValueError for a name that would leave its folder."""
+    problem = relative_name_problem(name)
+    if problem:
+        raise ValueError(f"model name '{name}' is not allowed: {problem}")
+    for root in roots:
+        folder = root / kind
+        if not folder.is_dir():
+            continue
+        for candidate in _candidates(name, kind):
+            path = folder / candidate
+            if path.is_file() or (path.is_dir() and (path / "model_index.json").is_file()):
+                return path
+    available = sorted(set(available_names(kind, roots)))
+    listing = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "") if available else "none"
+    where = ", ".join(str(r / kind) for r in roots)
+    raise FileNotFoundError(f"no {kind[:-1]} named '{name}' in {where}; available: {listing}")
+
+
+def _walk(folder: Path):
+    """os.walk through symbolic links, entering each real folder once (a link to a parent ends there)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames.sort()
+        yield Path(dirpath), dirnames, sorted(filenames)
+
+
+def available_names(kind: str, roots: list[Path]) -> list[str]:
+    """Model names under ROOT/kind for every root: files by name, diffusers folders as a whole."""
+    names = []
+    for root in roots:
+        folder = root / kind
+        for here, dirnames, filenames in _walk(folder):
+            if here != folder and "model_index.json" in filenames:
+                names.append(here.relative_to(folder).as_posix())
+                dirnames.clear()  # its component files are not models of their own
+                continue
+            for f in filenames:
+                path = here / f
+                rel = path.relative_to(folder).as_posix()
+                if path.suffix in SAFE_SUFFIXES:
+                    names.append(rel[: -len(path.suffix)])
+                elif path.suffix in PICKLE_SUFFIXES:
+                    names.append(rel)
+    return names
+
+
+def fingerprint_path(path: Path, sha256) -> str:
+    """Content fingerprint of a file, or of a diffusers folder (hash of its files' names and hashes)."""
+    if path.is_file():
+        return sha256(path)
+    h = hashlib.sha256()
+    for here, _, filenames in _walk(path):
+        for f in filenames:
+            file = here / f
+            if file.is_file():
+                h.update(file.relative_to(path).as_posix().encode() + b"\0" + sha256(file).encode() + b"\0")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileLookup:
+    """Where a workflow's file names lead, and what the files hold. Built once per run from the settings
+    (`from_settings`), used by the planner (fingerprints, missing files) and by nodes (through the run
+    context)."""
+
+    workflow_dir: Path
+    models_dirs: tuple[str, ...] = ()
+    memo_dir: Path | None = None  # where remembered hashes live (the cache folder), if anywhere
+    allow_pickle: bool = False  # .ckpt/.pt checkpoints may be read (weights only)
+    roots: tuple[Path, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workflow_dir", Path(self.workflow_dir))
+        object.__setattr__(self, "roots", tuple(search_roots(self.models_dirs, self.workflow_dir)))
+
+    @classmethod
+    def from_settings(cls, settings, workflow_file: str | os.PathLike) -> "FileLookup":
+        return cls(Path(workflow_file).resolve().parent, tuple(settings.models_dirs), settings.local_cache_dir,
+                   settings.allow_pickle)
+
+    def model_roots(self) -> list[Path]:
+        return list(self.roots)
+
+    def path(self, kind: str, name: str) -> Path:
+        """The file a field names: an input beside the workflow, or a model of `kind` on the search path.
+        Raises FileNotFoundError or ValueError (a name that would leave its folder)."""
+        if kind == INPUT:
+            path = inside(self.workflow_dir, name)
+            if not path.exists():
+                raise FileNotFoundError(f"no file '{name}' in {self.workflow_dir}")
+            return path
+        return locate(name, kind, list(self.roots))
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        return file_sha256(path, self.memo_dir)
+
+    def fingerprint(self, kind: str, name: str) -> str:
+        return fingerprint_path(self.path(kind, name), self.sha256)

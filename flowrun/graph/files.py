@@ -1,0 +1,83 @@
+"""The files a workflow names (models, LoRAs, input images): found and fingerprinted, every missing or
+escaping one reported at once, at the field that names it.
+
+Which literal fields name files, and where they are looked up, is part of each node's declaration
+(`files=` in `@node`). Checking only looks (`flowrun validate`); fingerprinting reads each file once per
+version (hashes are remembered by path, size and modification time).
+"""
+
+from __future__ import annotations
+
+from flowrun.errors import Problem, WorkflowInvalid
+from flowrun.files import FileLookup
+from flowrun.graph.resolve import Resolved
+
+
+def _named_files(resolved: Resolved, node_ids=None):
+    """(cell index, node id, field, kind, name) for every file field of every cell."""
+    for ci, instances in enumerate(resolved.instances):
+        for nid, inst in instances.items():
+            if node_ids is not None and nid not in node_ids:
+                continue
+            for field_name, kind in inst.node_def.files.items():
+                name = inst.literals.get(field_name)
+                if isinstance(name, str):
+                    yield ci, nid, field_name, kind, name
+
+
+def _problem(resolved: Resolved, nid: str, field_name: str, exc: Exception) -> Problem:
+    message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename \
+        else str(exc)
+    return Problem("file", message, resolved.source.where(("nodes", nid, "with", field_name)), node=nid,
+                   field=field_name)
+
+
+def _raise_collected(resolved: Resolved, found: dict[tuple, Problem], cells_of: dict[tuple, list[str]]) -> None:
+    if not found:
+        return
+    n = len(resolved.cells)
+    problems = []
+    for k, p in found.items():
+        labels = cells_of[k]
+        named = () if n == 1 or len(labels) == n else tuple(labels)
+        problems.append(Problem(p.kind, p.message, p.location, p.node, p.field, p.hint, named))
+    raise WorkflowInvalid(problems)
+
+
+def fingerprints(resolved: Resolved, lookup: FileLookup, node_ids=None) -> list[dict[str, dict[str, str]]]:
+    """Per cell: node id -> {field: content fingerprint} of the files its fields name. Raises
+    WorkflowInvalid listing every file that is missing, unreadable or outside its folder."""
+    out: list[dict[str, dict[str, str]]] = [{} for _ in resolved.cells]
+    found: dict[tuple, Problem] = {}
+    cells_of: dict[tuple, list[str]] = {}
+    done: dict[tuple[str, str], str | Exception] = {}
+    for ci, nid, field_name, kind, name in _named_files(resolved, node_ids):
+        if (kind, name) not in done:
+            try:
+                done[(kind, name)] = lookup.fingerprint(kind, name)
+            except (OSError, ValueError) as exc:
+                done[(kind, name)] = exc
+        result = done[(kind, name)]
+        if isinstance(result, Exception):
+            key = (nid, field_name, str(result))
+            found.setdefault(key, _problem(resolved, nid, field_name, result))
+            cells_of.setdefault(key, []).append(resolved.cells[ci].label)
+        else:
+            out[ci].setdefault(nid, {})[field_name] = result
+    _raise_collected(resolved, found, cells_of)
+    return out
+
+
+def check(resolved: Resolved, lookup: FileLookup) -> None:
+    """Raise WorkflowInvalid listing every named file that does not exist or would leave its folder
+    (nothing is read: `flowrun validate` stays fast on large checkpoints)."""
+    found: dict[tuple, Problem] = {}
+    cells_of: dict[tuple, list[str]] = {}
+    for ci, nid, field_name, kind, name in _named_files(resolved):
+        try:
+            lookup.path(kind, name)
+        except (OSError, ValueError) as exc:
+            key = (nid, field_name, str(exc))
+            found.setdefault(key, _problem(resolved, nid, field_name, exc))
+            cells_of.setdefault(key, []).append(resolved.cells[ci].label)
+    _raise_collected(resolved, found, cells_of)
