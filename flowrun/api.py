@@ -1,183 +1,152 @@
-"""load → plan → run: what the command line and Python users call."""
+"""What the command line and Python users call: load → plan → run, and the commands around it.
+
+The pipeline itself lives in flowrun.pipeline; this module is the one door to it and to what builds on
+it: ComfyUI export and import, reproducing an image, regression tests, node descriptions, the workflow
+schema, and looking after the cache folder. Each function imports its heavy modules only when called,
+so that `flowrun validate` stays light.
+"""
 
 from __future__ import annotations
 
 import os
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from flowrun.errors import FlowrunError, UsageError
-from flowrun.nodes.registry import Registry, default_registry
-from flowrun.safepath import remove_stale_temporaries
-from flowrun.settings import Settings, default_out_dir
-from flowrun.spec.document import load_document
-from flowrun.spec.source import read_source
-from flowrun.spec.sweep import Overrides
+from flowrun.cache.housekeeping import MAX_SIZE_ENV
+from flowrun.errors import UsageError
+from flowrun.execute.ray_options import RayOptions
+from flowrun.pipeline import RunResult, estimate, load, plan, registry, run
+from flowrun.settings import Settings, cache_location, default_cache_dir
+from flowrun.spec.schema import SCHEMA_PATH
 
-if TYPE_CHECKING:  # typing only: these import networkx, which `validate` does not need
-    from flowrun.cache.memory import MemoryCache
-    from flowrun.execute.events import Events
-    from flowrun.graph.build import Graph
-    from flowrun.graph.plan import Step
+if TYPE_CHECKING:
+    from flowrun.cache.disk import DiskStore
     from flowrun.graph.resolve import Resolved
+    from flowrun.interop.reproduce import Reproduction
+    from flowrun.regress.run import RegressionRun
 
-_registries: dict[tuple[str, ...], Registry] = {}
-
-
-def registry(plugins: Iterable[str] = ()) -> Registry:
-    """The node registry: built-in families plus plugins (entry points, $FLOWRUN_PLUGINS, `plugins`)."""
-    names = tuple(plugins)
-    if names not in _registries:
-        try:
-            _registries[names] = default_registry(names)
-        except ImportError as exc:
-            raise UsageError(f"cannot load node plugin: {exc}") from None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    return _registries[names]
+__all__ = [
+    "MAX_SIZE_ENV", "RayOptions", "RunResult", "SCHEMA_PATH", "cache_clear", "cache_folder", "cache_info",
+    "cache_prune", "describe_nodes", "estimate", "export_comfyui", "import_comfyui", "load", "plan", "registry",
+    "reproduce", "run", "run_tests", "schema_is_current", "schema_text", "write_schema",
+]
 
 
-def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins: Iterable[str] = (),
-         reg: Registry | None = None, files: Settings | None = None) -> "Resolved":
-    """Read, validate and expand a workflow file. With `files` (the settings that say where models are
-    looked up), also check that every model, LoRA and input file it names exists. Raises WorkflowInvalid
-    listing every problem."""
-    from flowrun.graph.resolve import resolve
+def export_comfyui(resolved: "Resolved", cell: str | None = None) -> dict[str, dict[str, Any]]:
+    """ComfyUI API-format graphs of a loaded workflow, one per cell (or only the cell labelled `cell`),
+    keyed by cell label. UsageError for an unknown cell or a node type ComfyUI does not have."""
+    from flowrun.interop.comfyui import export_cells
 
-    source = read_source(str(path))
-    spec = load_document(source)
-    resolved = resolve(spec, source, reg or registry(plugins), overrides)
-    if files is not None:
-        from flowrun.files import FileLookup
-        from flowrun.graph.files import check
-
-        check(resolved, FileLookup.from_settings(files, resolved.file))
-    return resolved
-
-
-def _build(resolved: "Resolved", settings: Settings) -> "Graph":
-    from flowrun.files import FileLookup
-    from flowrun.graph.build import build
-
-    return build(resolved, FileLookup.from_settings(settings, resolved.file), settings.device)
-
-
-def _cache(settings: Settings, memory: "MemoryCache | None" = None):
-    from flowrun.cache.fsspec_store import open_store
-    from flowrun.cache.memory import MemoryCache
-    from flowrun.cache.tiers import NodeCache
-
-    if not settings.use_cache:
-        return None
-    return NodeCache(memory if memory is not None else MemoryCache(settings.memory_bytes), open_store(settings.cache_dir))
-
-
-def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]:
-    """Estimated seconds for the steps that will run, from timings of earlier runs (and the node types
-    that have none)."""
-    from flowrun.execute import timings
-    from flowrun.graph.plan import RUN
-
-    data = timings.load(settings.local_cache_dir)
-    return timings.estimate(data, [s.task for s in steps if s.action == RUN])
-
-
-def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph", list["Step"]]:
-    """The merged graph of all cells and, for each node, whether it will run, come from the cache, or be skipped."""
-    from flowrun.graph.plan import plan as make_plan
-
-    settings = settings or Settings()
-    graph = _build(resolved, settings)
-    return graph, make_plan(graph, _cache(settings))
-
-
-@contextmanager
-def _ignoring_interrupts():
-    """While run.json is written: a second Ctrl-C waits until it is done (main thread only)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        return export_cells(resolved, cell)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
-@dataclass
-class RunResult:
-    manifest: dict[str, Any]
-    out_dir: Path
-    manifest_path: Path
+def import_comfyui(source: str | os.PathLike, plugins: Iterable[str] = ()) -> str:
+    """A flowrun workflow (YAML text) from a ComfyUI graph: API or UI format, a .json file or a PNG's text
+    chunks."""
+    from flowrun.interop.comfy_import import from_api, load_graph
 
-    @property
-    def files(self) -> list[Path]:
-        return [self.out_dir / f for n in self.manifest["nodes"] for f in n["outputs"]]
+    source, reg = Path(source), registry(plugins)
+    return from_api(load_graph(source, reg), reg, name=source.stem)
 
 
-def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Events | None" = None,
-        memory: "MemoryCache | None" = None) -> RunResult:
-    """Run a loaded workflow and write its outputs and run.json. Raises RunFailed if a node fails (run.json
-    is written all the same, with the failure recorded)."""
-    from flowrun.execute.context import Services
-    from flowrun.execute.manifest import build_manifest, now, write_manifest
-    from flowrun.execute.runner import Runner
-    from flowrun.graph.plan import RUN
-    from flowrun.graph.plan import plan as make_plan
+def reproduce(image: str | os.PathLike, settings: Settings | None = None,
+              workflow_dir: str | os.PathLike | None = None) -> "Reproduction":
+    """Render `image` again from the workflow flowrun stored in it, and say whether it is identical.
+    Relative file names in that workflow resolve against workflow_dir (default: the image's folder)."""
+    from flowrun.interop.reproduce import reproduce as reproduce_image
 
-    settings = settings or Settings()
-    out_dir = Path(settings.out_dir or default_out_dir(resolved.file))
-    cache = _cache(settings, memory)
-    graph = _build(resolved, settings)
-    steps = make_plan(graph, cache)
-    if settings.executor == "ray":
-        from flowrun.execute.ray_executor import require_ray
+    return reproduce_image(Path(image), settings or Settings(), Path(workflow_dir) if workflow_dir else None)
 
-        require_ray()
-    if settings.executor == "ray" and any(s.action == RUN for s in steps):
-        from flowrun.execute.events import Events as NoEvents
-        from flowrun.execute.ray_executor import RayExecutor, RayOptions
 
-        runner = RayExecutor(graph, steps, settings, out_dir, events or NoEvents(), settings.ray_options or RayOptions())
-    else:  # on this machine; also a cluster run with nothing to compute, which only restores files
-        runner = Runner(graph, steps, cache, out_dir, Services.for_run(settings, resolved.file), events,
-                        batch=settings.batch,
-                        keep_going=settings.keep_going, max_batch=settings.max_batch)
-    started, t0 = now(), time.perf_counter()
-    status, error = "ok", None
+def run_tests(paths: Iterable[str | os.PathLike] = (), settings: Settings | None = None,
+              report_dir: str | os.PathLike = "out/flowrun-test", *, update: bool = False,
+              backend: str | None = None) -> "RegressionRun":
+    """Render the regression cases under `paths` (default: workflows/) and compare them with their goldens
+    (or rewrite the goldens, with update); the renders and the HTML, JUnit and JSON reports go to report_dir."""
+    from flowrun.regress.run import run_suite
+
+    return run_suite([Path(p) for p in paths], settings or Settings(), Path(report_dir), update=update,
+                     backend=backend)
+
+
+def describe_nodes(types: Iterable[str] = (), plugins: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Node types (default: all) as plain data: inputs, outputs, and fields with defaults and ranges.
+    UsageError naming any type that does not exist."""
+    from flowrun.spec.node_info import describe_node
+
+    reg = registry(plugins)
+    names = list(types) or reg.names()
+    unknown = [n for n in names if n not in reg]
+    if unknown:
+        raise UsageError(f"unknown node type(s): {', '.join(unknown)}")
+    return [describe_node(reg.nodes[n]) for n in names]
+
+
+def schema_text(plugins: Iterable[str] = ()) -> str:
+    """The JSON Schema of workflow files (for editors' YAML language server), with plugins' node types."""
+    from flowrun.spec.schema import schema_text as make_schema_text
+
+    return make_schema_text(registry(plugins))
+
+
+def write_schema(path: str | os.PathLike = SCHEMA_PATH, plugins: Iterable[str] = ()) -> Path:
+    """Write the JSON Schema of workflow files to `path`; returns the path."""
+    from flowrun.safepath import write_atomic
+
+    write_atomic(path, schema_text(plugins).encode())
+    return Path(path)
+
+
+def schema_is_current(path: str | os.PathLike = SCHEMA_PATH, plugins: Iterable[str] = ()) -> bool:
+    """Whether the schema file at `path` is what write_schema would write now."""
+    path = Path(path)
+    return (path.read_text() if path.exists() else "") == schema_text(plugins)
+
+
+def _disk_store(cache_dir: str | os.PathLike | None) -> "DiskStore":
+    from flowrun.cache.disk import DiskStore
+
+    location = cache_location(str(cache_dir)) if cache_dir else default_cache_dir()
+    if isinstance(location, str):
+        raise UsageError(f"`flowrun cache` looks after a cache folder on this machine, not {location}; "
+                         "use the storage's own tools for a cache at a URL")
+    return DiskStore(location)
+
+
+def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder that the cache_* functions look after: `cache_dir`, else $FLOWRUN_CACHE_DIR or the
+    user cache. UsageError for a cache at a URL."""
+    return _disk_store(cache_dir).root
+
+
+def cache_info(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Entries, bytes, size limit, oldest and newest use, and temporary folders left by interrupted writes."""
+    from flowrun.cache import housekeeping
+
+    return housekeeping.info(_disk_store(cache_dir), housekeeping.default_max_bytes())
+
+
+def cache_prune(cache_dir: str | os.PathLike | None = None, max_size: str | int | None = None,
+                older_than_days: float | None = None) -> tuple[int, int]:
+    """Evict least recently used entries down to `max_size` (bytes, or text such as '5G'; default: the
+    limit, $FLOWRUN_CACHE_MAX_SIZE or 20G), and those unused for older_than_days. Returns (entries
+    removed, bytes freed)."""
+    from flowrun.cache import housekeeping
+
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)
-        runner.run()
-    except FlowrunError as exc:
-        status, error = "failed", exc.render()
-        raise
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user"
-        raise
-    finally:
-        manifest = build_manifest(graph, runner.records, status=status, started=started,
-                                  seconds=time.perf_counter() - t0, error=error,
-                                  cells=getattr(runner, "cells", None), executor=settings.executor)
-        if status == "ok" and settings.contact_sheets:
-            from flowrun.execute.contact_sheet import write_sheets
+        limit = (housekeeping.default_max_bytes() if max_size is None
+                 else max_size if isinstance(max_size, int) else housekeeping.parse_size(max_size))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    older_than = older_than_days * 86400 if older_than_days is not None else None
+    return housekeeping.prune(_disk_store(cache_dir), limit, older_than)
 
-            manifest["sheets"] = write_sheets(manifest, out_dir)
-        with _ignoring_interrupts():
-            if out_dir.is_dir():
-                path = write_manifest(out_dir, manifest)
-            if settings.local_cache_dir is not None:
-                from flowrun.execute import timings
 
-                timings.record(settings.local_cache_dir, manifest)
-    if settings.local_cache_dir is not None and settings.disk_max_bytes and cache is not None:
-        from flowrun.cache.housekeeping import prune
+def cache_clear(cache_dir: str | os.PathLike | None = None) -> tuple[int, int]:
+    """Remove every entry of the cache folder. Returns (entries removed, bytes freed)."""
+    from flowrun.cache import housekeeping
 
-        prune(cache.disk, settings.disk_max_bytes)
-    return RunResult(manifest, out_dir, path)
+    return housekeeping.clear(_disk_store(cache_dir))

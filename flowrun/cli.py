@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -26,6 +27,15 @@ _debug = bool(os.environ.get("FLOWRUN_DEBUG"))
 
 def _overrides(sets, sweeps, max_cells) -> Overrides:
     return Overrides.parse(sets, sweeps, max_cells)
+
+
+@contextmanager
+def _as_click_usage():
+    """Show the api's UsageError as click shows a bad argument: with the command's usage line."""
+    try:
+        yield
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def sweep_options(fn):
@@ -139,9 +149,7 @@ def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs
     settings.max_batch = max_batch
     settings.executor = executor
     if executor == "ray":
-        from flowrun.execute.ray_executor import RayOptions
-
-        settings.ray_options = RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+        settings.ray_options = api.RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     elif address or workers or gpus_per_worker:
         raise UsageError("--address, --workers and --gpus-per-worker go with --executor ray")
     result = api.run(resolved, settings, events=ConsoleEvents(quiet or as_json, [c.label for c in resolved.cells]))
@@ -234,28 +242,21 @@ def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dir
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
 def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, update, report_dir, backend, plugins):
     """Render regression cases and compare them with their golden images (default path: workflows/)."""
-    from flowrun.regress import report
-    from flowrun.regress.run import exit_code, run_cases
-
-    paths = list(paths) or [Path("workflows") if Path("workflows").is_dir() else Path(".")]
     settings = _settings(cache_dir, no_cache, None, plugins, models_dirs, allow_pickle, device)
-    results, changes = run_cases(paths, settings, report_dir / "renders", update=update, backend=backend)
-    if not results:
-        click.echo(f"no workflows found in {', '.join(map(str, paths))}", err=True)
+    tested = api.run_tests(paths, settings, report_dir, update=update, backend=backend)
+    if not tested.results:
+        click.echo(f"no workflows found in {', '.join(map(str, tested.paths))}", err=True)
         return 2
-    for r in results:
+    for r in tested.results:
         if r.error:
             click.echo(f"ERROR {r.workflow}:\n{r.error}", err=True)
         for o in r.outcomes:
             click.echo(f"{o.grade.upper():4}  {o.case} [{', '.join(o.cells)}] {o.file}: {o.message}")
-    for change in changes:
+    for change in tested.changes:
         click.echo(f"golden {change}")
-    html_path = report.write_html(results, report_dir / "report.html")
-    report.write_junit(results, report_dir / "junit.xml")
-    report.write_json(results, report_dir / "summary.json", changes)
-    c = report.counts(results)
-    click.echo(f"{c['pass']} pass, {c['warn']} warn, {c['fail']} fail, {c['error']} error; report: {html_path}")
-    return exit_code(results)
+    c = tested.counts
+    click.echo(f"{c['pass']} pass, {c['warn']} warn, {c['fail']} fail, {c['error']} error; report: {tested.html_report}")
+    return tested.exit_code
 
 
 @cli.command()
@@ -266,13 +267,9 @@ def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, upda
               help="Folder for the JSON files.")
 def export(file, sets, sweeps, max_cells, plugins, cell, out):
     """Write ComfyUI's API format: one JSON file per sweep cell (or --cell)."""
-    from flowrun.interop.comfyui import export_cells
-
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
-    try:
-        graphs = export_cells(resolved, cell)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    with _as_click_usage():
+        graphs = api.export_comfyui(resolved, cell)
     single = len(resolved.cells) == 1
     for label, graph in graphs.items():
         path = out / (f"{file.stem}.json" if single else f"{file.stem}-{label}.json")
@@ -286,10 +283,7 @@ def export(file, sets, sweeps, max_cells, plugins, cell, out):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Workflow file to write (default: stdout).")
 def import_cmd(source, out):
     """Convert a ComfyUI graph (API or UI format, .json or a PNG's text chunks) into a flowrun workflow."""
-    from flowrun.interop.comfy_import import from_api, load_graph
-
-    reg = api.registry()
-    text = from_api(load_graph(source, reg), reg, name=source.stem)
+    text = api.import_comfyui(source)
     if out is None:
         click.echo(text, nl=False)
         return 0
@@ -306,10 +300,8 @@ def import_cmd(source, out):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder for the new render.")
 def reproduce(image, cache_dir, no_cache, models_dirs, allow_pickle, device, workflow_dir, out):
     """Render an image again from the workflow flowrun stored in it; exit 0 if identical, 1 if not."""
-    from flowrun.interop.reproduce import reproduce as run_reproduce
-
     settings = _settings(cache_dir, no_cache, out, (), models_dirs, allow_pickle, device)
-    r = run_reproduce(image, settings, workflow_dir)
+    r = api.reproduce(image, settings, workflow_dir)
     click.echo(f"{image}: {r.message} (new render: {r.new})")
     return 0 if r.identical else 1
 
@@ -320,12 +312,9 @@ def reproduce(image, cache_dir, no_cache, models_dirs, allow_pickle, device, wor
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
 def nodes(types, as_json, plugins):
     """List node types with their inputs, outputs, defaults and ranges."""
-    reg = api.registry(plugins)
-    names = list(types) or reg.names()
-    unknown = [n for n in names if n not in reg]
-    if unknown:
-        raise click.UsageError(f"unknown node type(s): {', '.join(unknown)}")
-    described = [_describe_node(reg.nodes[n]) for n in names]
+    api.registry(plugins)  # a plugin that fails to load is its own error, not a bad argument
+    with _as_click_usage():
+        described = api.describe_nodes(types, plugins)
     if as_json:
         click.echo(json.dumps(described, indent=2))
         return 0
@@ -343,27 +332,6 @@ def nodes(types, as_json, plugins):
     return 0
 
 
-def _describe_node(nd) -> dict:
-    schema = nd.params.model_json_schema()
-    required = set(schema.get("required", []))
-    fields = {}
-    for name, prop in schema.get("properties", {}).items():
-        entry = {"type": nd.widget_type(name), "minimum": prop.get("minimum"), "maximum": prop.get("maximum")}
-        if "enum" in prop:
-            entry["enum"] = prop["enum"]
-        if name not in required:
-            entry["default"] = prop.get("default")
-        if prop.get("description"):
-            entry["description"] = prop["description"]
-        fields[name] = entry
-    return {
-        "type": nd.type_name, "category": nd.category, "description": nd.description, "version": nd.version,
-        "output_node": nd.output,
-        "inputs": {n: {"type": i.type, "optional": i.optional} for n, i in nd.inputs.items()},
-        "fields": fields, "outputs": dict(nd.outputs),
-    }
-
-
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write (default: schemas/workflow.schema.json).")
@@ -371,18 +339,14 @@ def _describe_node(nd) -> dict:
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Include node types from MODULE.")
 def schema(out, check, plugins):
     """Write the JSON Schema of workflow files (for editors' YAML language server)."""
-    from flowrun.spec.schema import SCHEMA_PATH, schema_text
-
-    path = out or Path(SCHEMA_PATH)
-    text = schema_text(api.registry(plugins))
+    path = out or Path(api.SCHEMA_PATH)
     if check:
-        current = path.read_text() if path.exists() else ""
-        if current != text:
+        if not api.schema_is_current(path, plugins):
             click.echo(f"{path} is out of date; run `flowrun schema`", err=True)
             return 1
         click.echo(f"{path} is current")
         return 0
-    write_atomic(path, text.encode())
+    api.write_schema(path, plugins)
     click.echo(f"wrote {path}")
     return 0
 
@@ -395,18 +359,21 @@ def cache() -> None:
 _cache_dir_option = click.option("--cache-dir", help="Cache folder (default: $FLOWRUN_CACHE_DIR or the user cache).")
 
 
-def _store(cache_dir):
-    from flowrun.cache.disk import DiskStore
-
-    location = cache_location(cache_dir) if cache_dir else default_cache_dir()
-    if isinstance(location, str):
-        raise UsageError(f"`flowrun cache` looks after a cache folder on this machine, not {location}; "
-                         "use the storage's own tools for a cache at a URL")
-    return DiskStore(location)
-
-
 def _when(t):
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+
+def _size(n: float) -> str:
+    """Bytes in binary units, as people read them: 512 B, 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _removed(removed: int, freed: int) -> str:
+    return f"removed {removed} entr{'y' if removed == 1 else 'ies'}, {_size(freed)} freed"
 
 
 @cache.command("info")
@@ -414,15 +381,13 @@ def _when(t):
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cache_info(cache_dir, as_json):
     """Entries, size, limit and last use of the disk cache."""
-    from flowrun.cache import housekeeping as hk
-
-    data = hk.info(_store(cache_dir), hk.default_max_bytes())
+    data = api.cache_info(cache_dir)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return 0
-    limit = hk.format_size(data["max_bytes"]) if data["max_bytes"] else "none"
-    click.echo(f"cache: {data['path']}\nentries: {data['entries']}\nsize: {hk.format_size(data['bytes'])} "
-               f"(limit {limit}, set with ${hk.MAX_SIZE_ENV})\nused: {_when(data['oldest_use'])} .. "
+    limit = _size(data["max_bytes"]) if data["max_bytes"] else "none"
+    click.echo(f"cache: {data['path']}\nentries: {data['entries']}\nsize: {_size(data['bytes'])} "
+               f"(limit {limit}, set with ${api.MAX_SIZE_ENV})\nused: {_when(data['oldest_use'])} .. "
                f"{_when(data['newest_use'])}")
     if data["stale_temporary"]:
         click.echo(f"left by interrupted writes: {data['stale_temporary']} temporary folder(s) (`flowrun cache prune`)")
@@ -436,14 +401,7 @@ def cache_info(cache_dir, as_json):
 @click.option("--older-than", metavar="DAYS", type=click.FloatRange(min=0), help="Also evict entries unused for DAYS.")
 def cache_prune(cache_dir, max_size, older_than):
     """Evict least recently used entries to bring the cache under a size."""
-    from flowrun.cache import housekeeping as hk
-
-    try:
-        limit = hk.parse_size(max_size) if max_size is not None else hk.default_max_bytes()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    removed, freed = hk.prune(_store(cache_dir), limit, older_than * 86400 if older_than is not None else None)
-    click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'}, {hk.format_size(freed)} freed")
+    click.echo(_removed(*api.cache_prune(cache_dir, max_size, older_than)))
     return 0
 
 
@@ -452,13 +410,9 @@ def cache_prune(cache_dir, max_size, older_than):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def cache_clear(cache_dir, yes):
     """Remove every entry of the disk cache."""
-    from flowrun.cache import housekeeping as hk
-
-    store = _store(cache_dir)
-    if not yes and not click.confirm(f"remove every entry in {store.root}?"):
+    if not yes and not click.confirm(f"remove every entry in {api.cache_folder(cache_dir)}?"):
         return 1
-    removed, freed = hk.clear(store)
-    click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'}, {hk.format_size(freed)} freed")
+    click.echo(_removed(*api.cache_clear(cache_dir)))
     return 0
 
 

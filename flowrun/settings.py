@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flowrun.cache.housekeeping import default_max_bytes
 from flowrun.cache.memory import DEFAULT_MAX_BYTES
+from flowrun.execute.ray_options import RayOptions
 
 CACHE_ENV = "FLOWRUN_CACHE_DIR"
 
@@ -43,8 +44,8 @@ class Settings:
     device: str | None = None  # torch device for models; None: cuda if available, else cpu
     keep_going: bool = False  # a failing node stops only what depends on it; RunFailed at the end lists all
     max_batch: int | None = None  # cells per batched call at most (None: all that can batch together)
-    executor: str = "local"  # "local", or "ray" (with ray_options: execute.ray_executor.RayOptions)
-    ray_options: object | None = None
+    executor: str = "local"  # "local", or "ray" (with ray_options; execute/executor.py picks by this)
+    ray_options: RayOptions | None = None  # None: RayOptions() (a local cluster, one worker per CPU)
     batch: bool = True  # cells differing only in seed/cfg sample in one batched call (see README)
     contact_sheets: bool = True  # sweeps write contact-<node>.png and index.html into the output folder
 

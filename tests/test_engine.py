@@ -8,9 +8,10 @@ import os
 import pytest
 
 from flowrun import api
-from flowrun.cache.disk import CacheWarning, DiskStore
+from flowrun.cache.disk import DiskStore
 from flowrun.cache.keys import canonical_json, node_key
 from flowrun.cache.memory import MemoryCache
+from flowrun.cache.store import CacheWarning
 from flowrun.errors import RunFailed
 from flowrun.settings import Settings
 from flowrun.spec.sweep import Overrides

@@ -9,8 +9,9 @@ import uuid
 
 import pytest
 
-from flowrun.cache.disk import CacheWarning
-from flowrun.cache.fsspec_store import FsspecStore, open_store
+from flowrun.cache.fsspec_store import FsspecStore
+from flowrun.cache.location import open_store
+from flowrun.cache.store import CacheWarning
 
 pytest.importorskip("fsspec")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowrun.interop.comfyui import CORE_NODES
+from flowrun.graph.comfy_prompt import CORE_NODES
 
 from conftest import ROOT
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from flowrun import api
-from flowrun.execute.ray_executor import RayOptions
+from flowrun.execute.ray_options import RayOptions
 from flowrun.settings import Settings
 from flowrun.spec.sweep import Overrides
 
@@ -187,7 +187,7 @@ def test_ray_options_are_checked(cluster, cli, workflow, tmp_path):
 
 def test_a_worker_with_other_library_versions_is_refused():
     from flowrun import __version__
-    from flowrun.execute.ray_executor import _environment_mismatch
+    from flowrun.execute.ray_worker import _environment_mismatch
     from flowrun.graph.build import environment_info
 
     expected = {"flowrun": __version__, **environment_info(None)}

@@ -16,38 +16,18 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from flowrun.cache.store import verified_blobs, warn_discarded
+
 LAYOUT = "v1"
 
 
-class CacheWarning(UserWarning):
-    """A cache entry could not be used (corrupt, unreadable); it is discarded and recomputed."""
-
-
-def verified_blobs(meta: dict[str, Any], read) -> tuple[dict[str, bytes] | None, str]:
-    """The blobs an entry's meta lists, each read with `read(blob)` and checked against its size and
-    sha256; (None, why) at the first one missing or damaged. Shared by both stores."""
-    blobs: dict[str, bytes] = {}
-    for blob in meta.get("blobs", []):
-        try:
-            data = read(blob)
-        except OSError:
-            return None, f"blob {blob['name']!r} is missing"
-        if len(data) != blob["size"] or hashlib.sha256(data).hexdigest() != blob["sha256"]:
-            return None, f"blob {blob['name']!r} does not match its checksum"
-        blobs[blob["name"]] = data
-    return blobs, ""
-
-
-def warn_discarded(key: str, why: str) -> None:
-    warnings.warn(f"cache entry {key[:12]} discarded: {why}; it will be recomputed", CacheWarning, stacklevel=4)
-
-
 class DiskStore:
+    """The cache in a folder on this machine (a `Store`): entries published by folder rename, file locks."""
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.base = self.root / LAYOUT

@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from contextlib import nullcontext
 from typing import Any
 
-from flowrun.cache.disk import LAYOUT, DiskStore, verified_blobs, warn_discarded
-
-
-def is_url(location: str | os.PathLike) -> bool:
-    return "://" in str(location)
+from flowrun.cache.disk import LAYOUT, DiskStore
+from flowrun.cache.store import verified_blobs, warn_discarded
+from flowrun.safepath import write_atomic
 
 
 class FsspecStore:
+    """The cache on an fsspec filesystem (a `Store`): content-named blobs, then one record per entry."""
+
     def __init__(self, url: str, **storage_options):
         try:
             import fsspec
@@ -57,14 +55,11 @@ class FsspecStore:
 
     def _write(self, path: str, data: bytes) -> None:
         """One object written whole: a PUT on object stores; write-then-rename on a local filesystem."""
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        if not self.local:
-            self.fs.pipe_file(path, data)
+        if self.local:
+            write_atomic(path, data)  # the path is a local one here
             return
-        tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, path)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(path, data)
 
     def locked(self, keys: list[str]):
         """File locks where the store is a local (or network-mounted) filesystem, as DiskStore takes;
@@ -119,9 +114,3 @@ def _protocols(fs) -> set[str]:
     proto = fs.protocol
     return set(proto) if isinstance(proto, (tuple, list)) else {proto}
 
-
-def open_store(location: str | os.PathLike):
-    """The cache store for a folder (DiskStore, with locks and eviction) or a URL (FsspecStore)."""
-    if is_url(location):
-        return FsspecStore(str(location))
-    return DiskStore(location)

@@ -31,14 +31,6 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def format_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def default_max_bytes() -> int:
     """$FLOWRUN_CACHE_MAX_SIZE, else 20 GiB; 0 means no limit."""
     return parse_size(os.environ[MAX_SIZE_ENV]) if os.environ.get(MAX_SIZE_ENV) else DEFAULT_MAX_BYTES

@@ -6,14 +6,16 @@ from contextlib import nullcontext
 from typing import Any
 
 from flowrun.cache import codecs
-from flowrun.cache.disk import DiskStore
 from flowrun.cache.memory import MemoryCache
+from flowrun.cache.store import Store
 
 FILES = "files"  # the pseudo-output under which an output node's written files are cached
 
 
 class NodeCache:
-    def __init__(self, memory: MemoryCache | None, disk: DiskStore | None):
+    """A node's outputs by cache key: in memory (any value), and in a store when their port types serialize."""
+
+    def __init__(self, memory: MemoryCache | None, disk: Store | None):
         self.memory = memory
         self.disk = disk
 
@@ -32,7 +34,7 @@ class NodeCache:
 
     def locked(self, keys: list[str], out_types: dict[str, str] | None):
         """While computing entries that go to disk: hold their locks, so that processes sharing the
-        cache folder do not compute the same entry at once (see DiskStore.locked)."""
+        cache folder do not compute the same entry at once (see Store.locked)."""
         if self.disk is None or (out_types is not None and not self.serializable(out_types)):
             return nullcontext()
         return self.disk.locked(keys)

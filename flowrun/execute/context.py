@@ -123,17 +123,13 @@ class Outputs:
 
 @dataclass
 class Services:
-    """What every node of a run shares: built once per run (`for_run`), handed to each node's context."""
+    """What every node of a run shares: built once per run (flowrun.execute.resources), handed to each
+    node's context."""
 
     device: DevicePolicy = field(default_factory=DevicePolicy)
     models: ModelPool = field(default_factory=ModelPool)
     lookup: FileLookup | None = None
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next step
-
-    @classmethod
-    def for_run(cls, settings, workflow_file: str | Path, models: ModelPool | None = None) -> "Services":
-        return cls(DevicePolicy(settings.device), models or ModelPool(),
-                   FileLookup.from_settings(settings, workflow_file))
 
 
 class RunContext:

@@ -19,7 +19,7 @@ from flowrun.cache.keys import digest, node_key
 from flowrun.files import FileLookup
 from flowrun.graph.files import fingerprints as file_fingerprints
 from flowrun.graph.resolve import Resolved
-from flowrun.interop.comfyui import api_prompt_text
+from flowrun.graph.comfy_prompt import api_prompt_text
 from flowrun.nodes.registry import NodeDef
 from flowrun.spec.templating import referenced_names
 

@@ -1,43 +1,14 @@
-"""ComfyUI's API format ("prompt"): {"id": {"class_type": ..., "inputs": {...}}}, links as [node_id, output_index].
+"""Export to ComfyUI's API format ("prompt"): one graph per sweep cell, for `flowrun export`.
 
-flowrun's node and field names are ComfyUI's, so a resolved cell maps one to one, for the node types
-listed in CORE_NODES (plugins' nodes may not exist in ComfyUI, and then no prompt is written).
+The mapping of one resolved cell is flowrun.graph.comfy_prompt's (output provenance uses it too); this
+module picks the cells and the nodes that lead to an output node.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-CORE_NODES = frozenset({
-    "CheckpointLoaderSimple", "LoraLoader", "CLIPTextEncode", "CLIPSetLastLayer", "ConditioningCombine",
-    "ConditioningConcat", "ConditioningSetArea", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy",
-    "VAEEncode", "VAEDecode", "KSampler", "KSamplerAdvanced", "LoadImage", "ImageScale", "SaveImage",
-    "EmptyImage", "ImageInvert", "ImageBlend", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
-    "PrimitiveBoolean",
-})
-
-
-def api_prompt(instances: dict[str, Any], node_ids: list[str]) -> dict[str, Any] | None:
-    """The API-format graph of `node_ids` (resolved instances of one cell), or None if a node has no
-    ComfyUI counterpart."""
-    prompt: dict[str, Any] = {}
-    for nid in node_ids:
-        inst = instances[nid]
-        nd = inst.node_def
-        if nd.type_name not in CORE_NODES:
-            return None
-        inputs: dict[str, Any] = dict(inst.literals)
-        for name, link in inst.links.items():
-            src = instances[link.node].node_def
-            inputs[name] = [link.node, list(src.outputs).index(link.output)]
-        prompt[nid] = {"class_type": nd.type_name, "inputs": inputs, "_meta": {"title": nid}}
-    return prompt
-
-
-def api_prompt_text(instances: dict[str, Any], node_ids: list[str]) -> str | None:
-    prompt = api_prompt(instances, node_ids)
-    return None if prompt is None else json.dumps(prompt, sort_keys=True)
+from flowrun.graph.comfy_prompt import CORE_NODES, api_prompt
 
 
 def export_cells(resolved: Any, cell_label: str | None = None) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ WORKFLOW_CHUNK = "flowrun_workflow"
 
 
 def read_workflow(image: Path) -> str:
+    """The resolved workflow YAML that flowrun stored in `image`; UsageError if it has none."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -26,6 +27,8 @@ def read_workflow(image: Path) -> str:
 
 @dataclass
 class Reproduction:
+    """The image, its new render, and whether they match (with a message saying how)."""
+
     original: Path
     new: Path
     identical: bool
@@ -35,7 +38,7 @@ class Reproduction:
 def reproduce(image: Path, settings, workflow_dir: Path | None = None) -> Reproduction:
     """Re-render `image`. Relative file names in its workflow (input images) resolve against workflow_dir,
     by default the image's folder."""
-    from flowrun import api
+    from flowrun import pipeline
     from flowrun.regress.compare import Thresholds, compare, load_rgb
 
     text = read_workflow(image)
@@ -44,9 +47,9 @@ def reproduce(image: Path, settings, workflow_dir: Path | None = None) -> Reprod
         fh.write(text)
         wf = Path(fh.name)
     try:
-        resolved = api.load(wf, plugins=settings.plugins)
+        resolved = pipeline.load(wf, plugins=settings.plugins)
         out = Path(settings.out_dir or tempfile.mkdtemp(prefix="flowrun-reproduce-"))
-        result = api.run(resolved, replace(settings, out_dir=out, contact_sheets=False))
+        result = pipeline.run(resolved, replace(settings, out_dir=out, contact_sheets=False))
     finally:
         wf.unlink(missing_ok=True)
     match = [f for f in result.files if f.name == image.name] or [f for f in result.files if f.suffix == ".png"]

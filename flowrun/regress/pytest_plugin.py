@@ -31,9 +31,9 @@ def pytest_collect_file(file_path: Path, parent):
 
 class WorkflowCase(pytest.File):
     def collect(self):
-        from flowrun import api
+        from flowrun import pipeline
 
-        resolved = api.load(self.path)
+        resolved = pipeline.load(self.path)
         self._result = None
         for cell in resolved.cells:
             yield CellItem.from_parent(self, name=cell.label, cell=cell.label)

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from flowrun import api
+from flowrun import pipeline
 from flowrun.errors import FlowrunError, WorkflowInvalid
+from flowrun.regress import report
 from flowrun.regress.cases import CaseResult, current_backend, discover, judge, thresholds_of, update_goldens
 from flowrun.settings import Settings
 
 
+@dataclass
+class RegressionRun:
+    """What `flowrun test` found: each workflow's result, the goldens it changed, and where the reports went
+    (none written when no workflow was found)."""
+
+    paths: list[Path]
+    results: list[CaseResult] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    html_report: Path | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    exit_code: int = 2
+
+
 def run_case(workflow: Path, settings: Settings, out_dir: Path, backend: str, update: bool = False
              ) -> tuple[CaseResult, list[str]]:
+    """Render one workflow's cases into out_dir and judge them (rewriting its goldens first, with update)."""
     result = CaseResult(workflow)
     try:
-        resolved = api.load(workflow, plugins=settings.plugins)
+        resolved = pipeline.load(workflow, plugins=settings.plugins)
     except WorkflowInvalid as exc:
         result.error, result.exit_code = exc.render(), 2
         return result, []
     try:
-        run = api.run(resolved, replace(settings, out_dir=out_dir))
+        run = pipeline.run(resolved, replace(settings, out_dir=out_dir))
     except FlowrunError as exc:
         result.error, result.exit_code = exc.render(), exc.exit_code
         return result, []
@@ -35,6 +50,7 @@ def run_case(workflow: Path, settings: Settings, out_dir: Path, backend: str, up
 
 def run_cases(paths: list[Path], settings: Settings, out_root: Path, *, update: bool = False,
               backend: str | None = None) -> tuple[list[CaseResult], list[str]]:
+    """Every workflow under `paths`, each rendered into its own folder below out_root."""
     backend = backend or current_backend(settings.device)
     results, changes, used = [], [], set()
     for workflow in discover(paths):
@@ -48,7 +64,22 @@ def run_cases(paths: list[Path], settings: Settings, out_root: Path, *, update: 
     return results, changes
 
 
+def run_suite(paths: list[Path], settings: Settings, report_dir: Path, *, update: bool = False,
+              backend: str | None = None) -> RegressionRun:
+    """Render the cases under `paths` (default: workflows/, else the current folder) into report_dir/renders,
+    and write the HTML, JUnit and JSON reports beside them."""
+    paths = list(paths) or [Path("workflows") if Path("workflows").is_dir() else Path(".")]
+    results, changes = run_cases(paths, settings, report_dir / "renders", update=update, backend=backend)
+    if not results:
+        return RegressionRun(paths)
+    html_path = report.write_html(results, report_dir / "report.html")
+    report.write_junit(results, report_dir / "junit.xml")
+    report.write_json(results, report_dir / "summary.json", changes)
+    return RegressionRun(paths, results, changes, html_path, report.counts(results), exit_code(results))
+
+
 def exit_code(results: list[CaseResult]) -> int:
+    """2 if a workflow is invalid, else 1 if a case failed, else 0."""
     if any(r.exit_code == 2 for r in results):
         return 2
     return 1 if any(r.grade == "fail" for r in results) else 0

@@ -1,11 +1,9 @@
-"""Run a planned workflow on a Ray cluster: units of cells go to actors that keep their models loaded.
+"""Run a planned workflow on a Ray cluster: the driver's side, which schedules units of cells on workers.
 
 The driver plans as on one machine, cuts the plan into units (execute/partition.py) and hands them to
-a pool of `CellWorker` actors. Each actor holds the graph (sent once), a memory cache that keeps loaded
-checkpoints between units, and the shared disk cache; it renders a unit with the same Runner as the
-local executor, into a private folder, and returns the files and the node records. The driver writes
-the files into its output folder (atomically, each once) and merges the records into run.json with
-the worker and time of each cell.
+a pool of `CellWorker` actors (execute/ray_worker.py), which keep their models loaded between units and
+return each unit's files and node records. The driver writes the files into its output folder
+(atomically, each once) and merges the records into run.json with the worker and time of each cell.
 
 Scheduling: a worker that finishes a unit gets the next unit that needs the models it already holds,
 else the next in the graph's order. A worker that dies mid-unit (its process killed, its machine gone)
@@ -17,122 +15,24 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flowrun.errors import RunFailed, UsageError
 from flowrun.execute.partition import Unit, partition
+from flowrun.execute.ray_options import RayOptions, require_ray
+from flowrun.execute.ray_worker import CellWorker, environment
+from flowrun.execute.runner import NodeRecord
 from flowrun.graph.batching import batch_groups
-from flowrun.execute.runner import SKIPPED, NodeRecord
 from flowrun.graph.build import Graph
 from flowrun.graph.plan import Step
 from flowrun.safepath import inside, write_atomic
 
-INSTALL_HINT = "the Ray executor needs Ray: pip install 'flowrun[ray]'"
 MAX_ATTEMPTS = 3  # a unit whose worker died is tried on this many workers in all
 # environment the workers need to see as the driver does (plugins, model folders, test switches)
 FORWARDED_ENV = ("FLOWRUN_", "HF_", "TRANSFORMERS_", "PYTHONPATH", "CUBLAS_WORKSPACE_CONFIG")
-
-
-@dataclass
-class RayOptions:
-    address: str | None = None  # None: start a local cluster for this run; "auto": the running one
-    workers: int | None = None  # None: as many as the cluster's CPUs (or GPUs, with gpus_per_worker)
-    gpus_per_worker: float = 0
-    cpus_per_worker: float = 1
-
-
-def require_ray():
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(INSTALL_HINT) from None
-    return ray
-
-
-class CellWorker:
-    """Lives in a Ray actor: renders units of cells of one graph."""
-
-    def __init__(self, settings, env: dict[str, str], threads: int, expected: dict[str, Any]):
-        import sys
-
-        os.environ.update(env)
-        for entry in env.get("PYTHONPATH", "").split(os.pathsep):  # plugin modules the graph refers to
-            if entry and entry not in sys.path:
-                sys.path.append(entry)
-        # torch uses as many threads as the CPUs the worker reserved. On the CPU, results depend on the
-        # thread count by float rounding (at most one 8-bit level), as a local run's do.
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
-        from flowrun.cache.fsspec_store import open_store
-        from flowrun.cache.memory import MemoryCache
-        from flowrun.cache.tiers import NodeCache
-        from flowrun.diffusion.offline import go_offline
-
-        go_offline()
-        self.settings = settings
-        self.cache = (NodeCache(MemoryCache(settings.memory_bytes), open_store(settings.cache_dir))
-                      if settings.use_cache else None)
-        self.graph: Graph | None = None
-        self.graph_id = None
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.mismatch = _environment_mismatch(expected, settings.device)
-
-    def _use_graph(self, boxed_ref: list) -> None:
-        # the graph comes by reference with each call (boxed, so Ray does not fetch it every time): an
-        # actor that Ray restarted after a crash fetches it again on its first call
-        import ray
-
-        (ref,) = boxed_ref
-        if self.graph_id != ref.hex():
-            from flowrun.execute.context import Services
-
-            self.graph, self.graph_id = ray.get(ref), ref.hex()
-            self.services = Services.for_run(self.settings, self.graph.resolved.file)
-
-    def render(self, boxed_graph: list, targets: list[str]) -> dict[str, Any]:
-        from flowrun.execute.runner import Runner
-        from flowrun.graph.plan import plan
-
-        if self.mismatch:
-            return {"worker": self.name, "fatal": f"worker {self.name} {self.mismatch}"}
-        self._use_graph(boxed_graph)
-        steps = plan(self.graph, self.cache, set(targets))
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="flowrun-worker-") as tmp:
-            runner = Runner(self.graph, steps, self.cache, Path(tmp), self.services, None, batch=self.settings.batch,
-                            keep_going=self.settings.keep_going, max_batch=self.settings.max_batch)
-            try:
-                runner.run()
-            except RunFailed:
-                pass  # each failure is in runner.failures, sent back below
-            files = {name: (Path(tmp) / name).read_bytes() for r in runner.records.values() for name in r.files}
-        records = {key: {"status": r.status, "seconds": r.seconds, "files": r.files, "batched": r.batched,
-                         "error": r.error}
-                   for key, r in runner.records.items() if r.status != SKIPPED}
-        failures = [(f.node, f.node_type, list(f.cells), f.message) for f in runner.failures]
-        return {"worker": self.name, "seconds": time.perf_counter() - started, "records": records, "files": files,
-                "failures": failures}
-
-
-def _environment_mismatch(expected: dict[str, Any], device: str | None) -> str | None:
-    """Why this worker may not render for the driver: cache keys carry the driver's library versions and
-    machine type, so results from other versions would be stored under keys that do not describe them."""
-    from flowrun import __version__
-    from flowrun.graph.build import environment_info
-
-    here = {"flowrun": __version__, **environment_info(device)}
-    diffs = [f"{k} {here.get(k)!r} (driver: {v!r})" for k, v in expected.items() if k != "versions" and here.get(k) != v]
-    diffs += [f"{k} {here['versions'].get(k)} (driver: {v})" for k, v in expected["versions"].items()
-              if here["versions"].get(k) != v]
-    return "has " + ", ".join(diffs) + "; install the driver's versions on every worker" if diffs else None
-
-
+# when two units report the same node, the record that says most wins (a failure over a cache hit)
 _RANK = {"skipped": 0, "cached": 1, "blocked": 2, "executed": 3, "interrupted": 4, "failed": 5}
 
 
@@ -160,8 +60,6 @@ class RayExecutor:
             n = self._pool_size(ray)
             if self.settings.batch and self.settings.max_batch is None:
                 # spread each batch over the workers: a 16-seed sweep on 2 workers batches 8 on each
-                from dataclasses import replace
-
                 groups = batch_groups(self.steps)
                 largest = max((len(g) for g in groups.values()), default=1)
                 self.settings = replace(self.settings, max_batch=max(1, math.ceil(largest / n)))
@@ -194,10 +92,7 @@ class RayExecutor:
                            max_task_retries=0)(CellWorker)
         self.graph_ref = ray.put(self.graph)  # kept for the whole run: restarted actors fetch it again
         threads = max(1, int(opts.cpus_per_worker))
-        from flowrun import __version__
-        from flowrun.graph.build import environment_info
-
-        expected = {"flowrun": __version__, **environment_info(self.settings.device)}
+        expected = environment(self.settings.device)
         return [actor.remote(self.settings, env, threads, expected) for _ in range(n)]
 
     def _schedule(self, ray, units: list[Unit], n_workers: int) -> None:

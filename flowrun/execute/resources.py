@@ -1,0 +1,37 @@
+"""What a run stands on, built from Settings: the node cache, the file lookup, and the services every
+node's run context draws on (device policy, model pool, files).
+
+One place for both the process that plans a run and the Ray workers that render its cells, so that the
+two see the same cache and resolve the same file names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowrun.cache.location import open_store
+from flowrun.cache.memory import MemoryCache
+from flowrun.cache.tiers import NodeCache
+from flowrun.execute.context import DevicePolicy, ModelPool, Services
+from flowrun.files import FileLookup
+from flowrun.settings import Settings
+
+
+def open_cache(settings: Settings, memory: MemoryCache | None = None) -> NodeCache | None:
+    """Memory (`memory`, or a new one of settings.memory_bytes) in front of the store at settings.cache_dir;
+    None with the cache turned off."""
+    if not settings.use_cache:
+        return None
+    return NodeCache(memory if memory is not None else MemoryCache(settings.memory_bytes), open_store(settings.cache_dir))
+
+
+def file_lookup(workflow_file: str | Path, settings: Settings) -> FileLookup:
+    """Files as the nodes of `workflow_file` see them: relative names from its folder, the model folders,
+    the checksum memo in the local cache folder."""
+    return FileLookup(Path(workflow_file).resolve().parent, tuple(settings.models_dirs), settings.local_cache_dir,
+                      settings.allow_pickle)
+
+
+def services(workflow_file: str | Path, settings: Settings, models: ModelPool | None = None) -> Services:
+    """What every node of one run shares: the device policy, the model pool, the file lookup."""
+    return Services(DevicePolicy(settings.device), models or ModelPool(), file_lookup(workflow_file, settings))

@@ -1,0 +1,43 @@
+"""The ComfyUI API-format prompt of a resolved cell: {"id": {"class_type": ..., "inputs": {...}}}, links as
+[node_id, output_index].
+
+Output provenance carries it (ComfyUI opens such an image as a graph), and `flowrun export` writes it.
+flowrun's node and field names are ComfyUI's, so a resolved cell maps one to one, for the node types
+listed in CORE_NODES (plugins' nodes may not exist in ComfyUI, and then there is no prompt).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+CORE_NODES = frozenset({
+    "CheckpointLoaderSimple", "LoraLoader", "CLIPTextEncode", "CLIPSetLastLayer", "ConditioningCombine",
+    "ConditioningConcat", "ConditioningSetArea", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy",
+    "VAEEncode", "VAEDecode", "KSampler", "KSamplerAdvanced", "LoadImage", "ImageScale", "SaveImage",
+    "EmptyImage", "ImageInvert", "ImageBlend", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
+    "PrimitiveBoolean",
+})
+
+
+def api_prompt(instances: dict[str, Any], node_ids: list[str]) -> dict[str, Any] | None:
+    """The API-format graph of `node_ids` (resolved instances of one cell), or None if a node has no
+    ComfyUI counterpart."""
+    prompt: dict[str, Any] = {}
+    for nid in node_ids:
+        inst = instances[nid]
+        nd = inst.node_def
+        if nd.type_name not in CORE_NODES:
+            return None
+        inputs: dict[str, Any] = dict(inst.literals)
+        for name, link in inst.links.items():
+            src = instances[link.node].node_def
+            inputs[name] = [link.node, list(src.outputs).index(link.output)]
+        prompt[nid] = {"class_type": nd.type_name, "inputs": inputs, "_meta": {"title": nid}}
+    return prompt
+
+
+def api_prompt_text(instances: dict[str, Any], node_ids: list[str]) -> str | None:
+    """api_prompt as canonical JSON (sorted keys, so equal graphs give equal bytes), or None."""
+    prompt = api_prompt(instances, node_ids)
+    return None if prompt is None else json.dumps(prompt, sort_keys=True)

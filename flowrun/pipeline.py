@@ -1,0 +1,165 @@
+"""The core pipeline, load → plan → run: read and validate a workflow, plan its nodes against the cache,
+render them and write the outputs and run.json.
+
+flowrun.api offers these to users with the commands around them; regression tests and reproduction
+(which the api also offers) build on this module, not on the api.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from flowrun.errors import FlowrunError, UsageError
+from flowrun.nodes.registry import Registry, default_registry
+from flowrun.safepath import remove_stale_temporaries
+from flowrun.settings import Settings, default_out_dir
+from flowrun.spec.document import load_document
+from flowrun.spec.source import read_source
+from flowrun.spec.sweep import Overrides
+
+if TYPE_CHECKING:  # typing only: these import networkx, which `validate` does not need
+    from flowrun.cache.memory import MemoryCache
+    from flowrun.execute.events import Events
+    from flowrun.graph.build import Graph
+    from flowrun.graph.plan import Step
+    from flowrun.graph.resolve import Resolved
+
+_registries: dict[tuple[str, ...], Registry] = {}
+
+
+def registry(plugins: Iterable[str] = ()) -> Registry:
+    """The node registry: built-in families plus plugins (entry points, $FLOWRUN_PLUGINS, `plugins`)."""
+    names = tuple(plugins)
+    if names not in _registries:
+        try:
+            _registries[names] = default_registry(names)
+        except ImportError as exc:
+            raise UsageError(f"cannot load node plugin: {exc}") from None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return _registries[names]
+
+
+def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins: Iterable[str] = (),
+         reg: Registry | None = None, files: Settings | None = None) -> "Resolved":
+    """Read, validate and expand a workflow file. With `files` (the settings that say where models are
+    looked up), also check that every model, LoRA and input file it names exists. Raises WorkflowInvalid
+    listing every problem."""
+    from flowrun.graph.resolve import resolve
+
+    source = read_source(str(path))
+    spec = load_document(source)
+    resolved = resolve(spec, source, reg or registry(plugins), overrides)
+    if files is not None:
+        from flowrun.execute.resources import file_lookup
+        from flowrun.graph.files import check
+
+        check(resolved, file_lookup(resolved.file, files))
+    return resolved
+
+
+def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]:
+    """Estimated seconds for the steps that will run, from timings of earlier runs (and the node types
+    that have none)."""
+    from flowrun.execute import timings
+    from flowrun.graph.plan import RUN
+
+    data = timings.load(settings.local_cache_dir)
+    return timings.estimate(data, [s.task for s in steps if s.action == RUN])
+
+
+def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph", list["Step"]]:
+    """The merged graph of all cells and, for each node, whether it will run, come from the cache, or be skipped."""
+    from flowrun.execute.resources import file_lookup, open_cache
+    from flowrun.graph.build import build
+    from flowrun.graph.plan import plan as make_plan
+
+    settings = settings or Settings()
+    graph = build(resolved, file_lookup(resolved.file, settings), settings.device)
+    return graph, make_plan(graph, open_cache(settings))
+
+
+@contextmanager
+def _ignoring_interrupts():
+    """While run.json is written: a second Ctrl-C waits until it is done (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class RunResult:
+    """What a run wrote: its manifest (run.json's content), the output folder and run.json's path."""
+
+    manifest: dict[str, Any]
+    out_dir: Path
+    manifest_path: Path
+
+    @property
+    def files(self) -> list[Path]:
+        """Every output file, in the manifest's order."""
+        return [self.out_dir / f for n in self.manifest["nodes"] for f in n["outputs"]]
+
+
+def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Events | None" = None,
+        memory: "MemoryCache | None" = None) -> RunResult:
+    """Run a loaded workflow and write its outputs and run.json. Raises RunFailed if a node fails (run.json
+    is written all the same, with the failure recorded)."""
+    from flowrun.execute.executor import cells_of, make_executor
+    from flowrun.execute.manifest import build_manifest, now, write_manifest
+    from flowrun.execute.resources import open_cache, services
+    from flowrun.graph.build import build
+    from flowrun.graph.plan import plan as make_plan
+
+    settings = settings or Settings()
+    out_dir = Path(settings.out_dir or default_out_dir(resolved.file))
+    cache = open_cache(settings, memory)
+    shared = services(resolved.file, settings)
+    graph = build(resolved, shared.lookup, settings.device)
+    steps = make_plan(graph, cache)
+    executor = make_executor(settings, graph, steps, cache, out_dir, shared, events)
+    started, t0 = now(), time.perf_counter()
+    status, error = "ok", None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        executor.run()
+    except FlowrunError as exc:
+        status, error = "failed", exc.render()
+        raise
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    finally:
+        manifest = build_manifest(graph, executor.records, status=status, started=started,
+                                  seconds=time.perf_counter() - t0, error=error,
+                                  cells=cells_of(executor), executor=settings.executor)
+        if status == "ok" and settings.contact_sheets:
+            from flowrun.execute.contact_sheet import write_sheets
+
+            manifest["sheets"] = write_sheets(manifest, out_dir)
+        with _ignoring_interrupts():
+            if out_dir.is_dir():
+                path = write_manifest(out_dir, manifest)
+            if settings.local_cache_dir is not None:
+                from flowrun.execute import timings
+
+                timings.record(settings.local_cache_dir, manifest)
+    if settings.local_cache_dir is not None and settings.disk_max_bytes and cache is not None:
+        from flowrun.cache.housekeeping import prune
+
+        prune(cache.disk, settings.disk_max_bytes)
+    return RunResult(manifest, out_dir, path)
