@@ -92,7 +92,10 @@ def environment_info(device: str | None) -> dict[str, Any]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("torch", "diffusers", "transformers", "numpy", "pillow", "safetensors"):
+    # every library whose numbers reach outputs: tokenizers splits prompts, torchsde draws SDE noise,
+    # scipy integrates LMS coefficients and the beta schedule (scikit-image only compares regression renders)
+    for dist in ("torch", "diffusers", "transformers", "tokenizers", "numpy", "pillow", "safetensors", "torchsde",
+                 "scipy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
