@@ -124,12 +124,13 @@ class CellWorker:
 
 
 def _environment_mismatch(expected: dict[str, Any], device: str | None) -> str | None:
-    """Why this worker may not render for the driver: cache keys carry the driver's library versions and
-    machine type, so results from other versions would be stored under keys that do not describe them."""
+    """Why this worker may not render for the driver: cache keys carry the driver's code, library versions
+    and machine type, so results from other versions would be stored under keys that do not describe them."""
     from flowrun import __version__
+    from flowrun.cache.code_identity import package_identity
     from flowrun.graph.build import environment_info
 
-    here = {"flowrun": __version__, **environment_info(device)}
+    here = {"flowrun": __version__, "code": package_identity(), **environment_info(device)}
     diffs = [f"{k} {here.get(k)!r} (driver: {v!r})" for k, v in expected.items() if k != "versions" and here.get(k) != v]
     diffs += [f"{k} {here['versions'].get(k)} (driver: {v})" for k, v in expected["versions"].items()
               if here["versions"].get(k) != v]
@@ -198,9 +199,10 @@ class RayExecutor:
         self.graph_ref = ray.put(self.graph)  # kept for the whole run: restarted actors fetch it again
         threads = max(1, int(opts.cpus_per_worker))
         from flowrun import __version__
+        from flowrun.cache.code_identity import package_identity
         from flowrun.graph.build import environment_info
 
-        expected = {"flowrun": __version__, **environment_info(self.settings.device)}
+        expected = {"flowrun": __version__, "code": package_identity(), **environment_info(self.settings.device)}
         return [actor.remote(self.settings, env, threads, expected) for _ in range(n)]
 
     def _schedule(self, ray, units: list[Unit], n_workers: int) -> None:

@@ -15,6 +15,7 @@ import networkx as nx
 import yaml
 
 from flowrun import __version__
+from flowrun.cache.code_identity import node_code_identity
 from flowrun.cache.fingerprints import FileEnv
 from flowrun.cache.keys import digest, node_key
 from flowrun.errors import FlowrunError, Problem, WorkflowInvalid
@@ -154,8 +155,8 @@ def build(resolved: Resolved, env: FileEnv) -> Graph:
             extra = {"env": env_digest}
             if provenance:
                 extra["provenance"] = digest(provenance)
-            key = node_key(node_type=nd.type_name, version=nd.version, literals=inst.literals, inputs=inputs,
-                           fingerprints=prints, extra=extra)
+            key = node_key(node_type=nd.type_name, version=nd.version, code=node_code_identity(nd),
+                           literals=inst.literals, inputs=inputs, fingerprints=prints, extra=extra)
             keys[nid] = key
             task = tasks.get(key)
             if task is None:
