@@ -241,11 +241,13 @@ def test_fingerprint_of_read_files_enters_the_key(workflow, tmp_path):
 
 
 def test_cache_keys_are_stable_and_sensitive():
-    base = dict(node_type="KSampler", version=1, literals={"seed": 1, "cfg": 7.0}, inputs={"model": ("ab" * 32, "model")})
+    base = dict(node_type="KSampler", version=1, code="0.1.0:" + "e" * 64, literals={"seed": 1, "cfg": 7.0},
+                inputs={"model": ("ab" * 32, "model")})
     k = node_key(**base)
     assert k == node_key(**{**base, "literals": {"cfg": 7.0, "seed": 1}})  # key order does not matter
     assert k != node_key(**{**base, "literals": {"seed": 2, "cfg": 7.0}})
     assert k != node_key(**{**base, "version": 2})
+    assert k != node_key(**{**base, "code": "0.1.0:" + "f" * 64})
     assert k != node_key(**{**base, "inputs": {"model": ("cd" * 32, "model")}})
     assert k != node_key(**base, fingerprints={"ckpt": "0" * 64})
     # fixed: a change here silently invalidates every user's cache, so it must be deliberate

@@ -84,13 +84,16 @@ class CellWorker:
 
 
 def environment(device: str | None) -> dict[str, Any]:
-    """What driver and workers must share: flowrun's version, the libraries' versions, the machine type."""
-    return {"flowrun": __version__, **environment_info(device)}
+    """What driver and workers must share: flowrun's version and code, the libraries' versions, the
+    machine type."""
+    from flowrun.cache.code_identity import package_identity
+
+    return {"flowrun": __version__, "code": package_identity(), **environment_info(device)}
 
 
 def _environment_mismatch(expected: dict[str, Any], device: str | None) -> str | None:
-    """Why this worker may not render for the driver: cache keys carry the driver's library versions and
-    machine type, so results from other versions would be stored under keys that do not describe them."""
+    """Why this worker may not render for the driver: cache keys carry the driver's code, library versions
+    and machine type, so results from other versions would be stored under keys that do not describe them."""
     here = environment(device)
     diffs = [f"{k} {here.get(k)!r} (driver: {v!r})" for k, v in expected.items() if k != "versions" and here.get(k) != v]
     diffs += [f"{k} {here['versions'].get(k)} (driver: {v})" for k, v in expected["versions"].items()

@@ -15,6 +15,7 @@ import networkx as nx
 import yaml
 
 from flowrun import __version__
+from flowrun.cache.code_identity import node_code_identity
 from flowrun.cache.keys import digest, node_key
 from flowrun.files import FileLookup
 from flowrun.graph.files import fingerprints as file_fingerprints
@@ -92,7 +93,10 @@ def environment_info(device: str | None) -> dict[str, Any]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("torch", "diffusers", "transformers", "numpy", "pillow", "safetensors"):
+    # every library whose numbers reach outputs: tokenizers splits prompts, torchsde draws SDE noise,
+    # scipy integrates LMS coefficients and the beta schedule (scikit-image only compares regression renders)
+    for dist in ("torch", "diffusers", "transformers", "tokenizers", "numpy", "pillow", "safetensors", "torchsde",
+                 "scipy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -149,8 +153,8 @@ def build(resolved: Resolved, lookup: FileLookup, device: str | None = None) -> 
             extra = {"env": env_digest}
             if provenance:
                 extra["provenance"] = digest(provenance)
-            key = node_key(node_type=nd.type_name, version=nd.version, literals=inst.literals, inputs=inputs,
-                           fingerprints=prints, extra=extra)
+            key = node_key(node_type=nd.type_name, version=nd.version, code=node_code_identity(nd),
+                           literals=inst.literals, inputs=inputs, fingerprints=prints, extra=extra)
             keys[nid] = key
             task = tasks.get(key)
             if task is None:
