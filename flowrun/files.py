@@ -116,7 +116,7 @@ def fingerprint_path(path: Path, sha256) -> str:
 @dataclass(frozen=True)
 class FileLookup:
     """Where a workflow's file names lead, and what the files hold. Built once per run from the settings
-    (flowrun.execute.resources), used by the planner (fingerprints, missing files) and by nodes (through the run
+    (`for_workflow`), used by the planner (fingerprints, missing files) and by nodes (through the run
     context)."""
 
     workflow_dir: Path
@@ -128,6 +128,13 @@ class FileLookup:
     def __post_init__(self) -> None:
         object.__setattr__(self, "workflow_dir", Path(self.workflow_dir))
         object.__setattr__(self, "roots", tuple(search_roots(self.models_dirs, self.workflow_dir)))
+
+    @classmethod
+    def for_workflow(cls, workflow_file: str | os.PathLike, settings) -> "FileLookup":
+        """The lookup for `workflow_file` under `settings` (flowrun.settings.Settings): names relative to
+        its folder, the model folders, the hash memo in the local cache folder. The one place it is built."""
+        return cls(Path(workflow_file).resolve().parent, tuple(settings.models_dirs), settings.local_cache_dir,
+                   settings.allow_pickle)
 
     def model_roots(self) -> list[Path]:
         return list(self.roots)

@@ -56,10 +56,10 @@ def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins
     spec = load_document(source)
     resolved = resolve(spec, source, reg or registry(plugins), overrides)
     if files is not None:
-        from flowrun.execute.resources import file_lookup
+        from flowrun.files import FileLookup
         from flowrun.graph.files import check
 
-        check(resolved, file_lookup(resolved.file, files))
+        check(resolved, FileLookup.for_workflow(resolved.file, files))
     return resolved
 
 
@@ -75,12 +75,13 @@ def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]
 
 def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph", list["Step"]]:
     """The merged graph of all cells and, for each node, whether it will run, come from the cache, or be skipped."""
-    from flowrun.execute.resources import file_lookup, open_cache
+    from flowrun.execute.resources import open_cache
+    from flowrun.files import FileLookup
     from flowrun.graph.build import build
     from flowrun.graph.plan import plan as make_plan
 
     settings = settings or Settings()
-    graph = build(resolved, file_lookup(resolved.file, settings), settings.device)
+    graph = build(resolved, FileLookup.for_workflow(resolved.file, settings), settings.device)
     return graph, make_plan(graph, open_cache(settings))
 
 

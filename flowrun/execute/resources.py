@@ -1,5 +1,5 @@
-"""What a run stands on, built from Settings: the node cache, the file lookup, and the services every
-node's run context draws on (device policy, model pool, files).
+"""What a run stands on, built from Settings: the node cache and the services every node's run context
+draws on (device policy, model pool, file lookup).
 
 One place for both the process that plans a run and the Ray workers that render its cells, so that the
 two see the same cache and resolve the same file names.
@@ -25,13 +25,7 @@ def open_cache(settings: Settings, memory: MemoryCache | None = None) -> NodeCac
     return NodeCache(memory if memory is not None else MemoryCache(settings.memory_bytes), open_store(settings.cache_dir))
 
 
-def file_lookup(workflow_file: str | Path, settings: Settings) -> FileLookup:
-    """Files as the nodes of `workflow_file` see them: relative names from its folder, the model folders,
-    the checksum memo in the local cache folder."""
-    return FileLookup(Path(workflow_file).resolve().parent, tuple(settings.models_dirs), settings.local_cache_dir,
-                      settings.allow_pickle)
-
-
 def services(workflow_file: str | Path, settings: Settings, models: ModelPool | None = None) -> Services:
     """What every node of one run shares: the device policy, the model pool, the file lookup."""
-    return Services(DevicePolicy(settings.device), models or ModelPool(), file_lookup(workflow_file, settings))
+    return Services(DevicePolicy(settings.device), models or ModelPool(),
+                    FileLookup.for_workflow(workflow_file, settings))
