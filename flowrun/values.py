@@ -32,6 +32,7 @@ class CondEntry:
     embedding: Any  # [1, tokens, width]
     pooled_output: Any | None = None  # [1, width] for models that take a pooled text embedding (SDXL)
     area: tuple[int, int, int, int] | None = None  # (height, width, y, x) in latent pixels
+    area_percent: tuple[float, float, float, float] | None = None  # (height, width, y, x) as parts of the latent
     strength: float = 1.0
     set_area_to_bounds: bool = False
     mask: Any | None = None  # [1, h, w] in 0..1, applied over the latent

@@ -1,8 +1,9 @@
 """Classifier-free guidance over CONDITIONING lists, with ComfyUI's regional (area) conditioning.
 
 Each conditioning entry is run on its area of the latent (the whole latent when it has none), weighted by
-its strength and feathered over 8 latent pixels at inner edges; overlapping predictions are averaged by
-weight. Positive and negative entries with the same area shape share one batched forward pass
+its strength and feathered over 8 latent pixels at inner edges, or weighted by its mask (resized to the
+latent; with set_area_to_bounds, only the mask's bounding rectangle is run); overlapping predictions are
+averaged by weight. An entry with a timestep range takes part only while sigma is inside it. Positive and negative entries with the same area shape share one batched forward pass
 ([negative..., positive...], as diffusers orders them). Then D = uncond + (cond - uncond) * cfg; with
 cfg = 1 the negative prompt is not run at all.
 """
@@ -29,6 +30,34 @@ class Entry:
     strength: float
     added: dict[str, torch.Tensor] | None
     positive: bool
+    mask: torch.Tensor | None = None  # [batch or 1, h, w] at the latent's size, times mask_strength
+    sigmas: tuple[float, float] | None = None  # applies while sigma_end <= sigma <= sigma_start
+
+    def active(self, sigma: torch.Tensor) -> bool:
+        if self.sigmas is None:
+            return True
+        value = float(sigma.flatten()[0])
+        return self.sigmas[1] <= value <= self.sigmas[0]
+
+
+def _latent_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A conditioning mask [n, H, W] resized (bilinear) to the latent's h x w, as ComfyUI resizes it."""
+    mask = mask.float()
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if tuple(mask.shape[1:]) != (h, w):
+        mask = torch.nn.functional.interpolate(mask.unsqueeze(1), size=(h, w), mode="bilinear",
+                                               align_corners=False).squeeze(1)
+    return mask
+
+
+def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(height, width, y, x) of the rectangle where the mask is not zero (the whole mask if nowhere)."""
+    where = torch.nonzero(mask.abs().amax(dim=0) > 0)
+    if where.numel() == 0:
+        return (mask.shape[1], mask.shape[2], 0, 0)
+    (y0, x0), (y1, x1) = where.min(dim=0).values.tolist(), where.max(dim=0).values.tolist()
+    return (y1 - y0 + 1, x1 - x0 + 1, y0, x0)
 
 
 def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Tensor, positive: bool) -> list[Entry]:
@@ -36,6 +65,15 @@ def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Ten
     entries = []
     for cond in conditioning:
         area = cond.area
+        if cond.area_percent is not None:
+            ph, pw, py, px = cond.area_percent
+            area = (max(1, round(ph * h)), max(1, round(pw * w)), round(py * h), round(px * w))
+        mask = None
+        if cond.mask is not None:
+            mask = _latent_mask(cond.mask, h, w)
+            if cond.set_area_to_bounds:
+                area = _bounds(mask)
+            mask = mask * float(cond.mask_strength)
         if area is not None:
             ah, aw, ay, ax = (int(v) for v in area)
             ay, ax = min(ay, h - 1), min(ax, w - 1)
@@ -51,7 +89,11 @@ def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Ten
                                       extra.get("target_height", height), extra.get("target_width", width)]],
                                     dtype=torch.float32)
             added = {"text_embeds": pooled.float(), "time_ids": time_ids}
-        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive))
+        sigmas = None
+        if cond.timestep_range is not None:
+            start, end = cond.timestep_range
+            sigmas = (model.sampling.percent_to_sigma(start), model.sampling.percent_to_sigma(end))
+        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive, mask, sigmas))
     return entries
 
 
@@ -69,8 +111,8 @@ def mirror_areas(positive: list[Entry], negative: list[Entry]) -> list[Entry]:
             elif _covers(n.area, p.area) and (best is None or best.area is None or
                                                n.area[0] * n.area[1] < best.area[0] * best.area[1]):
                 best = n
-        if best is not None and best.area != p.area:
-            out.append(Entry(best.context, p.area, p.strength, best.added, False))
+        if best is not None and best.area != p.area:  # where and when the positive applies, the negative's prompt
+            out.append(Entry(best.context, p.area, p.strength, best.added, False, p.mask, p.sigmas))
     return out
 
 
@@ -83,6 +125,10 @@ def _mult(entry: Entry, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, 
     h, w = x.shape[2], x.shape[3]
     area = entry.area or (h, w, 0, 0)
     ah, aw, ay, ax = area
+    if entry.mask is not None:  # a mask weighs each pixel itself: no feathering
+        mask = entry.mask[:x.shape[0], ay:ay + ah, ax:ax + aw].to(x.device, x.dtype)
+        mask = mask.unsqueeze(1).repeat(x.shape[0] // mask.shape[0], x.shape[1], 1, 1)
+        return mask * entry.strength, area
     mult = torch.ones((x.shape[0], x.shape[1], ah, aw), dtype=x.dtype, device=x.device) * entry.strength
     if entry.area is not None:
         for t in range(FEATHER):
@@ -132,6 +178,9 @@ def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry]
         out = {True: torch.zeros_like(x), False: torch.zeros_like(x)}
         count = {True: torch.full_like(x, 1e-37), False: torch.full_like(x, 1e-37)}
         for group in _batches(entries):
+            group = [e for e in group if e.active(sigma)]
+            if not group:
+                continue
             xs, mults, areas = [], [], []
             for e in group:
                 mult, area = _mult(e, x)

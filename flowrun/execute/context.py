@@ -1,7 +1,7 @@
 """The run context: a node's only door to the outside world.
 
 A node gets exactly what it may use: the device and dtype policy, a pool of loaded models, noise from a
-seed, progress and interruption, the files it named (lookup and the fingerprints the plan computed), and
+seed, progress, warnings and interruption, the files it named (lookup and the fingerprints the plan computed), and
 its outputs. The runner builds one per node from run-wide `Services`; a test builds one from fakes
 (every part has a harmless default, so `RunContext()` serves a node that needs none of them).
 """
@@ -138,7 +138,7 @@ class RunContext:
     def __init__(self, *, device: DevicePolicy | None = None, models: ModelPool | None = None,
                  files: NodeFiles | None = None, outputs: Outputs | None = None,
                  progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-                 cells: Sequence[str] = ()):
+                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None):
         self.device = device or DevicePolicy()
         self.models = models or ModelPool()
         self.files = files or NodeFiles()
@@ -146,14 +146,15 @@ class RunContext:
         self.cells = tuple(cells)  # labels of the cells this call computes, for messages
         self._progress = progress
         self._cancel = cancel
+        self._warn = warn
 
     @classmethod
     def for_node(cls, services: Services, *, fingerprints: Mapping[str, str], suffix: str = "",
                  provenance: Mapping[str, Any] | None = None, progress: Callable[[int, int], None] | None = None,
-                 cells: Sequence[str] = ()) -> "RunContext":
+                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None) -> "RunContext":
         return cls(device=services.device, models=services.models,
                    files=NodeFiles(services.lookup, fingerprints), outputs=Outputs(suffix, provenance),
-                   progress=progress, cancel=services.cancel, cells=cells)
+                   progress=progress, cancel=services.cancel, cells=cells, warn=warn)
 
     def noise(self, seeds: int | Sequence[int]):
         """Noise from seeds, drawn on the CPU so that a seed means the same image on every device: one
@@ -161,6 +162,11 @@ class RunContext:
         from flowrun.diffusion.noise import SeedNoise
 
         return SeedNoise([seeds] if isinstance(seeds, int) else list(seeds))
+
+    def warn(self, message: str) -> None:
+        """Tell the person running the workflow about something that works but may not be what they meant."""
+        if self._warn is not None:
+            self._warn(message)
 
     def check_interrupted(self) -> None:
         """Raise KeyboardInterrupt if the run was asked to stop (long nodes call this between steps)."""

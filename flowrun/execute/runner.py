@@ -235,7 +235,8 @@ class Runner:
         """The node's door to the world: the run's services, its files' fingerprints, its outputs."""
         return RunContext.for_node(self.services, fingerprints=task.fingerprints, suffix=task.output_suffix,
                                    provenance=task.provenance, cells=cells,
-                                   progress=lambda step, total: self.events.node_step(task, step, total))
+                                   progress=lambda step, total: self.events.node_step(task, step, total),
+                                   warn=lambda message: self.events.warn(f"node '{task.node_id}': {message}"))
 
     def _announce(self, task: Task) -> None:
         self._started += 1

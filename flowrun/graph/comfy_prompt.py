@@ -17,6 +17,9 @@ CORE_NODES = frozenset({
     "VAEEncode", "VAEDecode", "KSampler", "KSamplerAdvanced", "LoadImage", "ImageScale", "SaveImage",
     "EmptyImage", "ImageInvert", "ImageBlend", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
     "PrimitiveBoolean",
+    # where and when a conditioning applies
+    "ConditioningSetAreaPercentage", "ConditioningSetAreaStrength", "ConditioningSetMask",
+    "ConditioningSetTimestepRange", "ConditioningZeroOut", "ConditioningAverage",
 })
 
 

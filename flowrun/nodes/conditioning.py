@@ -1,8 +1,12 @@
 """Conditioning nodes: CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningConcat,
-ConditioningSetArea. CONDITIONING values are flowrun.values.Conditioning: entries with an embedding
-[1, tokens, width] and named fields for how the sampler applies them."""
+ConditioningAverage, ConditioningZeroOut, and the ones that say where and when an entry applies
+(ConditioningSetArea, -AreaPercentage, -AreaStrength, -Mask, -TimestepRange). CONDITIONING values are
+flowrun.values.Conditioning: entries with an embedding [1, tokens, width] and named fields for how the
+sampler applies them (flowrun/diffusion/guidance.py reads them)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -65,4 +69,101 @@ class AreaParams(NodeParams):
 def conditioning_set_area(p: AreaParams, ctx, *, conditioning: Conditioning) -> Conditioning:
     """Limit a conditioning to a rectangle of the image (pixels), with a strength."""
     area = (p.height // 8, p.width // 8, p.y // 8, p.x // 8)
-    return Conditioning(conditioning).map(lambda e: e.replace(area=area, strength=p.strength, set_area_to_bounds=False))
+    return Conditioning(conditioning).map(lambda e: e.replace(area=area, area_percent=None, strength=p.strength,
+                                                              set_area_to_bounds=False))
+
+
+class AreaPercentageParams(NodeParams):
+    width: float = Field(1.0, ge=0.0, le=1.0)
+    height: float = Field(1.0, ge=0.0, le=1.0)
+    x: float = Field(0.0, ge=0.0, le=1.0)
+    y: float = Field(0.0, ge=0.0, le=1.0)
+    strength: float = Field(1.0, ge=0.0, le=10.0)
+
+
+@node("ConditioningSetAreaPercentage", outputs={"conditioning": ports.CONDITIONING}, category="conditioning")
+def conditioning_set_area_percentage(p: AreaPercentageParams, ctx, *, conditioning: Conditioning) -> Conditioning:
+    """Limit a conditioning to a rectangle given as parts of the image (0..1), whatever its size."""
+    area = (p.height, p.width, p.y, p.x)
+    return Conditioning(conditioning).map(lambda e: e.replace(area_percent=area, area=None, strength=p.strength,
+                                                              set_area_to_bounds=False))
+
+
+class StrengthParams(NodeParams):
+    strength: float = Field(1.0, ge=0.0, le=10.0)
+
+
+@node("ConditioningSetAreaStrength", outputs={"conditioning": ports.CONDITIONING}, category="conditioning")
+def conditioning_set_area_strength(p: StrengthParams, ctx, *, conditioning: Conditioning) -> Conditioning:
+    """Set the weight of a conditioning where it overlaps others."""
+    return Conditioning(conditioning).map(lambda e: e.replace(strength=p.strength))
+
+
+class MaskParams(NodeParams):
+    strength: float = Field(1.0, ge=0.0, le=10.0)
+    set_cond_area: Literal["default", "mask bounds"] = "default"
+
+
+@node("ConditioningSetMask", outputs={"conditioning": ports.CONDITIONING}, category="conditioning")
+def conditioning_set_mask(p: MaskParams, ctx, *, conditioning: Conditioning, mask: ports.Mask) -> Conditioning:
+    """Apply a conditioning through a mask (resized to the latent); with "mask bounds", only over the
+    rectangle the mask covers, sampled at that size."""
+    import numpy as np
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0)
+    return Conditioning(conditioning).map(lambda e: e.replace(mask=tensor, mask_strength=p.strength,
+                                                              set_area_to_bounds=p.set_cond_area != "default"))
+
+
+class TimestepRangeParams(NodeParams):
+    start: float = Field(0.0, ge=0.0, le=1.0)
+    end: float = Field(1.0, ge=0.0, le=1.0)
+
+
+@node("ConditioningSetTimestepRange", outputs={"conditioning": ports.CONDITIONING}, category="advanced/conditioning")
+def conditioning_set_timestep_range(p: TimestepRangeParams, ctx, *, conditioning: Conditioning) -> Conditioning:
+    """Apply a conditioning only from `start` to `end` of the schedule (0: the first step, 1: the last)."""
+    return Conditioning(conditioning).map(lambda e: e.replace(timestep_range=(p.start, p.end)))
+
+
+@node("ConditioningZeroOut", outputs={"conditioning": ports.CONDITIONING}, category="advanced/conditioning")
+def conditioning_zero_out(p: NoParams, ctx, *, conditioning: Conditioning) -> Conditioning:
+    """The same entries with zero embeddings (and zero pooled outputs): "no prompt" for models that want one."""
+    import torch
+
+    return Conditioning(conditioning).map(lambda e: e.replace(
+        embedding=torch.zeros_like(e.embedding),
+        pooled_output=None if e.pooled_output is None else torch.zeros_like(e.pooled_output)))
+
+
+class AverageParams(NodeParams):
+    conditioning_to_strength: float = Field(1.0, ge=0.0, le=1.0)
+
+
+@node("ConditioningAverage", outputs={"conditioning": ports.CONDITIONING}, category="conditioning")
+def conditioning_average(p: AverageParams, ctx, *, conditioning_to: Conditioning,
+                         conditioning_from: Conditioning) -> Conditioning:
+    """conditioning_to * strength + conditioning_from * (1 - strength), entry by entry with the first entry
+    of conditioning_from (its tokens cut or zero-padded to the other's length), pooled outputs likewise."""
+    import torch
+
+    if len(conditioning_from) > 1:
+        ctx.warn("ConditioningAverage uses only the first entry of conditioning_from")
+    source = conditioning_from[0]
+    s = p.conditioning_to_strength
+
+    def mix(e):
+        other = source.embedding[:, :e.embedding.shape[1]]
+        if other.shape[1] < e.embedding.shape[1]:
+            pad = torch.zeros((1, e.embedding.shape[1] - other.shape[1], other.shape[2]), dtype=other.dtype)
+            other = torch.cat([other, pad], dim=1)
+        pooled_to = e.pooled_output if e.pooled_output is not None else source.pooled_output
+        pooled = pooled_to
+        if source.pooled_output is not None and pooled_to is not None:
+            pooled = pooled_to * s + source.pooled_output * (1.0 - s)
+        return e.replace(embedding=e.embedding * s + other * (1.0 - s), pooled_output=pooled)
+
+    return Conditioning(conditioning_to).map(mix)
