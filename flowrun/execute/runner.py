@@ -22,6 +22,7 @@ from flowrun.safepath import inside, write_atomic
 EXECUTED, CACHED, SKIPPED, FAILED = "executed", "cached", "skipped", "failed"
 BLOCKED = "blocked"  # not run because a node it needs failed (with --keep-going)
 INTERRUPTED = "interrupted"  # was running when the run was interrupted (Ctrl-C)
+PREVIEWS = "previews"  # the folder of the run's output folder where preview nodes' files go
 
 
 @dataclass
@@ -180,7 +181,7 @@ class Runner:
         return self.cache.load(key, task.out_types)
 
     def _store(self, key: str, task: Task, value: dict[str, Any]) -> None:
-        if self.cache is not None:
+        if self.cache is not None and not task.node_def.preview:
             self.cache.store(key, value, task.out_types,
                              {"node": task.node_id, "type": task.type_name, "cells": self.graph.cell_labels(task)})
 
@@ -281,6 +282,8 @@ class Runner:
     def _publish(self, task: Task, files: dict[str, bytes]) -> list[str]:
         written = []
         for name, data in files.items():
+            if task.node_def.preview:
+                name = f"{PREVIEWS}/{name}"
             try:
                 path = inside(self.out_dir, name)
             except ValueError as exc:

@@ -29,6 +29,10 @@ def plan(graph: Graph, cache: NodeCache | None, targets: set[str] | None = None)
         if not (wanted or key in demanded):
             steps[key] = Step(task, SKIP, "not needed: what it feeds is cached")
             continue
+        if task.node_def.preview:  # previews are for looking at while iterating: made anew every run
+            steps[key] = Step(task, RUN, "a preview: never cached")
+            demanded.update(up for up, _ in task.inputs.values())
+            continue
         where = cache.where(key, task.out_types) if cache is not None else None
         if where:
             steps[key] = Step(task, CACHED, f"in the {where} cache")

@@ -1,4 +1,5 @@
-"""Image nodes that need no model: solid images, inversion, blending, and SaveImage with provenance.
+"""Image nodes that need no model: solid images, inversion, blending, SaveImage with provenance, and
+PreviewImage.
 
 IMAGE values are float32 numpy arrays shaped [batch, height, width, channels] with values in 0..1 (ComfyUI's
 layout and range, held in numpy so that image work needs no torch).
@@ -107,6 +108,15 @@ def save_image(p: SaveImageParams, ctx, *, images: ports.Image) -> None:
     for i, array in enumerate(images):
         name = f"{stem}.png" if len(images) == 1 else f"{stem}-{i:02d}.png"
         ctx.outputs.save(name, to_png(array, text))
+
+
+@node("PreviewImage", output=True, preview=True, category="image")
+def preview_image(p: NoParams, ctx, *, images: ports.Image) -> None:
+    """Show images without keeping them: PNGs under previews/ in the run's output folder, made anew every
+    run (never cached, never compared with goldens, not in contact sheets)."""
+    stem = ctx.outputs.stem("preview")
+    for i, array in enumerate(images):
+        ctx.outputs.save(f"{stem}.png" if len(images) == 1 else f"{stem}-{i:02d}.png", to_png(array, {}))
 
 
 class LoadImageParams(NodeParams):

@@ -74,6 +74,7 @@ class NodeDef:
     files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # cells that differ only in these fields may run as one call; the function then takes and returns lists
     batch_fields: tuple[str, ...] = ()
+    preview: bool = False  # an output node whose files are previews: under previews/, never cached
 
     @property
     def batch(self) -> bool:
@@ -104,6 +105,7 @@ class NodeDef:
 
 
 def node(type_name: str, *, outputs: Mapping[str, str] | None = None, version: int = 1, output: bool = False,
+         preview: bool = False,
          category: str = "", files: Mapping[str, str] | None = None,
          batch: tuple[str, ...] = ()) -> Callable[[Callable], NodeDef]:
     """Declare a node from its function, which is the one place its interface is written:
@@ -127,10 +129,12 @@ def node(type_name: str, *, outputs: Mapping[str, str] | None = None, version: i
                 raise DeclarationError(f"node {type_name}: files names '{name}', which is not a literal field")
         if output and outs:
             raise DeclarationError(f"node {type_name}: an output node writes files and has no outputs")
+        if preview and not output:
+            raise DeclarationError(f"node {type_name}: a preview node is an output node (output=True)")
         _check_return(type_name, fn, outs, tuple(batch))
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         return NodeDef(type_name, fn, params, MappingProxyType(inputs), MappingProxyType(outs), version, output,
-                       category, doc, MappingProxyType(dict(files or {})), tuple(batch))
+                       category, doc, MappingProxyType(dict(files or {})), tuple(batch), preview)
 
     return wrap
 
