@@ -204,6 +204,8 @@ def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry]
             return cond
         uncond = out[False] / count[False]
         scale = cfg.to(x.device) if isinstance(cfg, torch.Tensor) else cfg
+        if model.cfg_function is not None:
+            return model.cfg_function(cond, uncond, scale, x, sigma)
         return uncond + (cond - uncond) * scale
 
     return run

@@ -98,6 +98,8 @@ class DiffusionModel:
     patches: tuple[Patch, ...] = ()
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    # replaces uncond + (cond - uncond) * cfg: f(cond, uncond, cfg, x, sigma) -> denoised (RescaleCFG)
+    cfg_function: Any = None
 
     @property
     def family(self) -> str:
@@ -109,6 +111,11 @@ class DiffusionModel:
 
     def with_patches(self, patches: list[Patch]) -> "DiffusionModel":
         return replace(self, patches=self.patches + tuple(patches))
+
+    def with_cfg_function(self, fn) -> "DiffusionModel":
+        """The same model whose guidance combines cond and uncond with `fn` (the last one set wins, as in
+        ComfyUI); the model it came from is unchanged."""
+        return replace(self, cfg_function=fn)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                  added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
