@@ -20,7 +20,7 @@ CORE_NODES = frozenset({
     # where and when a conditioning applies
     "ConditioningSetAreaPercentage", "ConditioningSetAreaStrength", "ConditioningSetMask",
     "ConditioningSetTimestepRange", "ConditioningZeroOut", "ConditioningAverage",
-    "PreviewImage", "RescaleCFG",
+    "PreviewImage", "RescaleCFG", "VAEDecodeTiled", "VAEEncodeTiled",
 })
 
 

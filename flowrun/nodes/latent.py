@@ -1,4 +1,5 @@
-"""Latent nodes: EmptyLatentImage, LatentUpscale, LatentUpscaleBy, VAEEncode, VAEDecode.
+"""Latent nodes: EmptyLatentImage, LatentUpscale, LatentUpscaleBy, VAEEncode, VAEDecode, and the tiled
+VAEEncodeTiled and VAEDecodeTiled.
 LATENT values are flowrun.values.Latent: `samples` [batch, 4, height/8, width/8] holding unscaled latents,
 with an optional `noise_mask` and `batch_index` carried along."""
 
@@ -85,5 +86,40 @@ def vae_encode(p: NoParams, ctx, *, pixels: ports.Image, vae: ports.Vae) -> Late
 
     try:
         return Latent(encode(vae, pixels))
+    except ValueError as exc:
+        raise NodeError(str(exc)) from None
+
+
+class TiledDecodeParams(NodeParams):
+    tile_size: int = Field(512, ge=64, le=4096, multiple_of=32, description="Tile edge in pixels.")
+    overlap: int = Field(64, ge=0, le=4096, multiple_of=32, description="Overlap of tiles in pixels.")
+    temporal_size: int = Field(64, ge=8, le=4096, multiple_of=4, description="Video models only; unused here.")
+    temporal_overlap: int = Field(8, ge=4, le=4096, multiple_of=4, description="Video models only; unused here.")
+
+
+@node("VAEDecodeTiled", outputs={"image": ports.IMAGE}, category="_for_testing")
+def vae_decode_tiled(p: TiledDecodeParams, ctx, *, samples: Latent, vae: ports.Vae) -> ports.Image:
+    """Latents to pixels in overlapping tiles, for images too large to decode at once."""
+    from flowrun.diffusion.vae import decode_tiled
+
+    overlap = p.tile_size // 4 if p.tile_size < p.overlap * 4 else p.overlap  # as ComfyUI bounds it
+    f = vae.downscale
+    return decode_tiled(vae, samples.samples, p.tile_size // f, overlap // f)
+
+
+class TiledEncodeParams(NodeParams):
+    tile_size: int = Field(512, ge=64, le=4096, multiple_of=64, description="Tile edge in pixels.")
+    overlap: int = Field(64, ge=0, le=4096, multiple_of=32, description="Overlap of tiles in pixels.")
+    temporal_size: int = Field(64, ge=8, le=4096, multiple_of=4, description="Video models only; unused here.")
+    temporal_overlap: int = Field(8, ge=4, le=4096, multiple_of=4, description="Video models only; unused here.")
+
+
+@node("VAEEncodeTiled", outputs={"latent": ports.LATENT}, category="_for_testing")
+def vae_encode_tiled(p: TiledEncodeParams, ctx, *, pixels: ports.Image, vae: ports.Vae) -> Latent:
+    """Pixels to latents in overlapping tiles, for images too large to encode at once."""
+    from flowrun.diffusion.vae import encode_tiled
+
+    try:
+        return Latent(encode_tiled(vae, pixels, p.tile_size, p.overlap))
     except ValueError as exc:
         raise NodeError(str(exc)) from None
