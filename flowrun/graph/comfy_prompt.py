@@ -17,6 +17,16 @@ CORE_NODES = frozenset({
     "VAEEncode", "VAEDecode", "KSampler", "KSamplerAdvanced", "LoadImage", "ImageScale", "SaveImage",
     "EmptyImage", "ImageInvert", "ImageBlend", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
     "PrimitiveBoolean",
+    # latent_ops
+    "LatentComposite", "LatentCompositeMasked", "LatentBlend", "LatentAdd", "LatentSubtract", "LatentMultiply",
+    "LatentInterpolate", "LatentBatch", "LatentFromBatch", "RepeatLatentBatch", "LatentCrop", "LatentFlip",
+    "LatentRotate", "LatentBatchSeedBehavior",
+    # mask
+    "ImageToMask", "MaskToImage", "SolidMask", "InvertMask", "CropMask", "GrowMask", "FeatherMask",
+    "MaskComposite", "LoadImageMask",
+    # image_ops
+    "ImageSharpen", "ImageBlur", "ImageQuantize", "ImageScaleBy", "ImageScaleToTotalPixels", "ImageCrop",
+    "ImageBatch", "ImageCompositeMasked", "ImagePadForOutpaint",
 })
 
 
