@@ -423,3 +423,14 @@ def test_comfyui_mask_composition_graphs_import_run_and_round_trip(cli, tmp_path
     picture = np.asarray(Image.open(tmp_path / "o" / "mask-composition.png").convert("RGB")).astype(int)
     assert picture.shape == (64, 120, 3)
     assert (picture[:, 64:, 2] - picture[:, 64:, 0]).max() > 100  # the blue square, pasted on the widened canvas
+
+
+def test_the_example_exports_to_comfyui_and_back(cli, tmp_path):
+    assert cli("export", ROOT / "workflows" / "mask-composition.yaml", "--out", tmp_path / "e").code == 0
+    exported = json.loads((tmp_path / "e" / "mask-composition.json").read_text())
+    assert {n["class_type"] for n in exported.values()} >= {"ImagePadForOutpaint", "SolidMask", "FeatherMask",
+                                                             "ImageCompositeMasked"}
+    assert exported["widen"]["inputs"]["image"] == ["circle", 0] and exported["paste"]["inputs"]["destination"] == ["widen", 0]
+    assert cli("import", tmp_path / "e" / "mask-composition.json", "--out", tmp_path / "again.yaml").code == 0
+    assert cli("export", tmp_path / "again.yaml", "--out", tmp_path / "again").code == 0
+    assert _shape(json.loads(next((tmp_path / "again").glob("*.json")).read_text())) == _shape(exported)
