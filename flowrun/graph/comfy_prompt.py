@@ -21,6 +21,16 @@ CORE_NODES = frozenset({
     "ConditioningSetAreaPercentage", "ConditioningSetAreaStrength", "ConditioningSetMask",
     "ConditioningSetTimestepRange", "ConditioningZeroOut", "ConditioningAverage",
     "PreviewImage", "RescaleCFG", "VAEDecodeTiled", "VAEEncodeTiled",
+    # latent_ops
+    "LatentComposite", "LatentCompositeMasked", "LatentBlend", "LatentAdd", "LatentSubtract", "LatentMultiply",
+    "LatentInterpolate", "LatentBatch", "LatentFromBatch", "RepeatLatentBatch", "LatentCrop", "LatentFlip",
+    "LatentRotate", "LatentBatchSeedBehavior",
+    # mask
+    "ImageToMask", "MaskToImage", "SolidMask", "InvertMask", "CropMask", "GrowMask", "FeatherMask",
+    "MaskComposite", "LoadImageMask",
+    # image_ops
+    "ImageSharpen", "ImageBlur", "ImageQuantize", "ImageScaleBy", "ImageScaleToTotalPixels", "ImageCrop",
+    "ImageBatch", "ImageCompositeMasked", "ImagePadForOutpaint",
 })
 
 

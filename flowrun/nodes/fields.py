@@ -21,3 +21,12 @@ def stays_inside(field: str, what: str):
         return v
 
     return field_validator(field)(classmethod(check))
+
+
+def check_batch(count: int, want: int, field: str, other: str) -> None:
+    """A batch of `count` may stand beside one of `want` when it is 1 (repeated) or equal; else a NodeError
+    naming both inputs (ComfyUI would cycle or cut the batch without a word)."""
+    from flowrun.errors import NodeError
+
+    if count not in (1, want):
+        raise NodeError(f"'{field}' has a batch of {count} but '{other}' has {want}: give 1 or {want}")

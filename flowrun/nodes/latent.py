@@ -15,7 +15,7 @@ from flowrun.nodes.fields import MAX_RESOLUTION
 from flowrun.nodes.registry import NodeParams, NoParams, node
 from flowrun.values import Latent
 
-LatentUpscaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic"]
+LatentUpscaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 Crop = Literal["disabled", "center"]
 
 

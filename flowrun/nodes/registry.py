@@ -24,9 +24,12 @@ from flowrun.nodes import ports
 BUILTIN_MODULES = (
     "flowrun.nodes.primitives",
     "flowrun.nodes.image",
+    "flowrun.nodes.image_ops",
+    "flowrun.nodes.mask",
     "flowrun.nodes.loaders",
     "flowrun.nodes.conditioning",
     "flowrun.nodes.latent",
+    "flowrun.nodes.latent_ops",
     "flowrun.nodes.sampling",
     "flowrun.nodes.model_patches",
 )
