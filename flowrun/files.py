@@ -37,13 +37,32 @@ def search_roots(models_dirs: Iterable[str | os.PathLike] = (), workflow_dir: st
     return list(dict.fromkeys(roots))
 
 
+PICKLE_KINDS = ("checkpoints", "embeddings")  # kinds whose bare names may also be pickles (.pt, A1111's)
+
+
 def _candidates(name: str, kind: str) -> list[str]:
     if name.endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES):
         return [name]
     names = [name + s for s in SAFE_SUFFIXES] + [name]  # a bare name may be a diffusers folder
-    if kind == "checkpoints":
+    if kind in PICKLE_KINDS:
         names += [name + s for s in PICKLE_SUFFIXES]
     return names
+
+
+@dataclass(frozen=True)
+class InText:
+    """A text field that names files inside it: a prompt's `embedding:NAME` words name files of `kind`.
+    Declared like a kind in a node's `files=`; every name found enters the cache key and is checked."""
+
+    kind: str
+
+    def names(self, text: str) -> list[str]:
+        from flowrun.diffusion.prompt_syntax import embedding_names  # torch-free
+
+        return embedding_names(text)
+
+
+EMBEDDINGS_IN_PROMPT = InText("embeddings")
 
 
 def locate(name: str, kind: str, roots: list[Path]) -> Path:
@@ -96,7 +115,7 @@ def available_names(kind: str, roots: list[Path]) -> list[str]:
                 if path.suffix in SAFE_SUFFIXES:
                     names.append(rel[: -len(path.suffix)])
                 elif path.suffix in PICKLE_SUFFIXES:
-                    names.append(rel)
+                    names.append(rel if kind not in PICKLE_KINDS else rel[: -len(path.suffix)])
     return names
 
 

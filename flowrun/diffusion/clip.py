@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from flowrun.diffusion.configs import SD1, SDXL
+from flowrun.diffusion.configs import SD1, SD2, SDXL
 from flowrun.diffusion.model import TextEncoder
+from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
 
 START, END = 49406, 49407
@@ -24,69 +25,24 @@ CHUNK = 77
 MAX_WORD_TOKENS = 8
 
 
-def _parse_parentheses(text: str) -> list[str]:
-    out, current, depth = [], "", 0
-    for ch in text:
-        if ch == "(":
-            if depth == 0:
-                if current:
-                    out.append(current)
-                current = "("
-            else:
-                current += ch
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                out.append(current + ")")
-                current = ""
-            else:
-                current += ch
-        else:
-            current += ch
-    if current:
-        out.append(current)
-    return out
-
-
-def token_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
-    """Split a prompt into (segment, weight) by ComfyUI's emphasis rules."""
-    out: list[tuple[str, float]] = []
-    for part in _parse_parentheses(text):
-        w = weight
-        if len(part) >= 2 and part[0] == "(" and part[-1] == ")":
-            inner = part[1:-1]
-            colon = inner.rfind(":")
-            w *= 1.1
-            if colon > 0:
-                try:
-                    w = float(inner[colon + 1:])
-                    inner = inner[:colon]
-                except ValueError:
-                    pass
-            out += token_weights(inner, w)
-        else:
-            out.append((part, weight))
-    return out
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\)", "\0\1").replace("\\(", "\0\2")
-
-
-def _unescape(text: str) -> str:
-    return text.replace("\0\1", ")").replace("\0\2", "(")
-
-
-def tokenize(tokenizer: Any, text: str, pad: int) -> list[list[tuple[int, float]]]:
-    """Chunks of exactly 77 (token, weight) pairs."""
-    words: list[list[tuple[int, float]]] = []
-    for segment, weight in token_weights(_escape(text), 1.0):
-        for word in _unescape(segment).replace("\n", " ").split(" "):
-            if word:
-                ids = tokenizer(word)["input_ids"][1:-1]
-                words.append([(t, weight) for t in ids])
-    chunks: list[list[tuple[int, float]]] = []
+def tokenize(tokenizer: Any, text: str, pad: int, embedding=None) -> list[list[tuple[Any, float]]]:
+    """Chunks of exactly 77 (token, weight) pairs. A token is an id, or a vector for a word of an
+    `embedding:NAME`, which `embedding(name)` turns into vectors [n, width] (or None: left out). Without
+    `embedding`, such words are text."""
+    words: list[list[tuple[Any, float]]] = []
+    for word, weight in prompt_words(text):
+        name = embedding_name(word) if embedding is not None else None
+        if name:
+            vectors = embedding(name)  # None: it does not fit this encoder, which leaves it out (as ComfyUI)
+            if vectors is not None:
+                words.append([(v, weight) for v in vectors])
+            trailing = word[len(EMBEDDING) + len(name):]  # commas after the name are text
+            if trailing:
+                words.append([(t, weight) for t in tokenizer(trailing)["input_ids"][1:-1]])
+            continue
+        ids = tokenizer(word)["input_ids"][1:-1]
+        words.append([(t, weight) for t in ids])
+    chunks: list[list[tuple[Any, float]]] = []
     chunk = [(START, 1.0)]
     for group in words:
         large = len(group) >= MAX_WORD_TOKENS
@@ -109,6 +65,36 @@ def tokenize(tokenizer: Any, text: str, pad: int) -> list[list[tuple[int, float]
     return chunks
 
 
+class _Injected(torch.nn.Module):
+    """The token embedding table, with vectors put in at given (row, position)s: how an embedding's
+    vectors enter the text encoder without adding ids (the pooled output finds the end token by id)."""
+
+    def __init__(self, table: torch.nn.Module, at: list[tuple[int, int, torch.Tensor]]):
+        super().__init__()
+        self.table, self.at = table, at
+
+    def forward(self, input_ids):
+        out = self.table(input_ids).clone()
+        for row, pos, vector in self.at:
+            out[row, pos] = vector.to(out.dtype)
+        return out
+
+
+def _split_ids(chunks, filler: int) -> tuple[list[list[int]], list[tuple[int, int, torch.Tensor]]]:
+    """Token ids for the model, with `filler` where an embedding vector goes, and where the vectors go."""
+    ids, at = [], []
+    for row, chunk in enumerate(chunks):
+        line = []
+        for pos, (token, _) in enumerate(chunk):
+            if isinstance(token, torch.Tensor):
+                at.append((row, pos, token))
+                line.append(filler)
+            else:
+                line.append(int(token))
+        ids.append(line)
+    return ids, at
+
+
 def _layer_plan(enc: TextEncoder, index: int) -> tuple[int | None, bool]:
     """(hidden-state index or None for the normed last layer, whether to apply the final layer norm)."""
     family = enc.family
@@ -122,12 +108,19 @@ def _layer_plan(enc: TextEncoder, index: int) -> tuple[int | None, bool]:
 def _encode_one(enc: TextEncoder, index: int, chunks: list[list[tuple[int, float]]], pad: int):
     model = enc.models[index]
     weighted = any(w != 1.0 for c in chunks for _, w in c)
-    ids = [[t for t, _ in c] for c in chunks]
+    ids, at = _split_ids(chunks, filler=0)  # id 0 is never the end token the pooled output looks for
     if weighted:
         ids.append([START, END] + [pad] * (CHUNK - 2))
     layer, norm = _layer_plan(enc, index)
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids), output_hidden_states=layer is not None)
+    embeddings = getattr(model, "text_model", model).embeddings
+    table = embeddings.token_embedding
+    if at:
+        embeddings.token_embedding = _Injected(table, at)
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor(ids), output_hidden_states=layer is not None)
+    finally:
+        embeddings.token_embedding = table
     if layer is None:
         z = out.last_hidden_state
     else:
@@ -150,17 +143,88 @@ def _encode_one(enc: TextEncoder, index: int, chunks: list[list[tuple[int, float
     return torch.cat(pieces, dim=1), pooled
 
 
-def encode(enc: TextEncoder, text: str) -> Conditioning:
-    """CONDITIONING for one prompt: one entry, the embedding [1, 77*k, width] (and SDXL's pooled output)."""
+def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Conditioning:
+    """CONDITIONING for one prompt: one entry, the embedding [1, 77*k, width] (and SDXL's pooled output).
+    `embeddings(name)` gives the state dict of a textual-inversion embedding the prompt names. An
+    embedding that fits only one of SDXL's two encoders is left out of the other, with a warning, as
+    ComfyUI does; one that fits none is an error."""
     from flowrun.diffusion.lora import patched
+
+    keys = _EMBED_KEYS.get(enc.family, ("clip_l",) * len(enc.models))
+    missed: dict[str, int] = {}
+
+    def vectors(index: int):
+        if embeddings is None:
+            return None
+        width = enc.models[index].config.hidden_size
+
+        def lookup(name: str):
+            try:
+                return embedding_vectors(embeddings(name), name, keys[index], width)
+            except ValueError:
+                missed[name] = missed.get(name, 0) + 1
+                if len(enc.models) == 1 or missed[name] == len(enc.models):
+                    raise
+                return None
+        return lookup
 
     with patched(enc.models, enc.patches):
         if enc.family == SDXL:
-            cond_l, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, END), END)
-            cond_g, pooled = _encode_one(enc, 1, tokenize(enc.tokenizer, text, 0), 0)
-            return Conditioning([CondEntry(torch.cat([cond_l, cond_g], dim=-1), pooled_output=pooled)])
-        pad = END if enc.family == SD1 else 0
-        cond, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, pad), pad)
-        return Conditioning([CondEntry(cond)])
+            cond_l, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, END, vectors(0)), END)
+            cond_g, pooled = _encode_one(enc, 1, tokenize(enc.tokenizer, text, 0, vectors(1)), 0)
+            entry = CondEntry(torch.cat([cond_l, cond_g], dim=-1), pooled_output=pooled)
+        else:
+            pad = END if enc.family == SD1 else 0
+            cond, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, pad, vectors(0)), pad)
+            entry = CondEntry(cond)
+    for name in missed:
+        if warn is not None:
+            warn(f"embedding '{name}' does not fit one of the text encoders; that one leaves it out")
+    return Conditioning([entry])
+
+
+def read_embedding(path, allow_pickle: bool) -> dict:
+    """The contents of a textual-inversion file: safetensors, or (only with allow_pickle) an A1111 .pt /
+    .bin read with torch.load(weights_only=True), nested dicts kept."""
+    from flowrun.diffusion.checkpoint import read_state_dict
+    from flowrun.diffusion.detect import CheckpointError
+    from flowrun.files import PICKLE_SUFFIXES
+
+    if path.suffix not in PICKLE_SUFFIXES:
+        return read_state_dict(path, allow_pickle=False)
+    if not allow_pickle:
+        raise CheckpointError(f"{path}: pickle embeddings ({path.suffix}) can run code when loaded and are refused; "
+                              "convert it to .safetensors, or pass --allow-pickle if you trust its source")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch wraps the refusal of a non-tensor pickle in several exception types
+        raise CheckpointError(f"{path}: cannot be read as a weights-only pickle: {exc}") from None
+    return data if isinstance(data, dict) else {"vectors": data}
+
+
+# which entry of an embedding file feeds which text encoder (SDXL files hold one for each)
+_EMBED_KEYS = {SD1: ("clip_l",), SD2: ("clip_h",), SDXL: ("clip_l", "clip_g")}
+
+
+def embedding_vectors(state: dict, name: str, key: str, width: int) -> torch.Tensor:
+    """The vectors [n, width] of an embedding file's contents for the text encoder that `key` names, in
+    the layouts ComfyUI reads: A1111's `string_to_param`, SDXL's `clip_l`/`clip_g`, or one tensor
+    (`emb_params`). Raises ValueError when it is made for another width (another model family)."""
+    if "string_to_param" in state:
+        vectors = next(iter(state["string_to_param"].values()))
+    elif key in state:
+        vectors = state[key]
+    else:
+        tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+        if not tensors:
+            raise ValueError(f"embedding '{name}' holds no vectors")
+        vectors = tensors[0]
+    vectors = vectors.float()
+    if vectors.ndim == 1:
+        vectors = vectors.unsqueeze(0)
+    if vectors.shape[-1] != width:
+        raise ValueError(f"embedding '{name}' has vectors of width {vectors.shape[-1]}, but this text encoder "
+                         f"takes {width}: it was made for another model family")
+    return vectors.reshape(-1, width)
 
 

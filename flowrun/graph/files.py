@@ -9,20 +9,27 @@ version (hashes are remembered by path, size and modification time).
 from __future__ import annotations
 
 from flowrun.errors import Problem, WorkflowInvalid
-from flowrun.files import FileLookup
+from flowrun.cache.keys import digest
+from flowrun.files import FileLookup, InText
 from flowrun.graph.resolve import Resolved
 
 
 def _named_files(resolved: Resolved, node_ids=None):
-    """(cell index, node id, field, kind, name) for every file field of every cell."""
+    """(cell index, node id, field, kind, name, in_text) for every file a field of a cell names; in_text:
+    the field is a text naming files within it (a prompt's embeddings), not a file name itself."""
     for ci, instances in enumerate(resolved.instances):
         for nid, inst in instances.items():
             if node_ids is not None and nid not in node_ids:
                 continue
             for field_name, kind in inst.node_def.files.items():
-                name = inst.literals.get(field_name)
-                if isinstance(name, str):
-                    yield ci, nid, field_name, kind, name
+                value = inst.literals.get(field_name)
+                if not isinstance(value, str):
+                    continue
+                if isinstance(kind, InText):
+                    for name in kind.names(value):
+                        yield ci, nid, field_name, kind.kind, name, True
+                else:
+                    yield ci, nid, field_name, kind, value, False
 
 
 def _problem(resolved: Resolved, nid: str, field_name: str, exc: Exception) -> Problem:
@@ -51,7 +58,8 @@ def fingerprints(resolved: Resolved, lookup: FileLookup, node_ids=None) -> list[
     found: dict[tuple, Problem] = {}
     cells_of: dict[tuple, list[str]] = {}
     done: dict[tuple[str, str], str | Exception] = {}
-    for ci, nid, field_name, kind, name in _named_files(resolved, node_ids):
+    in_text: dict[tuple[int, str, str], dict[str, str]] = {}
+    for ci, nid, field_name, kind, name, within in _named_files(resolved, node_ids):
         if (kind, name) not in done:
             try:
                 done[(kind, name)] = lookup.fingerprint(kind, name)
@@ -62,9 +70,13 @@ def fingerprints(resolved: Resolved, lookup: FileLookup, node_ids=None) -> list[
             key = (nid, field_name, str(result))
             found.setdefault(key, _problem(resolved, nid, field_name, result))
             cells_of.setdefault(key, []).append(resolved.cells[ci].label)
+        elif within:
+            in_text.setdefault((ci, nid, field_name), {})[name] = result
         else:
             out[ci].setdefault(nid, {})[field_name] = result
     _raise_collected(resolved, found, cells_of)
+    for (ci, nid, field_name), prints in in_text.items():  # one fingerprint for all the files a text names
+        out[ci].setdefault(nid, {})[field_name] = digest(prints)
     return out
 
 
@@ -73,7 +85,7 @@ def check(resolved: Resolved, lookup: FileLookup) -> None:
     (nothing is read: `flowrun validate` stays fast on large checkpoints)."""
     found: dict[tuple, Problem] = {}
     cells_of: dict[tuple, list[str]] = {}
-    for ci, nid, field_name, kind, name in _named_files(resolved):
+    for ci, nid, field_name, kind, name, _ in _named_files(resolved):
         try:
             lookup.path(kind, name)
         except (OSError, ValueError) as exc:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from flowrun.errors import NodeError
+from flowrun.files import EMBEDDINGS_IN_PROMPT
 from flowrun.nodes import ports
 from flowrun.nodes.fields import MAX_RESOLUTION
 from flowrun.nodes.registry import NodeParams, NoParams, node
@@ -21,14 +22,20 @@ class TextParams(NodeParams):
     text: str = Field("", description="Prompt; (word:1.2) and (word) weight tokens, as in ComfyUI.")
 
 
-@node("CLIPTextEncode", outputs={"conditioning": ports.CONDITIONING}, category="conditioning")
+@node("CLIPTextEncode", outputs={"conditioning": ports.CONDITIONING}, category="conditioning",
+      files={"text": EMBEDDINGS_IN_PROMPT})
 def clip_text_encode(p: TextParams, ctx, *, clip: ports.Clip) -> Conditioning:
-    """Encode a prompt with the CLIP text encoder(s)."""
-    from flowrun.diffusion.clip import encode
+    """Encode a prompt with the CLIP text encoder(s); `embedding:NAME` words are textual-inversion
+    embeddings from embeddings/ on the model search path."""
+    from flowrun.diffusion.clip import encode, read_embedding
+    from flowrun.diffusion.detect import CheckpointError
+
+    def embedding(name: str) -> dict:
+        return read_embedding(ctx.files.path("embeddings", name), ctx.files.allow_pickle)
 
     try:
-        return encode(clip, p.text)
-    except ValueError as exc:
+        return encode(clip, p.text, embeddings=embedding, warn=ctx.warn)
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
         raise NodeError(str(exc)) from None
 
 
