@@ -16,20 +16,31 @@ import torch
 from flowrun.diffusion.configs import ModelConfig
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "x0")
+
+
 class ModelSampling:
-    """Discrete DDPM schedule as sigmas (sqrt((1 - alphas_cumprod) / alphas_cumprod))."""
+    """Discrete DDPM schedule as sigmas (sqrt((1 - alphas_cumprod) / alphas_cumprod)); with `zsnr`, rescaled
+    to zero terminal SNR (Lin et al. 2023). The model predicts the noise (epsilon), v, or the clean latent (x0)."""
 
     def __init__(self, prediction_type: str = "epsilon", linear_start: float = 0.00085, linear_end: float = 0.012,
-                 timesteps: int = 1000):
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unknown prediction type {prediction_type!r}")
+                 timesteps: int = 1000, zsnr: bool = False):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction type {prediction_type!r}; known: {', '.join(PREDICTION_TYPES)}")
         self.prediction_type = prediction_type
+        self.linear_start, self.linear_end, self.timesteps, self.zsnr = linear_start, linear_end, timesteps, zsnr
         betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        if zsnr:
+            sigmas = _zero_terminal_snr(sigmas)
         self.sigmas = sigmas.float()
         self.log_sigmas = sigmas.log().float()
         self.sigma_data = 1.0
+
+    def with_prediction(self, prediction_type: str, zsnr: bool = False) -> "ModelSampling":
+        """The same beta schedule, read with another prediction type (ModelSamplingDiscrete)."""
+        return ModelSampling(prediction_type, self.linear_start, self.linear_end, self.timesteps, zsnr)
 
     @property
     def sigma_min(self) -> torch.Tensor:
@@ -66,6 +77,8 @@ class ModelSampling:
         if self.prediction_type == "v_prediction":
             sd2 = self.sigma_data ** 2
             return x * sd2 / (sigma ** 2 + sd2) - output * sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
+        if self.prediction_type == "x0":
+            return output
         return x - output * sigma
 
     def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor, max_denoise: bool = False):
@@ -76,6 +89,16 @@ class ModelSampling:
     def is_max_denoise(self, sigmas: torch.Tensor) -> bool:
         first, top = float(sigmas[0]), float(self.sigma_max)
         return math.isclose(top, first, rel_tol=1e-05) or first > top
+
+
+def _zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alphas_cumprod) so the last timestep is (almost) pure noise, as ComfyUI's zsnr does."""
+    root = (1 / (sigmas * sigmas + 1)).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    alphas = root ** 2
+    alphas[-1] = 4.8973451890853435e-08  # ComfyUI's floor, so the last sigma stays finite
+    return ((1 - alphas) / alphas) ** 0.5
 
 
 @dataclass
