@@ -1,4 +1,4 @@
-"""Latent nodes: EmptyLatentImage, LatentUpscale, LatentUpscaleBy, VAEEncode, VAEDecode.
+"""Latent nodes: EmptyLatentImage, LatentUpscale, LatentUpscaleBy, VAEEncode, VAEDecode, SetLatentNoiseMask.
 LATENT values are flowrun.values.Latent: `samples` [batch, 4, height/8, width/8] holding unscaled latents,
 with an optional `noise_mask` and `batch_index` carried along."""
 
@@ -87,3 +87,12 @@ def vae_encode(p: NoParams, ctx, *, pixels: ports.Image, vae: ports.Vae) -> Late
         return Latent(encode(vae, pixels))
     except ValueError as exc:
         raise NodeError(str(exc)) from None
+
+
+@node("SetLatentNoiseMask", outputs={"latent": ports.LATENT}, category="latent/inpaint")
+def set_latent_noise_mask(p: NoParams, ctx, *, samples: Latent, mask: ports.Mask) -> Latent:
+    """Limit sampling to where the mask is 1 (resized to the latent); elsewhere the latent stays as it is."""
+    import torch
+
+    m = torch.as_tensor(mask).float()
+    return samples.replace(noise_mask=m.reshape((-1, 1) + tuple(m.shape[-2:])))

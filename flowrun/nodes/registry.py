@@ -28,6 +28,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.conditioning",
     "flowrun.nodes.latent",
     "flowrun.nodes.sampling",
+    "flowrun.nodes.custom_sampling",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
 ENTRY_POINT_GROUP = "flowrun.nodes"
