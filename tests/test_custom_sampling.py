@@ -205,3 +205,23 @@ def test_a_sigma_list_too_short_for_a_split(cli, workflow, tiny_models, tmp_path
     r = cli("validate", workflow(text.replace("{step: 6}", "{step: -1}"), "neg.yaml"))
     assert r.code == 2 and "Traceback" not in r.err
     assert "neg.yaml:41:18" in r.err and "node 'split', field 'step'" in r.err
+
+
+# --- ComfyUI's graphs of it ---------------------------------------------------------------------------------
+
+def test_comfyui_graphs_import_run_and_export(cli, tiny_models, tmp_path):
+    import json
+
+    from conftest import ROOT
+    from test_interop import _shape
+
+    source = ROOT / "tests" / "comfyui" / "custom-sampling-api.json"
+    assert cli("import", source, "--out", tmp_path / "wf.yaml").code == 0
+    text = (tmp_path / "wf.yaml").read_text()
+    assert "type: SamplerCustomAdvanced" in text and "split.low_sigmas" in text
+    r = cli("run", tmp_path / "wf.yaml", "--models-dir", tiny_models, "--out", tmp_path / "o", "--device", "cpu")
+    assert r.code == 0, r.err
+    with __import__("PIL.Image").Image.open(tmp_path / "o" / "ComfyUI.png") as im:
+        assert im.size == (64, 64) and _shape(json.loads(im.info["prompt"])) == _shape(json.loads(source.read_text()))
+    assert cli("import", ROOT / "tests" / "comfyui" / "custom-sampling-ui.json", "--out", tmp_path / "ui.yaml").code == 0
+    assert cli("validate", tmp_path / "ui.yaml", "--models-dir", tiny_models).code == 0

@@ -16,7 +16,12 @@ CORE_NODES = frozenset({
     "ConditioningConcat", "ConditioningSetArea", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy",
     "VAEEncode", "VAEDecode", "KSampler", "KSamplerAdvanced", "LoadImage", "ImageScale", "SaveImage",
     "EmptyImage", "ImageInvert", "ImageBlend", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
-    "PrimitiveBoolean",
+    "PrimitiveBoolean", "SetLatentNoiseMask",
+    # custom sampling (comfy_extras/nodes_custom_sampler.py, nodes_model_advanced.py)
+    "KSamplerSelect", "BasicScheduler", "KarrasScheduler", "ExponentialScheduler", "PolyexponentialScheduler",
+    "SDTurboScheduler", "SplitSigmas", "SplitSigmasDenoise", "FlipSigmas", "RandomNoise", "DisableNoise",
+    "CFGGuider", "BasicGuider", "DualCFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "SamplerEulerAncestral",
+    "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE", "SamplerLMS", "ModelSamplingDiscrete",
 })
 
 
