@@ -143,9 +143,17 @@ def test_model_sampling_discrete_gives_a_new_model(tiny):
     zsnr = call("ModelSamplingDiscrete", model=model, sampling="eps", zsnr=True)
     assert rounded(zsnr.sampling.sigmas[[0, 999]]) == [0.0292, 4518.7637]
     assert float(model.sampling.sigma_max) == pytest.approx(14.614641, abs=1e-5)
+    lcm = call("ModelSamplingDiscrete", model=model, sampling="lcm").sampling  # 50 distilled timesteps
+    from flowrun.diffusion import schedules
+
+    lcm_sigmas = schedules.calculate(lcm, "sgm_uniform", 4)
+    assert rounded(lcm_sigmas) == [14.6146, 4.1708, 1.6679, 0.7325, 0.0]
+    assert lcm.timestep(lcm_sigmas[:-1]).tolist() == [999, 759, 499, 259]  # LCM's own 4-step timesteps
     kw = dict(seed=2, steps=2, cfg=3.0, sampler_name="euler", scheduler="normal", positive=pos, negative=neg,
               latent=Latent(torch.zeros(1, 4, 8, 8)))
     assert not torch.allclose(ksample(v, **kw).samples, ksample(model, **kw).samples)
+    lcm_model = call("ModelSamplingDiscrete", model=model, sampling="lcm")
+    assert torch.isfinite(ksample(lcm_model, **{**kw, "sampler_name": "lcm", "scheduler": "sgm_uniform"}).samples).all()
 
 
 @pytest.mark.parametrize("sampler_name", ["euler", "dpmpp_2m"])

@@ -303,17 +303,17 @@ def sampler_custom_advanced(p: NoParams, ctx, *, noise: Noise, guider: Guider, s
 
 # --- model patches --------------------------------------------------------------------------------------
 
-PREDICTIONS = {"eps": "epsilon", "v_prediction": "v_prediction", "x0": "x0"}
+PREDICTIONS = {"eps": "epsilon", "v_prediction": "v_prediction", "lcm": "lcm", "x0": "x0"}
 
 
 class ModelSamplingDiscreteParams(NodeParams):
-    sampling: Literal["eps", "v_prediction", "x0"] = "eps"
+    sampling: Literal["eps", "v_prediction", "lcm", "x0"] = "eps"
     zsnr: bool = False
 
 
 @node("ModelSamplingDiscrete", outputs={"model": ports.MODEL}, category="advanced/model")
 def model_sampling_discrete(p: ModelSamplingDiscreteParams, ctx, *, model: ports.Model) -> ports.Model:
-    """The model read with another prediction type (eps, v_prediction, x0), optionally with its schedule
+    """The model read with another prediction type (eps, v_prediction, lcm, x0), optionally with its schedule
     rescaled to zero terminal SNR; a new model value, the input is left as it is."""
     sampling = model.sampling.with_prediction(PREDICTIONS[p.sampling], zsnr=p.zsnr)
     return dataclasses.replace(model, sampling=sampling)
