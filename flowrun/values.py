@@ -1,4 +1,5 @@
-"""The structured values that travel on LATENT and CONDITIONING edges, with ComfyUI's fields by name.
+"""The structured values that travel on LATENT, CONDITIONING, SAMPLER, NOISE and GUIDER edges, with
+ComfyUI's fields by name.
 
 ComfyUI passes these as dicts (`{"samples": ...}`) and lists of `[tensor, {extras}]`; here they are
 frozen dataclasses, so a node reads `latent.noise_mask` instead of guessing at keys, and a new kind of
@@ -59,5 +60,43 @@ class Conditioning(tuple):
         return Conditioning(change(e) for e in self)
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """A SAMPLER: a sampler name (flowrun.diffusion.names.SAMPLERS) and the options it runs with."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()  # (keyword, value) pairs: eta, s_noise, r, order, solver_type
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """A NOISE: the initial noise a custom sampler starts from. `seed` None: none is added (DisableNoise);
+    per-step noise then comes from seed 0, as in ComfyUI."""
+
+    seed: int | None
+
+    @property
+    def step_seed(self) -> int:
+        return 0 if self.seed is None else self.seed
+
+
+@dataclass(frozen=True, eq=False)
+class Guider:
+    """A GUIDER: a model and the conditionings that steer it, combined at each step. `style` "cfg":
+    uncond + (cond - uncond) * cfg (no negative: the positive alone); "dual" and "dual_nested":
+    ComfyUI's DualCFGGuider over positive (cond1), middle (cond2) and negative with cfg and cfg2."""
+
+    model: Any  # flowrun.diffusion.model.DiffusionModel
+    positive: Conditioning
+    negative: Conditioning | None = None
+    cfg: float = 1.0
+    middle: Conditioning | None = None
+    cfg2: float = 1.0
+    style: str = "cfg"
+
+
 # classes the disk cache may rebuild from stored fields (cache/codecs.py)
-STRUCTURED = {cls.__name__: cls for cls in (Latent, CondEntry)}
+STRUCTURED = {cls.__name__: cls for cls in (Latent, CondEntry, Sampler, Noise)}

@@ -106,6 +106,9 @@ BY_PORT: dict[str, Codec] = {
     ports.MASK: ARRAY,
     ports.LATENT: TORCH,  # flowrun.values.Latent
     ports.CONDITIONING: TORCH,  # flowrun.values.Conditioning of CondEntry
+    ports.SIGMAS: TORCH,  # a 1-D float tensor
+    ports.SAMPLER: TORCH,  # flowrun.values.Sampler (no tensors: its fields ride in the metadata)
+    ports.NOISE: TORCH,  # flowrun.values.Noise
 }
 
 

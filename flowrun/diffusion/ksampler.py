@@ -1,13 +1,17 @@
-"""KSampler: noise from the seed, sigmas from the scheduler, a sampler walking them under guidance.
+"""The sampling core that KSampler, KSamplerAdvanced, SamplerCustom and SamplerCustomAdvanced share:
+noise from the seed, a sigma sequence, a sampler walking it over a guided denoiser.
 
 Conventions (ComfyUI's): LATENT holds the VAE's unscaled latent; it is multiplied by the model's latent
 scale before sampling (unless all zeros) and divided after. The initial noise (flowrun.diffusion.noise:
 CPU randn of the seed) is scaled by sqrt(1 + sigma_max^2) at full denoise or added as noise * sigma to
-the latent when denoise < 1.
+the latent when denoise < 1. A latent's `noise_mask` limits where sampling may change it: before every
+model call the region outside the mask is reset to the original latent at the current noise level, and
+the prediction there is the original latent (ComfyUI's KSamplerX0Inpaint).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -16,7 +20,19 @@ from flowrun.diffusion import guidance, samplers, schedules
 from flowrun.diffusion.lora import patched
 from flowrun.diffusion.model import DiffusionModel
 from flowrun.diffusion.noise import SeedNoise
-from flowrun.values import Conditioning, Latent
+from flowrun.values import Conditioning, Guider, Latent
+
+# builds the guided denoiser D(x, sigma) once the scaled start latent (cells stacked) is known
+GuideBuilder = Callable[[torch.Tensor], samplers.Denoiser]
+
+
+@dataclass
+class Sampled:
+    """What one cell's sampling gives: the final latent and the last step's prediction of the clean one
+    (ComfyUI's denoised_output; the final latent itself when no step ran)."""
+
+    output: Latent
+    denoised: Latent
 
 
 def ksample(model: DiffusionModel, *, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
@@ -38,35 +54,144 @@ def ksample_batch(model: DiffusionModel, *, noise: SeedNoise, cfgs: list[float],
     """Several cells that share everything but seed and cfg, in one batched sampler call: each cell's
     rows get their own seed's initial and per-step noise and their own guidance scale, so a cell renders
     as it would alone (up to float rounding of the batched forward passes)."""
-    seeds = noise.seeds
-    latent_image = latent.samples.float()
-    rows = latent_image.shape[0]
-    if add_noise:
-        start_noise = noise.initial(latent_image, latent.batch_index)
-    else:
-        start_noise = torch.zeros((rows * len(seeds),) + tuple(latent_image.shape[1:]))
     sigmas = schedules.sampler_sigmas(model.sampling, scheduler, sampler_name, steps, denoise)
     if last_step is not None and last_step < len(sigmas) - 1:
         sigmas = sigmas[: last_step + 1].clone()
         if force_full_denoise:
             sigmas[-1] = 0
     if (start_step is not None and start_step >= len(sigmas) - 1) or len(sigmas) == 0:
-        return [latent.replace(samples=latent_image.clone()) for _ in seeds]
+        return [latent.replace(samples=latent.samples.float().clone()) for _ in noise.seeds]
     if start_step is not None:
         sigmas = sigmas[start_step:]
+    guide = cfg_guide(model, positive, negative, cfgs, latent.samples.shape[0])
+    return [s.output for s in sample(model, guide, sampler_name, sigmas, noise, latent, add_noise=add_noise,
+                                     progress=progress)]
+
+
+def cfg_guide(model: DiffusionModel, positive: Conditioning, negative: Conditioning | None, cfgs: list[float],
+              rows: int) -> GuideBuilder:
+    """Classifier-free guidance with one scale per cell (each cell `rows` rows of the batch)."""
+    cfg = cfgs[0] if len(set(cfgs)) == 1 else [c for c in cfgs for _ in range(rows)]
+
+    def build(start: torch.Tensor) -> samplers.Denoiser:
+        pos = guidance.prepare(model, positive, start, True)
+        neg = guidance.prepare(model, negative, start, False) if negative is not None else []
+        return guidance.denoiser(model, pos, neg, cfg)
+
+    return build
+
+
+def guider_guide(guider: Guider) -> GuideBuilder:
+    """The guided denoiser a GUIDER value describes (CFGGuider, BasicGuider, DualCFGGuider)."""
+    model = guider.model
+    if guider.style == "cfg":
+        return cfg_guide(model, guider.positive, guider.negative, [guider.cfg], 1)
+    if guider.style not in ("dual", "dual_nested"):
+        raise ValueError(f"unknown guider style {guider.style!r}")
+
+    def build(start: torch.Tensor) -> samplers.Denoiser:
+        def alone(cond: Conditioning) -> samplers.Denoiser:
+            return guidance.denoiser(model, guidance.prepare(model, cond, start, True), [], 1.0)
+
+        pos, mid, neg = alone(guider.positive), alone(guider.middle), alone(guider.negative)
+        cfg1, cfg2 = guider.cfg, guider.cfg2
+
+        def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            p, m, n = pos(x, sigma), mid(x, sigma), neg(x, sigma)
+            if guider.style == "dual_nested":
+                return n + cfg2 * ((m + (p - m) * cfg1) - n)
+            return n + (m - n) * cfg2 + (p - m) * cfg1
+
+        return run
+
+    return build
+
+
+def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas: torch.Tensor, noise: SeedNoise,
+           latent: Latent, *, add_noise: bool = True, sampler_options: dict | None = None,
+           progress: Callable[[int, int], None] | None = None) -> list[Sampled]:
+    """Walk `sigmas` from `latent` for every cell of `noise` (one seed each): the one sampling path of
+    every sampler node. No sigmas: the latent unchanged."""
+    seeds = noise.seeds
+    latent_image = latent.samples.float()
+    rows = latent_image.shape[0]
+    if len(sigmas) == 0:
+        return [Sampled(latent.replace(samples=latent_image.clone()), latent.replace(samples=latent_image.clone()))
+                for _ in seeds]
+    if add_noise:
+        start_noise = noise.initial(latent_image, latent.batch_index)
+    else:
+        start_noise = torch.zeros((rows * len(seeds),) + tuple(latent_image.shape[1:]))
 
     device = torch.device(model.device)
     scale = model.latent_scale
     start = latent_image * scale if torch.count_nonzero(latent_image) > 0 else latent_image
     start = torch.cat([start] * len(seeds)).to(device)
     start_noise, sigmas = start_noise.to(device), sigmas.to(device)
-    pos = guidance.prepare(model, positive, start, True)
-    neg = guidance.prepare(model, negative, start, False)
+    denoiser = guide(start)
+    if latent.noise_mask is not None:
+        mask = _prepare_mask(latent.noise_mask, latent_image.shape).to(device)
+        denoiser = _masked(denoiser, torch.cat([mask] * len(seeds)), start, start_noise, model)
+    denoiser, last_denoised = _recording_first_call(denoiser)
     x = model.sampling.noise_scaling(sigmas[0], start_noise, start, model.sampling.is_max_denoise(sigmas))
     total = len(sigmas) - 1
-    step = (lambda i: progress(i + 1, total)) if progress else (lambda i: None)
-    cfg = cfgs[0] if len(set(cfgs)) == 1 else [c for c in cfgs for _ in range(rows)]
+
+    def step(i: int) -> None:
+        last_denoised.step_done()
+        if progress:
+            progress(i + 1, total)
+
     with torch.no_grad(), patched(model.unet, model.patches):
-        out = samplers.get(sampler_name)(guidance.denoiser(model, pos, neg, cfg), x, sigmas, noise, step)
+        out = samplers.get(sampler_name)(denoiser, x, sigmas, noise, step, **(sampler_options or {}))
     out = (out / scale).float().cpu()
-    return [latent.replace(samples=out[i * rows:(i + 1) * rows]) for i in range(len(seeds))]
+    x0 = out if last_denoised.value is None else (last_denoised.value / scale).float().cpu()
+    return [Sampled(latent.replace(samples=out[i * rows:(i + 1) * rows]),
+                    latent.replace(samples=x0[i * rows:(i + 1) * rows])) for i in range(len(seeds))]
+
+
+def _prepare_mask(mask, shape) -> torch.Tensor:
+    """A noise mask [b or 1, 1 or more, h, w] resized to the latent (bilinear), one per channel and row."""
+    mask = torch.as_tensor(mask).float()
+    mask = mask.reshape((-1, 1) + tuple(mask.shape[-2:]))
+    mask = torch.nn.functional.interpolate(mask, size=tuple(shape[2:]), mode="bilinear")
+    mask = mask.repeat(1, shape[1], 1, 1)
+    if mask.shape[0] < shape[0]:
+        mask = mask.repeat(-(-shape[0] // mask.shape[0]), 1, 1, 1)
+    return mask[:shape[0]]
+
+
+def _masked(denoiser: samplers.Denoiser, mask: torch.Tensor, latent: torch.Tensor, noise: torch.Tensor,
+            model: DiffusionModel) -> samplers.Denoiser:
+    """Sampling only where `mask` is 1: elsewhere x is the original latent noised to the current sigma,
+    and the prediction is the original latent."""
+    keep = 1.0 - mask
+
+    def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        level = sigma.view(sigma.shape[:1] + (1,) * (x.ndim - 1))
+        x = x * mask + model.sampling.noise_scaling(level, noise, latent) * keep
+        return denoiser(x, sigma) * mask + latent * keep
+
+    return run
+
+
+class _FirstOfStep:
+    """The first prediction of the current step (what ComfyUI's step callback sees as `denoised`)."""
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+        self.fresh = True
+
+    def step_done(self) -> None:
+        self.fresh = True
+
+
+def _recording_first_call(denoiser: samplers.Denoiser) -> tuple[samplers.Denoiser, _FirstOfStep]:
+    record = _FirstOfStep()
+
+    def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = denoiser(x, sigma)
+        if record.fresh:
+            record.value, record.fresh = out, False
+        return out
+
+    return run, record

@@ -16,20 +16,34 @@ import torch
 from flowrun.diffusion.configs import ModelConfig
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "x0")
+
+
 class ModelSampling:
-    """Discrete DDPM schedule as sigmas (sqrt((1 - alphas_cumprod) / alphas_cumprod))."""
+    """Discrete DDPM schedule as sigmas (sqrt((1 - alphas_cumprod) / alphas_cumprod)); with `zsnr`, rescaled
+    to zero terminal SNR (Lin et al. 2023). The model predicts the noise (epsilon), v, or the clean latent (x0)."""
 
     def __init__(self, prediction_type: str = "epsilon", linear_start: float = 0.00085, linear_end: float = 0.012,
-                 timesteps: int = 1000):
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unknown prediction type {prediction_type!r}")
+                 timesteps: int = 1000, zsnr: bool = False):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction type {prediction_type!r}; known: {', '.join(PREDICTION_TYPES)}")
         self.prediction_type = prediction_type
+        self.linear_start, self.linear_end, self.timesteps, self.zsnr = linear_start, linear_end, timesteps, zsnr
         betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        if zsnr:
+            sigmas = _zero_terminal_snr(sigmas)
         self.sigmas = sigmas.float()
         self.log_sigmas = sigmas.log().float()
         self.sigma_data = 1.0
+
+    def with_prediction(self, prediction_type: str, zsnr: bool = False) -> "ModelSampling":
+        """The same beta schedule, read with another prediction type (ModelSamplingDiscrete); "lcm": a
+        latent consistency model's (LcmSampling)."""
+        if prediction_type == "lcm":
+            return LcmSampling(self.linear_start, self.linear_end, self.timesteps, zsnr)
+        return ModelSampling(prediction_type, self.linear_start, self.linear_end, self.timesteps, zsnr)
 
     @property
     def sigma_min(self) -> torch.Tensor:
@@ -66,6 +80,8 @@ class ModelSampling:
         if self.prediction_type == "v_prediction":
             sd2 = self.sigma_data ** 2
             return x * sd2 / (sigma ** 2 + sd2) - output * sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
+        if self.prediction_type == "x0":
+            return output
         return x - output * sigma
 
     def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor, max_denoise: bool = False):
@@ -76,6 +92,56 @@ class ModelSampling:
     def is_max_denoise(self, sigmas: torch.Tensor) -> bool:
         first, top = float(sigmas[0]), float(self.sigma_max)
         return math.isclose(top, first, rel_tol=1e-05) or first > top
+
+
+class LcmSampling(ModelSampling):
+    """A latent consistency model (Luo et al. 2023): distilled to 50 of the 1000 timesteps (every 20th,
+    ending at 999), predicting noise that is turned into the clean latent by LCM's boundary condition
+    (sigma_data 0.5, timestep scaled by 10), as ComfyUI's ModelSamplingDiscreteDistilled with LCM."""
+
+    original_timesteps = 50
+
+    def __init__(self, linear_start: float = 0.00085, linear_end: float = 0.012, timesteps: int = 1000,
+                 zsnr: bool = False):
+        super().__init__("epsilon", linear_start, linear_end, timesteps, zsnr)
+        self.prediction_type = "lcm"
+        self.skip = timesteps // self.original_timesteps
+        keep = [timesteps - 1 - i * self.skip for i in range(self.original_timesteps)][::-1]
+        self.sigmas = self.sigmas[keep]
+        self.log_sigmas = self.sigmas.log()
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
+        index = dists.abs().argmin(dim=0).view(sigma.shape)
+        return (index * self.skip + (self.skip - 1)).to(sigma.device)
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        t = (timestep.float().to(self.log_sigmas.device) - (self.skip - 1)) / self.skip
+        t = torch.clamp(t, min=0, max=len(self.sigmas) - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp().to(timestep.device)
+
+    def calculate_denoised(self, sigma: torch.Tensor, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        shape = sigma.shape[:1] + (1,) * (output.ndim - 1)
+        scaled = self.timestep(sigma).view(shape) * 10.0
+        sigma = sigma.view(shape)
+        x0 = x - output * sigma
+        c_skip = 0.25 / (scaled ** 2 + 0.25)
+        c_out = scaled / (scaled ** 2 + 0.25) ** 0.5
+        return c_out * x0 + c_skip * x
+
+    def with_prediction(self, prediction_type: str, zsnr: bool = False) -> "ModelSampling":
+        return ModelSampling.with_prediction(self, prediction_type, zsnr)
+
+
+def _zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alphas_cumprod) so the last timestep is (almost) pure noise, as ComfyUI's zsnr does."""
+    root = (1 / (sigmas * sigmas + 1)).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    alphas = root ** 2
+    alphas[-1] = 4.8973451890853435e-08  # ComfyUI's floor, so the last sigma stays finite
+    return ((1 - alphas) / alphas) ** 0.5
 
 
 @dataclass

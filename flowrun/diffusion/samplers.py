@@ -46,7 +46,8 @@ def sample_euler(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Ca
     return x
 
 
-def sample_euler_ancestral(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0):
+def sample_euler_ancestral(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0,
+                           s_noise: float = 1.0):
     noise = seed_noise.gaussian(x)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
@@ -55,7 +56,7 @@ def sample_euler_ancestral(model: Denoiser, x, sigmas, seed_noise: SeedNoise, ca
         if down == 0:
             x = denoised
         else:
-            x = x + to_d(x, sigmas[i] * s_in, denoised) * (down - sigmas[i]) + noise(sigmas[i], sigmas[i + 1]) * up
+            x = x + to_d(x, sigmas[i] * s_in, denoised) * (down - sigmas[i]) + noise(sigmas[i], sigmas[i + 1]) * s_noise * up
         callback(i)
     return x
 
@@ -164,7 +165,8 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x, sigmas, seed_noise: SeedNoise,
     return x
 
 
-def sample_dpmpp_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0, r: float = 0.5):
+def sample_dpmpp_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0,
+                     s_noise: float = 1.0, r: float = 0.5):
     if len(sigmas) <= 1:
         return x
     noise = seed_noise.brownian(x, sigmas)
@@ -186,14 +188,14 @@ def sample_dpmpp_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback
             h_ = -sd.log() - lam_s
             x2 = (alpha_s1 / alpha_s) * (-h_).exp() * x - alpha_s1 * (-h_).expm1() * denoised
             if eta > 0:
-                x2 = x2 + alpha_s1 * noise(sigmas[i], sigma_s1) * su
+                x2 = x2 + alpha_s1 * noise(sigmas[i], sigma_s1) * s_noise * su
             denoised2 = model(x2, sigma_s1 * s_in)
             sd, su = ancestral_step((-lam_s).exp(), (-lam_t).exp(), eta)
             h_ = -sd.log() - lam_s
             mixed = (1 - fac) * denoised + fac * denoised2
             x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * mixed
             if eta > 0:
-                x = x + alpha_t * noise(sigmas[i], sigmas[i + 1]) * su
+                x = x + alpha_t * noise(sigmas[i], sigmas[i + 1]) * s_noise * su
         callback(i)
     return x
 
@@ -216,8 +218,11 @@ def sample_dpmpp_2m(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback:
     return x
 
 
-def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0):
-    """DPM-Solver++(2M) SDE, midpoint variant."""
+def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0,
+                        s_noise: float = 1.0, solver_type: str = "midpoint"):
+    """DPM-Solver++(2M) SDE; the second-order correction by the midpoint rule (the default) or Heun's."""
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"unknown solver_type {solver_type!r}; known: midpoint, heun")
     if len(sigmas) <= 1:
         return x
     noise = seed_noise.brownian(x, sigmas)
@@ -236,9 +241,12 @@ def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callb
             x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
             if old is not None:
                 r = h_last / h
-                x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old)
+                if solver_type == "heun":
+                    x = x + alpha_t * ((-h_eta).expm1().neg() / (-h_eta) + 1) * (1 / r) * (denoised - old)
+                else:
+                    x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old)
             if eta > 0:
-                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt()
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
         old, h_last = denoised, h
         callback(i)
     return x

@@ -35,6 +35,19 @@ def exponential(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
 
 
+def polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
+    """Log sigma falling from sigma_max to sigma_min along a polynomial ramp of degree rho."""
+    ramp = torch.linspace(1, 0, n) ** rho
+    return _append_zero(torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
+
+
+def sd_turbo(ms: ModelSampling, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """SD Turbo's schedule: timesteps 999, 899, ... 99 from the one `denoise` reaches, `steps` of them."""
+    start = 10 - int(10 * denoise)
+    timesteps = torch.flip(torch.arange(1, 11) * 100 - 1, (0,))[start:start + steps]
+    return _append_zero(ms.sigma(timesteps))
+
+
 def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     idx = torch.arange(n, dtype=torch.float).div_(n - 1) if n > 1 else torch.zeros(1)
     sigmas = idx.new_zeros(n + 1)

@@ -31,6 +31,12 @@ CORE_NODES = frozenset({
     # image_ops
     "ImageSharpen", "ImageBlur", "ImageQuantize", "ImageScaleBy", "ImageScaleToTotalPixels", "ImageCrop",
     "ImageBatch", "ImageCompositeMasked", "ImagePadForOutpaint",
+    "SetLatentNoiseMask",
+    # custom sampling (comfy_extras/nodes_custom_sampler.py, nodes_model_advanced.py)
+    "KSamplerSelect", "BasicScheduler", "KarrasScheduler", "ExponentialScheduler", "PolyexponentialScheduler",
+    "SDTurboScheduler", "SplitSigmas", "SplitSigmasDenoise", "FlipSigmas", "RandomNoise", "DisableNoise",
+    "CFGGuider", "BasicGuider", "DualCFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "SamplerEulerAncestral",
+    "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE", "SamplerLMS", "ModelSamplingDiscrete",
 })
 
 

@@ -17,7 +17,11 @@ ROLE_NAMES = {
     "KSamplerAdvanced": "sample", "VAEDecode": "decode", "VAEEncode": "encode", "SaveImage": "save",
     "LoadImage": "image", "LatentUpscale": "upscale", "LatentUpscaleBy": "upscale", "ImageScale": "scale",
     "CLIPSetLastLayer": "clip_skip", "ConditioningCombine": "combine", "ConditioningConcat": "concat",
-    "ConditioningSetArea": "area",
+    "ConditioningSetArea": "area", "SamplerCustom": "sample", "SamplerCustomAdvanced": "sample",
+    "RandomNoise": "noise", "DisableNoise": "noise", "CFGGuider": "guider", "BasicGuider": "guider",
+    "DualCFGGuider": "guider", "KSamplerSelect": "sampler", "BasicScheduler": "sigmas", "KarrasScheduler": "sigmas",
+    "ExponentialScheduler": "sigmas", "PolyexponentialScheduler": "sigmas", "SDTurboScheduler": "sigmas",
+    "SplitSigmas": "split", "SplitSigmasDenoise": "split", "FlipSigmas": "flip", "SetLatentNoiseMask": "mask",
 }
 
 
@@ -30,7 +34,7 @@ def _ids(prompt: dict[str, Any]) -> dict[str, str]:
     `sample`, `decode`...; repeated roles get _2, _3 in ComfyUI id order."""
     role: dict[str, str] = {}
     for cid, node in prompt.items():
-        if node.get("class_type") in ("KSampler", "KSamplerAdvanced"):
+        if node.get("class_type") in ("KSampler", "KSamplerAdvanced", "SamplerCustom", "CFGGuider"):
             for side in ("positive", "negative"):
                 link = node.get("inputs", {}).get(side)
                 if isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") == "CLIPTextEncode":

@@ -1,5 +1,5 @@
-"""Latent nodes: EmptyLatentImage, LatentUpscale, LatentUpscaleBy, VAEEncode, VAEDecode, and the tiled
-VAEEncodeTiled and VAEDecodeTiled.
+"""Latent nodes: EmptyLatentImage, LatentUpscale, LatentUpscaleBy, VAEEncode, VAEDecode, SetLatentNoiseMask,
+and the tiled VAEEncodeTiled and VAEDecodeTiled.
 LATENT values are flowrun.values.Latent: `samples` [batch, 4, height/8, width/8] holding unscaled latents,
 with an optional `noise_mask` and `batch_index` carried along."""
 
@@ -123,3 +123,12 @@ def vae_encode_tiled(p: TiledEncodeParams, ctx, *, pixels: ports.Image, vae: por
         return Latent(encode_tiled(vae, pixels, p.tile_size, p.overlap))
     except ValueError as exc:
         raise NodeError(str(exc)) from None
+
+
+@node("SetLatentNoiseMask", outputs={"latent": ports.LATENT}, category="latent/inpaint")
+def set_latent_noise_mask(p: NoParams, ctx, *, samples: Latent, mask: ports.Mask) -> Latent:
+    """Limit sampling to where the mask is 1 (resized to the latent); elsewhere the latent stays as it is."""
+    import torch
+
+    m = torch.as_tensor(mask).float()
+    return samples.replace(noise_mask=m.reshape((-1, 1) + tuple(m.shape[-2:])))

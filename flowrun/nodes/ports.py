@@ -2,8 +2,8 @@
 annotations that declare them in a node's signature.
 
 A node's keyword-only parameters are its inputs, and their annotations say the port type: a class of
-flowrun.values (`Latent`, `Conditioning`), one of the tagged aliases below (`Model`, `Image`...),
-or a plain `int`, `float`, `str`, `bool`. Nothing here imports torch.
+flowrun.values (`Latent`, `Conditioning`, `Sampler`, `Noise`, `Guider`), one of the tagged aliases below
+(`Model`, `Image`, `Sigmas`...), or a plain `int`, `float`, `str`, `bool`. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from flowrun.values import Conditioning, Latent
+from flowrun.values import Conditioning, Guider, Latent, Noise, Sampler
 
 MODEL = "MODEL"
 CLIP = "CLIP"
@@ -26,12 +26,18 @@ INT = "INT"
 FLOAT = "FLOAT"
 STRING = "STRING"
 BOOLEAN = "BOOLEAN"
+SAMPLER = "SAMPLER"
+SIGMAS = "SIGMAS"
+NOISE = "NOISE"
+GUIDER = "GUIDER"
 ANY = "*"
 
-ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, BOOLEAN)
+ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, BOOLEAN, SAMPLER, SIGMAS, NOISE,
+       GUIDER)
 
-# Loaded models are large and process-bound: they stay in memory and never go to the disk cache.
-MEMORY_ONLY = frozenset({MODEL, CLIP, VAE})
+# Loaded models are large and process-bound: they stay in memory and never go to the disk cache; so does
+# a GUIDER, which holds a model.
+MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER})
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,9 @@ Clip = Annotated[Any, Port(CLIP)]  # flowrun.diffusion.model.TextEncoder
 Vae = Annotated[Any, Port(VAE)]  # flowrun.diffusion.model.Vae
 Image = Annotated[Any, Port(IMAGE)]  # float32 numpy [batch, height, width, channels] in 0..1
 Mask = Annotated[Any, Port(MASK)]  # float32 numpy [batch, height, width] in 0..1
+Sigmas = Annotated[Any, Port(SIGMAS)]  # 1-D float32 torch tensor, decreasing to 0 (empty: nothing to do)
 
-_BY_CLASS = {Latent: LATENT, Conditioning: CONDITIONING, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}
+_BY_CLASS = {Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}
 
 
 def compatible(source: str, target: str) -> bool:

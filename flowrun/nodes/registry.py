@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.latent_ops",
     "flowrun.nodes.sampling",
     "flowrun.nodes.model_patches",
+    "flowrun.nodes.custom_sampling",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
 ENTRY_POINT_GROUP = "flowrun.nodes"
