@@ -40,6 +40,10 @@ def ksample_batch(model: DiffusionModel, *, noise: SeedNoise, cfgs: list[float],
     as it would alone (up to float rounding of the batched forward passes)."""
     seeds = noise.seeds
     latent_image = latent.samples.float()
+    wanted = model.unet.config.out_channels
+    if latent_image.shape[1] != wanted:
+        raise ValueError(f"input 'latent_image': the model denoises latents of {wanted} channels, this one has "
+                         f"{latent_image.shape[1]} (made by a VAE of another model family?)")
     rows = latent_image.shape[0]
     if add_noise:
         start_noise = noise.initial(latent_image, latent.batch_index)

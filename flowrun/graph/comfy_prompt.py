@@ -16,7 +16,8 @@ CORE_NODES = frozenset({
     "ConditioningConcat", "ConditioningSetArea", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy",
     "VAEEncode", "VAEDecode", "KSampler", "KSamplerAdvanced", "LoadImage", "ImageScale", "SaveImage",
     "EmptyImage", "ImageInvert", "ImageBlend", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
-    "PrimitiveBoolean",
+    "PrimitiveBoolean", "CheckpointLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "UNETLoader",
+    "LoraLoaderModelOnly",
 })
 
 

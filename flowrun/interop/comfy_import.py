@@ -19,7 +19,8 @@ ROLE_NAMES = {
     "KSamplerAdvanced": "sample", "VAEDecode": "decode", "VAEEncode": "encode", "SaveImage": "save",
     "LoadImage": "image", "LatentUpscale": "upscale", "LatentUpscaleBy": "upscale", "ImageScale": "scale",
     "CLIPSetLastLayer": "clip_skip", "ConditioningCombine": "combine", "ConditioningConcat": "concat",
-    "ConditioningSetArea": "area",
+    "ConditioningSetArea": "area", "CheckpointLoader": "ckpt", "UNETLoader": "unet", "VAELoader": "vae",
+    "CLIPLoader": "clip", "DualCLIPLoader": "clip", "LoraLoaderModelOnly": "lora",
 }
 
 

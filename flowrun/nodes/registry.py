@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.primitives",
     "flowrun.nodes.image",
     "flowrun.nodes.loaders",
+    "flowrun.nodes.model_loaders",
     "flowrun.nodes.conditioning",
     "flowrun.nodes.latent",
     "flowrun.nodes.sampling",
