@@ -6,7 +6,7 @@
 - A weight w != 1 moves a token's embedding away from the empty prompt's: z' = (z - z_empty) * w + z_empty.
 - Layers: SD1 reads the last layer, SD2 the penultimate, both through the final layer norm; SDXL reads the
   penultimate layer of CLIP-L and of OpenCLIP-bigG without it and concatenates them, its pooled vector
-  from bigG's projection. CLIPSetLastLayer picks another layer.
+  from bigG's projection (the SDXL refiner: bigG alone). CLIPSetLastLayer picks another layer.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from flowrun.diffusion.configs import SD1, SDXL
+from flowrun.diffusion.configs import SD1, SDXL, SDXL_REFINER
 from flowrun.diffusion.model import TextEncoder
 from flowrun.values import CondEntry, Conditioning
 
@@ -112,7 +112,7 @@ def tokenize(tokenizer: Any, text: str, pad: int) -> list[list[tuple[int, float]
 def _layer_plan(enc: TextEncoder, index: int) -> tuple[int | None, bool]:
     """(hidden-state index or None for the normed last layer, whether to apply the final layer norm)."""
     family = enc.family
-    if family == SDXL:
+    if family in (SDXL, SDXL_REFINER):
         return (enc.layer_idx if enc.layer_idx is not None else -2), False
     if enc.layer_idx is not None:
         return enc.layer_idx, True
@@ -154,13 +154,37 @@ def encode(enc: TextEncoder, text: str) -> Conditioning:
     """CONDITIONING for one prompt: one entry, the embedding [1, 77*k, width] (and SDXL's pooled output)."""
     from flowrun.diffusion.lora import patched
 
+    if enc.family == SDXL:
+        return encode_sdxl(enc, text, text)
     with patched(enc.models, enc.patches):
-        if enc.family == SDXL:
-            cond_l, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, END), END)
-            cond_g, pooled = _encode_one(enc, 1, tokenize(enc.tokenizer, text, 0), 0)
-            return Conditioning([CondEntry(torch.cat([cond_l, cond_g], dim=-1), pooled_output=pooled)])
+        if enc.family == SDXL_REFINER:
+            cond_g, pooled = _encode_one(enc, 0, tokenize(enc.tokenizer, text, 0), 0)
+            return Conditioning([CondEntry(cond_g, pooled_output=pooled)])
         pad = END if enc.family == SD1 else 0
         cond, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, pad), pad)
         return Conditioning([CondEntry(cond)])
 
 
+
+
+def encode_sdxl(enc: TextEncoder, text_g: str, text_l: str, extra: dict | None = None) -> Conditioning:
+    """SDXL's conditioning from a prompt for each encoder (CLIPTextEncodeSDXL): when one runs to more
+    77-token chunks than the other, the shorter is padded with empty-prompt chunks, as ComfyUI does."""
+    from flowrun.diffusion.lora import patched
+
+    if enc.family != SDXL:
+        raise ValueError(f"input 'clip': text_g and text_l are for SDXL's two text encoders; this CLIP is {enc.family}")
+    chunks_l, chunks_g = tokenize(enc.tokenizer, text_l, END), tokenize(enc.tokenizer, text_g, 0)
+    chunks_l += tokenize(enc.tokenizer, "", END) * (len(chunks_g) - len(chunks_l))
+    chunks_g += tokenize(enc.tokenizer, "", 0) * (len(chunks_l) - len(chunks_g))
+    with patched(enc.models, enc.patches):
+        cond_l, _ = _encode_one(enc, 0, chunks_l, END)
+        cond_g, pooled = _encode_one(enc, 1, chunks_g, 0)
+    return Conditioning([CondEntry(torch.cat([cond_l, cond_g], dim=-1), pooled_output=pooled, extra=dict(extra or {}))])
+
+
+def encode_refiner(enc: TextEncoder, text: str, extra: dict) -> Conditioning:
+    """The SDXL refiner's conditioning with its size and aesthetic score (CLIPTextEncodeSDXLRefiner)."""
+    if enc.family != SDXL_REFINER:
+        raise ValueError(f"input 'clip': this node is for the SDXL refiner's text encoder; this CLIP is {enc.family}")
+    return encode(enc, text).map(lambda e: e.replace(extra=dict(extra)))

@@ -17,7 +17,7 @@ CORE_NODES = frozenset({
     "VAEEncode", "VAEDecode", "KSampler", "KSamplerAdvanced", "LoadImage", "ImageScale", "SaveImage",
     "EmptyImage", "ImageInvert", "ImageBlend", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
     "PrimitiveBoolean", "CheckpointLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "UNETLoader",
-    "LoraLoaderModelOnly",
+    "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner",
 })
 
 

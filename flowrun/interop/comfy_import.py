@@ -24,6 +24,9 @@ ROLE_NAMES = {
 }
 
 
+TEXT_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner")
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -36,7 +39,7 @@ def _ids(prompt: dict[str, Any]) -> dict[str, str]:
         if node.get("class_type") in ("KSampler", "KSamplerAdvanced"):
             for side in ("positive", "negative"):
                 link = node.get("inputs", {}).get(side)
-                if isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") == "CLIPTextEncode":
+                if isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") in TEXT_ENCODERS:
                     role.setdefault(str(link[0]), side)
     names: dict[str, str] = {}
     used: dict[str, int] = {}

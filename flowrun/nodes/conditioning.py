@@ -1,5 +1,5 @@
-"""Conditioning nodes: CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningConcat,
-ConditioningSetArea. CONDITIONING values are flowrun.values.Conditioning: entries with an embedding
+"""Conditioning nodes: CLIPTextEncode, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, CLIPSetLastLayer,
+ConditioningCombine, ConditioningConcat, ConditioningSetArea. CONDITIONING values are flowrun.values.Conditioning: entries with an embedding
 [1, tokens, width] and named fields for how the sampler applies them."""
 
 from __future__ import annotations
@@ -24,6 +24,47 @@ def clip_text_encode(p: TextParams, ctx, *, clip: ports.Clip) -> Conditioning:
 
     try:
         return encode(clip, p.text)
+    except ValueError as exc:
+        raise NodeError(str(exc)) from None
+
+
+class SdxlTextParams(NodeParams):  # ComfyUI's field order
+    width: int = Field(1024, ge=0, le=MAX_RESOLUTION, description="Size the image is said to have (size conditioning).")
+    height: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    crop_w: int = Field(0, ge=0, le=MAX_RESOLUTION, description="Crop offset said to have been taken (0: uncropped).")
+    crop_h: int = Field(0, ge=0, le=MAX_RESOLUTION)
+    target_width: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    target_height: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    text_g: str = Field("", description="Prompt for OpenCLIP-bigG.")
+    text_l: str = Field("", description="Prompt for CLIP-L.")
+
+
+@node("CLIPTextEncodeSDXL", outputs={"conditioning": ports.CONDITIONING}, category="conditioning")
+def clip_text_encode_sdxl(p: SdxlTextParams, ctx, *, clip: ports.Clip) -> Conditioning:
+    """Encode a prompt for each of SDXL's text encoders, with explicit size and crop conditioning."""
+    from flowrun.diffusion.clip import encode_sdxl
+
+    extra = p.model_dump(exclude={"text_g", "text_l"})
+    try:
+        return encode_sdxl(clip, p.text_g, p.text_l, extra)
+    except ValueError as exc:
+        raise NodeError(str(exc)) from None
+
+
+class RefinerTextParams(NodeParams):  # ComfyUI's field order
+    ascore: float = Field(6.0, ge=0.0, le=1000.0, description="Aesthetic score the refiner aims at (ComfyUI: 6).")
+    width: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    height: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    text: str = ""
+
+
+@node("CLIPTextEncodeSDXLRefiner", outputs={"conditioning": ports.CONDITIONING}, category="conditioning")
+def clip_text_encode_sdxl_refiner(p: RefinerTextParams, ctx, *, clip: ports.Clip) -> Conditioning:
+    """Encode a prompt for the SDXL refiner, with its size and aesthetic-score conditioning."""
+    from flowrun.diffusion.clip import encode_refiner
+
+    try:
+        return encode_refiner(clip, p.text, {"aesthetic_score": p.ascore, "width": p.width, "height": p.height})
     except ValueError as exc:
         raise NodeError(str(exc)) from None
 
