@@ -63,6 +63,41 @@ def test_expanded_graphs_run_and_round_trip(cli, tmp_path):
     assert (seen.background, seen.colour) == ("white", "yellow")
 
 
+def test_a_group_widget_made_an_input_feeds_its_inner_node(tmp_path):
+    ui = json.loads((COMFY / "txt2img-group-ui.json").read_text())
+    group = next(n for n in ui["nodes"] if n["id"] == 20)
+    # the second encoder's text: a repeated widget name, which the editor prefixes with the node's title
+    group["inputs"].append({"name": "CLIPTextEncode text", "type": "STRING", "link": 30,
+                            "widget": {"name": "CLIPTextEncode text"}})
+    ui["nodes"].append({"id": 21, "type": "PrimitiveNode", "mode": 0, "inputs": [],
+                        "outputs": [{"name": "STRING", "type": "STRING", "links": [30],
+                                     "widget": {"name": "CLIPTextEncode text"}}], "widgets_values": ["dark"]})
+    ui["links"].append([30, 21, 0, 20, 2, "STRING"])
+    (tmp_path / "g.json").write_text(json.dumps(ui))
+    prompt = _load(tmp_path / "g.json")
+    assert prompt["20:1"]["inputs"]["text"] == "dark"
+    assert prompt["20:0"]["inputs"]["text"] == "a yellow triangle on a white background"
+
+
+def test_subgraphs_nest(tmp_path):
+    ui = json.loads((COMFY / "txt2img-subgraph-ui.json").read_text())
+    (outer,) = ui["definitions"]["subgraphs"]
+    inner = json.loads(json.dumps(outer))
+    inner["id"] = "inner-0000"
+    outer_nodes = [dict(n) for n in outer["nodes"]]
+    outer["nodes"] = [dict(n, type="inner-0000") if n["type"] == "KSampler" else n for n in outer_nodes]
+    inner["nodes"] = [n for n in inner["nodes"] if n["type"] == "KSampler"]  # the sampler, one level down
+    inner["outputs"] = [{"id": "o0", "name": "LATENT", "type": "LATENT", "linkIds": [105]}]
+    inner["inputs"] = inner["inputs"][:4]
+    inner["links"] = [l for l in inner["links"] if l["id"] <= 104] + [
+        {"id": 105, "origin_id": 1, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "LATENT"}]
+    ui["definitions"]["subgraphs"].append(inner)
+    (tmp_path / "n.json").write_text(json.dumps(ui))
+    prompt = _load(tmp_path / "n.json")
+    assert "30:1:1" in prompt and prompt["30:2"]["inputs"]["samples"] == ["30:1:1", 0]
+    assert _shape(prompt) == _shape(_plain_twin())
+
+
 def test_group_node_muted_mutes_its_inner_nodes(tmp_path):
     ui = json.loads((COMFY / "txt2img-group-ui.json").read_text())
     next(n for n in ui["nodes"] if n["id"] == 20)["mode"] = 2

@@ -21,7 +21,7 @@ REST = """
   sample:
     type: KSampler
     in: {model: $MODEL, positive: pos, negative: neg, latent_image: latent}
-    with: {seed: 3, steps: 4, cfg: 5.0, sampler_name: euler, scheduler: normal}
+    with: {seed: 3, steps: 2, cfg: 5.0, sampler_name: euler, scheduler: normal}
   decode: {type: VAEDecode, in: {samples: sample, vae: $VAE}}
   save: {type: SaveImage, in: {images: decode}, with: {filename_prefix: out}}
 """

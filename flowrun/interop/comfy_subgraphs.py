@@ -19,7 +19,7 @@ from flowrun.errors import UsageError
 
 GROUP_PREFIXES = ("workflow/", "workflow>")
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
-MAX_DEPTH = 16
+MAX_EXPANSIONS = 10_000  # instances expanded in one graph, nested ones included
 
 
 def link_list(links: list) -> list[list]:
@@ -40,15 +40,15 @@ def expand(ui: dict[str, Any], registry: Any) -> dict[str, Any]:
     subgraphs = {sg["id"]: sg for sg in (ui.get("definitions") or {}).get("subgraphs") or []}
     nodes = copy.deepcopy(ui.get("nodes") or [])
     links = link_list(ui.get("links"))
-    for _ in range(MAX_DEPTH):
+    for _ in range(MAX_EXPANSIONS):
         instance = next((n for n in nodes if _group_name(n, groups) or n.get("type") in subgraphs), None)
         if instance is None:
             return {**ui, "nodes": nodes, "links": links}
         name = _group_name(instance, groups)
-        inner, inner_links, ins, outs = (_group_parts(groups[name], name) if name
-                                         else _subgraph_parts(subgraphs[instance["type"]]))
-        nodes, links = _splice(instance, nodes, links, inner, inner_links, ins, outs, registry)
-    raise UsageError(f"subgraphs nest deeper than {MAX_DEPTH} levels (or contain themselves)")
+        parts = _group_parts(groups[name], registry) if name else _subgraph_parts(subgraphs[instance["type"]])
+        nodes, links = _splice(instance, nodes, links, *parts)
+    raise UsageError(f"more than {MAX_EXPANSIONS} group node or subgraph instances to expand: "
+                     "does a subgraph contain itself?")
 
 
 def _group_name(node: dict, groups: dict) -> str | None:
@@ -58,24 +58,51 @@ def _group_name(node: dict, groups: dict) -> str | None:
     return None
 
 
-def _group_parts(data: dict, name: str):
-    """(inner nodes, inner links, input slot -> [(inner id, slot)], output slot -> (inner id, slot)) of a
-    group node definition; inner ids are positions."""
+def _group_parts(data: dict, registry: Any):
+    """(inner nodes, inner links, instance input slot -> [(inner id, slot)], instance output slot -> (inner
+    id, slot), group widget name -> (inner id, field)) of a group node definition, laid out as ComfyUI's
+    editor does: link inputs nothing inside feeds in node order, then inner widgets converted to inputs;
+    widgets named by their field, `TITLE field` for a repeated name, `TITLE N field` after that."""
     inner = [dict(n, id=n.get("index", i)) for i, n in enumerate(data.get("nodes") or [])]
     inner_links = [[f"{i}", l[0], l[1], l[2], l[3], l[5] if len(l) > 5 else None]
                    for i, l in enumerate(data.get("links") or [])]
     fed = {(l[3], l[4]) for l in inner_links}
     read = {(l[1], l[2]) for l in inner_links}
     external = {(e[0], e[1]) for e in data.get("external") or []}
-    ins, outs = [], []
+    seen: dict[str, int] = {}
+
+    def name(node: dict, field: str) -> str:
+        label = next((i.get("label") for i in node.get("inputs") or [] if i.get("name") == field), None) or field
+        if label in seen:
+            prefix = f"{node.get('title') or node.get('type')} "
+            label = prefix + field
+            if label in seen:
+                label = f"{prefix}{seen[label]} {field}"
+        seen[label] = seen.get(label, 1) + 1
+        return label
+
+    ins, converted, outs, widgets = [], [], [], {}
     for node in inner:
+        nd = registry.get(node.get("type"))
+        converted_names = {i["name"] for i in node.get("inputs") or [] if "widget" in i}
+        for field in (nd.params.model_fields if nd is not None else ()):
+            if field not in converted_names:
+                widgets[name(node, field)] = (node["id"], field)
         for slot, inp in enumerate(node.get("inputs") or []):
-            if (node["id"], slot) not in fed and "widget" not in inp:
+            if (node["id"], slot) in fed:
+                continue
+            if "widget" in inp:
+                converted.append((node, slot))
+            else:
+                name(node, inp.get("name", ""))
                 ins.append([(node["id"], slot)])
         for slot, _ in enumerate(node.get("outputs") or []):
             if (node["id"], slot) not in read or (node["id"], slot) in external:
                 outs.append((node["id"], slot))
-    return inner, inner_links, ins, outs
+    for node, slot in converted:
+        name(node, node["inputs"][slot].get("name", ""))
+        ins.append([(node["id"], slot)])
+    return inner, inner_links, ins, outs, widgets
 
 
 def _subgraph_parts(data: dict):
@@ -90,11 +117,11 @@ def _subgraph_parts(data: dict):
     for slot in range(len(data.get("outputs") or [])):
         feeding = [(l[1], l[2]) for l in all_links if l[3] == SUBGRAPH_OUTPUT and l[4] == slot]
         outs.append(feeding[0] if feeding else None)
-    return inner, inner_links, ins, outs
+    return inner, inner_links, ins, outs, {}
 
 
 def _splice(instance: dict, nodes: list, links: list, inner: list, inner_links: list, ins: list, outs: list,
-            registry: Any):
+            widgets: dict):
     """Replace `instance` in (nodes, links) by its inner nodes, rewiring the links that crossed its border."""
     iid = instance["id"]
     new_id = {n["id"]: f"{iid}:{n['id']}" for n in inner}
@@ -102,7 +129,7 @@ def _splice(instance: dict, nodes: list, links: list, inner: list, inner_links: 
     grouped = any(str(instance.get("type", "")).startswith(p) for p in GROUP_PREFIXES)
     values = list(instance.get("widgets_values") or [])
     counts = [len(n.get("widgets_values") or []) for n in inner]
-    spread = grouped and values and len(values) == sum(counts)
+    spread = grouped and bool(values) and len(values) == sum(counts)
     added = []
     for n in inner:
         n["id"] = new_id[n["id"]]
@@ -120,12 +147,17 @@ def _splice(instance: dict, nodes: list, links: list, inner: list, inner_links: 
         if target is not None and l[4] < len(target["inputs"]):
             target["inputs"][l[4]]["link"] = lid
     kept = []
-    link_inputs = [i for i in instance.get("inputs") or [] if "widget" not in i]
+    slots = instance.get("inputs") or []
     for l in links:
         if l[3] == iid:  # into the instance: on to every inner input the slot feeds
-            inp = (instance.get("inputs") or [])[l[4]] if l[4] < len(instance.get("inputs") or []) else {}
-            targets = _widget_targets(inp, inner, registry) if "widget" in inp else (
-                ins[link_inputs.index(inp)] if inp in link_inputs and link_inputs.index(inp) < len(ins) else [])
+            inp = slots[l[4]] if l[4] < len(slots) else {}
+            if l[4] < len(ins):
+                targets = ins[l[4]]
+            elif "widget" in inp and inp["widget"].get("name") in widgets:  # a group widget made an input
+                targets = [widgets[inp["widget"]["name"]]]
+            else:
+                raise UsageError(f"input {l[4]} ('{inp.get('name', '')}') of node {iid} ({instance.get('type')}) "
+                                 "leads to no inner node")
             for node_id, slot in targets:
                 target = by_id[new_id.get(node_id, node_id)]
                 lid = f"{l[0]}>{target['id']}:{slot}"
@@ -144,18 +176,3 @@ def _splice(instance: dict, nodes: list, links: list, inner: list, inner_links: 
         kept.append(l)
     nodes = [n for n in nodes if n is not instance] + inner
     return nodes, kept + added
-
-
-def _widget_targets(inp: dict, inner: list, registry: Any) -> list[tuple[Any, str]]:
-    """The inner widget an instance's converted widget input feeds: `name` when one inner node has that
-    field, `TITLE name` when several do (as the editor names them)."""
-    name = inp["widget"].get("name", inp.get("name", ""))
-    for n in inner:
-        title = n.get("title") or n.get("type", "")
-        if name.startswith(title + " "):
-            return [(n["id"], name[len(title) + 1:])]
-    having = [n for n in inner if registry.get(n.get("type")) is not None
-              and name in registry.get(n["type"]).params.model_fields]
-    if len(having) != 1:
-        raise UsageError(f"group node input '{name}' matches {len(having)} inner widgets; expected one")
-    return [(having[0]["id"], name)]
