@@ -171,3 +171,31 @@ def test_validate_reports_missing_parts_in_their_folders(split_models, tmp_path,
     assert r.code == 2 and r.err.count("error[file]") == 2, r.err
     assert "no diffusion_model named 'nope-unet'" in r.err and "unet" in r.err and "tiny-unet" in r.err
     assert "no text_encoder named 'nope-g'" in r.err and "tiny-clip" in r.err  # clip/ is searched too
+
+
+def test_parts_in_the_wrong_place_say_what_they_are(split_models):
+    from flowrun.diffusion.components import load_text_encoders, load_unet, load_vae
+    from flowrun.diffusion.detect import CheckpointError
+
+    clip = split_models / "clip" / "tiny-clip.safetensors"
+    with pytest.raises(CheckpointError, match="not a VAE: expected 'encoder.\\*' and 'decoder.\\*' weights"):
+        load_vae(clip, "x")
+    with pytest.raises(CheckpointError, match="not a UNet: expected 'input_blocks.\\*'"):
+        load_unet(clip, "x")
+    with pytest.raises(CheckpointError, match="not a CLIP text encoder"):
+        load_text_encoders([split_models / "vae" / "tiny-vae-ldm.safetensors"], ["x"], "stable_diffusion")
+    with pytest.raises(CheckpointError, match="type stable_diffusion takes SD1's CLIP-L or SD2's OpenCLIP-H"):
+        load_text_encoders([split_models / "text_encoders" / "tiny-xl-clip-g.safetensors"], ["x"], "stable_diffusion")
+
+
+def test_latents_of_another_width_are_refused_by_the_sampler(tiny_bundle):
+    import torch
+
+    from flowrun.diffusion.ksampler import ksample_batch
+    from flowrun.diffusion.noise import SeedNoise
+    from flowrun.values import Latent
+
+    model = tiny_bundle[0]
+    with pytest.raises(ValueError, match="input 'latent_image': the model denoises latents of 4 channels, this one has 8"):
+        ksample_batch(model, noise=SeedNoise([0]), cfgs=[1.0], steps=1, sampler_name="euler", scheduler="normal",
+                      positive=(), negative=(), latent=Latent(torch.zeros(1, 8, 8, 8)))
