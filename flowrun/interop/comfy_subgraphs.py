@@ -41,7 +41,7 @@ def expand(ui: dict[str, Any], registry: Any) -> dict[str, Any]:
     nodes = copy.deepcopy(ui.get("nodes") or [])
     links = link_list(ui.get("links"))
     for _ in range(MAX_EXPANSIONS):
-        instance = next((n for n in nodes if _group_name(n, groups) or n.get("type") in subgraphs), None)
+        instance = next((n for n in nodes if _group_name(n, groups) or _subgraph_of(n, subgraphs)), None)
         if instance is None:
             return {**ui, "nodes": nodes, "links": links}
         name = _group_name(instance, groups)
@@ -49,6 +49,10 @@ def expand(ui: dict[str, Any], registry: Any) -> dict[str, Any]:
         nodes, links = _splice(instance, nodes, links, *parts)
     raise UsageError(f"more than {MAX_EXPANSIONS} group node or subgraph instances to expand: "
                      "does a subgraph contain itself?")
+
+
+def _subgraph_of(node: dict, subgraphs: dict) -> bool:
+    return isinstance(node.get("type"), str) and node["type"] in subgraphs
 
 
 def _group_name(node: dict, groups: dict) -> str | None:
