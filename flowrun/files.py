@@ -26,6 +26,14 @@ MODELS_ENV = "FLOWRUN_MODELS"
 BUNDLED = Path(__file__).resolve().parent / "models"
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+CONFIG_SUFFIXES = (".yaml",)  # configs/: LDM model configs (CheckpointLoader's config_name)
+# kinds ComfyUI reads from two folders, the current name first
+FOLDERS = {"text_encoders": ("text_encoders", "clip"), "diffusion_models": ("diffusion_models", "unet")}
+
+
+def folders(kind: str) -> tuple[str, ...]:
+    """The folder names under each models root where files of `kind` live."""
+    return FOLDERS.get(kind, (kind,))
 
 
 def search_roots(models_dirs: Iterable[str | os.PathLike] = (), workflow_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -72,8 +80,7 @@ def locate(name: str, kind: str, roots: list[Path]) -> Path:
     problem = relative_name_problem(name)
     if problem:
         raise ValueError(f"model name '{name}' is not allowed: {problem}")
-    for root in roots:
-        folder = root / kind
+    for folder in (root / sub for root in roots for sub in folders(kind)):
         if not folder.is_dir():
             continue
         for candidate in _candidates(name, kind):
@@ -82,8 +89,8 @@ def locate(name: str, kind: str, roots: list[Path]) -> Path:
                 return path
     available = sorted(set(available_names(kind, roots)))
     listing = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "") if available else "none"
-    where = ", ".join(str(r / kind) for r in roots)
-    raise FileNotFoundError(f"no {kind[:-1]} named '{name}' in {where}; available: {listing}")
+    where = ", ".join(str(r / sub) for r in roots for sub in folders(kind))
+    raise FileNotFoundError(f"no {kind[:-1] if kind.endswith('s') else kind} named '{name}' in {where}; available: {listing}")
 
 
 def _walk(folder: Path):
@@ -102,8 +109,7 @@ def _walk(folder: Path):
 def available_names(kind: str, roots: list[Path]) -> list[str]:
     """Model names under ROOT/kind for every root: files by name, diffusers folders as a whole."""
     names = []
-    for root in roots:
-        folder = root / kind
+    for folder in (root / sub for root in roots for sub in folders(kind)):
         for here, dirnames, filenames in _walk(folder):
             if here != folder and "model_index.json" in filenames:
                 names.append(here.relative_to(folder).as_posix())
@@ -115,7 +121,9 @@ def available_names(kind: str, roots: list[Path]) -> list[str]:
                 if path.suffix in SAFE_SUFFIXES:
                     names.append(rel[: -len(path.suffix)])
                 elif path.suffix in PICKLE_SUFFIXES:
-                    names.append(rel if kind not in PICKLE_KINDS else rel[: -len(path.suffix)])
+                    names.append(rel if kind != "embeddings" else rel[: -len(path.suffix)])
+                elif kind == "configs" and path.suffix in CONFIG_SUFFIXES:
+                    names.append(rel)
     return names
 
 

@@ -137,7 +137,7 @@ def test_import_ui_format_with_muted_bypassed_primitive_and_reroute(cli, tmp_pat
 
 
 @pytest.mark.parametrize("name", ["txt2img-api", "img2img-api", "hires-lora-api", "sdxl-refiner-api", "regional-api",
-                                  "custom-sampling-api"])
+                                  "custom-sampling-api", "sdxl-split-api", "sdxl-refiner-nodes-api"])
 def test_hand_written_api_graphs_round_trip(name, cli, tmp_path):
     source = ROOT / "tests" / "comfyui" / f"{name}.json"
     assert cli("import", source, "--out", tmp_path / "wf.yaml").code == 0

@@ -83,8 +83,8 @@ def write_lora(models_dir: Path, name: str, seed: int = 1, rank: int = 4, scale:
 
 
 def write_family(models_dir: Path, family: str, seed: int = 0) -> Path:
-    """A tiny SD2-shaped (OpenCLIP text tower, v-prediction) or SDXL-shaped (two text encoders, size
-    conditioning) checkpoint in the original key layout, with its configs in the sidecar JSON."""
+    """A tiny SD2-shaped (OpenCLIP text tower, v-prediction), SDXL-shaped (two text encoders, size
+    conditioning) or SDXL-refiner-shaped (OpenCLIP-bigG alone, aesthetic score) checkpoint in the original key layout, with its configs in the sidecar JSON."""
     import json
 
     import torch
@@ -100,6 +100,14 @@ def write_family(models_dir: Path, family: str, seed: int = 0) -> Path:
         unet_cfg = {**TINY_UNET, "cross_attention_dim": 48, "use_linear_projection": True, "attention_head_dim": [2, 4]}
         texts_cfg = [open_clip]
         prediction = "v_prediction"
+    elif family == "sdxl_refiner":  # OpenCLIP-bigG alone; time ids end with an aesthetic score (5 numbers)
+        unet_cfg = {**TINY_UNET, "cross_attention_dim": 48, "use_linear_projection": True,
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": [2, 4],
+                    "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+                    "projection_class_embeddings_input_dim": 48 + 5 * 8}
+        texts_cfg = [open_clip]
+        prediction = "epsilon"
     else:
         unet_cfg = {**TINY_UNET, "cross_attention_dim": 32 + 48, "use_linear_projection": True,
                     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
@@ -110,7 +118,8 @@ def write_family(models_dir: Path, family: str, seed: int = 0) -> Path:
         prediction = "epsilon"
     unet = UNet2DConditionModel(**unet_cfg)
     vae = AutoencoderKL(**TINY_VAE)
-    texts = [_text_model(c, projection=(family == "sdxl" and i == 1)) for i, c in enumerate(texts_cfg)]
+    texts = [_text_model(c, projection=(family == "sdxl" and i == 1) or family == "sdxl_refiner")
+             for i, c in enumerate(texts_cfg)]
     for t in texts:  # _text_model builds on the current device; give it real random weights
         t.to_empty(device="cpu")
         for p in t.parameters():
@@ -118,6 +127,8 @@ def write_family(models_dir: Path, family: str, seed: int = 0) -> Path:
     state = {**unet_to_ldm(unet.state_dict(), unet_cfg), **vae_to_ldm(vae.state_dict(), TINY_VAE)}
     if family == "sd2":
         state.update(open_clip_to_ldm(texts[0].state_dict(), "cond_stage_model.model."))
+    elif family == "sdxl_refiner":
+        state.update(open_clip_to_ldm(texts[0].state_dict(), "conditioner.embedders.0.model."))
     else:
         state.update({k.replace("cond_stage_model.", "conditioner.embedders.0."): v
                       for k, v in clip_to_ldm(texts[0].state_dict()).items()})

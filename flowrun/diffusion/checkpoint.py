@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
-from flowrun.diffusion.configs import SD1, SD2, SDXL, ModelConfig
+from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
 from flowrun.files import PICKLE_SUFFIXES
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
@@ -152,6 +152,8 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None) ->
         texts.append(_load_text(config.text_encoders[0], clip_state, False, "CLIP text encoder", path))
     elif config.family == SD2:
         texts.append(_load_open_clip(config.text_encoders[0], state, "cond_stage_model.model.", False, path))
+    elif config.family == SDXL_REFINER:
+        texts.append(_load_open_clip(config.text_encoders[0], state, "conditioner.embedders.0.model.", True, path))
     else:
         clip_state = convert_ldm_clip_checkpoint(state)
         texts.append(_load_text(config.text_encoders[0], clip_state, False, "CLIP-L text encoder", path))
@@ -203,10 +205,13 @@ def load_diffusers_folder(path: Path) -> tuple[ModelConfig, Any, list[Any], Any]
     unet_cfg = read("unet")
     family = SDXL if unet_cfg.get("addition_embed_type") == "text_time" else (
         SD2 if unet_cfg.get("cross_attention_dim") == 1024 else SD1)
+    if family == SDXL and not (path / "text_encoder").is_dir():
+        family = SDXL_REFINER  # the refiner ships only text_encoder_2 (OpenCLIP-bigG)
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True).eval().requires_grad_(False)
         vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True).eval().requires_grad_(False)
-        texts = [CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)]
+        texts = [] if family == SDXL_REFINER else [CLIPTextModel.from_pretrained(path / "text_encoder",
+                                                                                 local_files_only=True)]
         if (path / "text_encoder_2").is_dir():
             texts.append(CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", local_files_only=True))
     except (OSError, ValueError) as exc:

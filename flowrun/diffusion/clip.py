@@ -6,7 +6,7 @@
 - A weight w != 1 moves a token's embedding away from the empty prompt's: z' = (z - z_empty) * w + z_empty.
 - Layers: SD1 reads the last layer, SD2 the penultimate, both through the final layer norm; SDXL reads the
   penultimate layer of CLIP-L and of OpenCLIP-bigG without it and concatenates them, its pooled vector
-  from bigG's projection. CLIPSetLastLayer picks another layer.
+  from bigG's projection (the SDXL refiner: bigG alone). CLIPSetLastLayer picks another layer.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from flowrun.diffusion.configs import SD1, SD2, SDXL
+from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
@@ -98,7 +98,7 @@ def _split_ids(chunks, filler: int) -> tuple[list[list[int]], list[tuple[int, in
 def _layer_plan(enc: TextEncoder, index: int) -> tuple[int | None, bool]:
     """(hidden-state index or None for the normed last layer, whether to apply the final layer norm)."""
     family = enc.family
-    if family == SDXL:
+    if family in (SDXL, SDXL_REFINER):
         return (enc.layer_idx if enc.layer_idx is not None else -2), False
     if enc.layer_idx is not None:
         return enc.layer_idx, True
@@ -150,6 +150,25 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
     ComfyUI does; one that fits none is an error."""
     from flowrun.diffusion.lora import patched
 
+    if enc.family == SDXL:
+        return encode_sdxl(enc, text, text, embeddings=embeddings, warn=warn)
+    vectors, report = _embedding_lookups(enc, embeddings)
+    with patched(enc.models, enc.patches):
+        if enc.family == SDXL_REFINER:
+            cond_g, pooled = _encode_one(enc, 0, tokenize(enc.tokenizer, text, 0, vectors(0)), 0)
+            entry = CondEntry(cond_g, pooled_output=pooled)
+        else:
+            pad = END if enc.family == SD1 else 0
+            cond, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, pad, vectors(0)), pad)
+            entry = CondEntry(cond)
+    report(warn)
+    return Conditioning([entry])
+
+
+def _embedding_lookups(enc: TextEncoder, embeddings):
+    """(vectors(index) -> the lookup `tokenize` takes for text encoder `index`, report(warn)). An
+    embedding that fits only some of a model's text encoders is left out of the others (reported);
+    one that fits none is an error."""
     keys = _EMBED_KEYS.get(enc.family, ("clip_l",) * len(enc.models))
     missed: dict[str, int] = {}
 
@@ -168,19 +187,12 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
                 return None
         return lookup
 
-    with patched(enc.models, enc.patches):
-        if enc.family == SDXL:
-            cond_l, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, END, vectors(0)), END)
-            cond_g, pooled = _encode_one(enc, 1, tokenize(enc.tokenizer, text, 0, vectors(1)), 0)
-            entry = CondEntry(torch.cat([cond_l, cond_g], dim=-1), pooled_output=pooled)
-        else:
-            pad = END if enc.family == SD1 else 0
-            cond, _ = _encode_one(enc, 0, tokenize(enc.tokenizer, text, pad, vectors(0)), pad)
-            entry = CondEntry(cond)
-    for name in missed:
-        if warn is not None:
-            warn(f"embedding '{name}' does not fit one of the text encoders; that one leaves it out")
-    return Conditioning([entry])
+    def report(warn) -> None:
+        for name in missed:
+            if warn is not None:
+                warn(f"embedding '{name}' does not fit one of the text encoders; that one leaves it out")
+
+    return vectors, report
 
 
 def read_embedding(path, allow_pickle: bool) -> dict:
@@ -203,7 +215,7 @@ def read_embedding(path, allow_pickle: bool) -> dict:
 
 
 # which entry of an embedding file feeds which text encoder (SDXL files hold one for each)
-_EMBED_KEYS = {SD1: ("clip_l",), SD2: ("clip_h",), SDXL: ("clip_l", "clip_g")}
+_EMBED_KEYS = {SD1: ("clip_l",), SD2: ("clip_h",), SDXL: ("clip_l", "clip_g"), SDXL_REFINER: ("clip_g",)}
 
 
 def embedding_vectors(state: dict, name: str, key: str, width: int) -> torch.Tensor:
@@ -228,3 +240,30 @@ def embedding_vectors(state: dict, name: str, key: str, width: int) -> torch.Ten
     return vectors.reshape(-1, width)
 
 
+
+
+def encode_sdxl(enc: TextEncoder, text_g: str, text_l: str, extra: dict | None = None, embeddings=None,
+                warn=None) -> Conditioning:
+    """SDXL's conditioning from a prompt for each encoder (CLIPTextEncodeSDXL): when one runs to more
+    77-token chunks than the other, the shorter is padded with empty-prompt chunks, as ComfyUI does."""
+    from flowrun.diffusion.lora import patched
+
+    if enc.family != SDXL:
+        raise ValueError(f"input 'clip': text_g and text_l are for SDXL's two text encoders; this CLIP is {enc.family}")
+    vectors, report = _embedding_lookups(enc, embeddings)
+    chunks_l = tokenize(enc.tokenizer, text_l, END, vectors(0))
+    chunks_g = tokenize(enc.tokenizer, text_g, 0, vectors(1))
+    chunks_l += tokenize(enc.tokenizer, "", END) * (len(chunks_g) - len(chunks_l))
+    chunks_g += tokenize(enc.tokenizer, "", 0) * (len(chunks_l) - len(chunks_g))
+    with patched(enc.models, enc.patches):
+        cond_l, _ = _encode_one(enc, 0, chunks_l, END)
+        cond_g, pooled = _encode_one(enc, 1, chunks_g, 0)
+    report(warn)
+    return Conditioning([CondEntry(torch.cat([cond_l, cond_g], dim=-1), pooled_output=pooled, extra=dict(extra or {}))])
+
+
+def encode_refiner(enc: TextEncoder, text: str, extra: dict, embeddings=None, warn=None) -> Conditioning:
+    """The SDXL refiner's conditioning with its size and aesthetic score (CLIPTextEncodeSDXLRefiner)."""
+    if enc.family != SDXL_REFINER:
+        raise ValueError(f"input 'clip': this node is for the SDXL refiner's text encoder; this CLIP is {enc.family}")
+    return encode(enc, text, embeddings, warn).map(lambda e: e.replace(extra=dict(extra)))

@@ -1,6 +1,6 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
-Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base), in the diffusers /
+Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner), in the diffusers /
 transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
 configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
 """
@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SD1, SD2, SDXL = "sd1", "sd2", "sdxl"
-FAMILIES = (SD1, SD2, SDXL)
+SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER)
+# families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
+TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
 _SD_VAE = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
@@ -80,6 +82,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         },
         "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
         "text_encoders": [_CLIP_L, _OPEN_CLIP_BIGG],
+        "prediction_type": "epsilon",
+    },
+    SDXL_REFINER: {  # the second stage: only OpenCLIP-bigG, and an aesthetic score instead of the target size
+        "unet": {
+            "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+            "block_out_channels": [384, 768, 1536, 1536],
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "transformer_layers_per_block": 4, "attention_head_dim": [6, 12, 24, 24],
+            "cross_attention_dim": 1280, "use_linear_projection": True, "norm_num_groups": 32,
+            "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+            "projection_class_embeddings_input_dim": 2560,
+        },
+        "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
+        "text_encoders": [_OPEN_CLIP_BIGG],
         "prediction_type": "epsilon",
     },
 }

@@ -3,7 +3,7 @@
 The safetensors header is parsed here (8-byte length, then JSON) with every offset checked against the
 file's size, so a file with a lying header is refused before anything is allocated. The family is told
 from key names and shapes: UNet input channels (inpainting), cross-attention width (768 SD1, 1024 SD2,
-2048 SDXL) and which text-encoder layout is present. diffusers' own detection falls back to SD1 for
+2048 SDXL, 1280 SDXL refiner) and which text-encoder layout is present. diffusers' own detection falls back to SD1 for
 anything it does not know; this one says what it found instead.
 """
 
@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from flowrun.diffusion.configs import SD1, SD2, SDXL
+from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -25,7 +25,7 @@ VAE = "first_stage_model."
 SD1_CLIP = "cond_stage_model.transformer."
 SD2_CLIP = "cond_stage_model.model."
 SDXL_CLIP = "conditioner.embedders."
-CONTEXT_WIDTH = {768: SD1, 1024: SD2, 2048: SDXL}
+CONTEXT_WIDTH = {768: SD1, 1024: SD2, 2048: SDXL, 1280: SDXL_REFINER}
 
 
 class CheckpointError(Exception):
@@ -97,10 +97,11 @@ def detect(shapes: dict[str, tuple[int, ...]], file: str) -> Detected:
                               f"UNet (768 SD1, 1024 SD2, 2048 SDXL), found {sorted(contexts) or 'none'}")
     context = contexts.pop()
     if any(k.startswith(SDXL_CLIP) for k in shapes):
-        if not any(k.startswith(SDXL_CLIP + "1.") for k in shapes) or UNET + "label_emb.0.0.weight" not in shapes:
-            raise CheckpointError(f"{file}: looks like an SDXL refiner (one text encoder under '{SDXL_CLIP}*'); "
-                                  "only SDXL base checkpoints are supported")
-        family = SDXL
+        if UNET + "label_emb.0.0.weight" not in shapes:
+            raise CheckpointError(f"{file}: text encoders under '{SDXL_CLIP}*' but no size embedding "
+                                  f"('{UNET}label_emb.*'): not an SDXL checkpoint flowrun knows")
+        # the refiner has only OpenCLIP-bigG, as embedder 0; the base has CLIP-L there and bigG as embedder 1
+        family = SDXL if any(k.startswith(SDXL_CLIP + "1.") for k in shapes) else SDXL_REFINER
     elif any(k.startswith(SD2_CLIP) for k in shapes):
         family = SD2
     elif any(k.startswith(SD1_CLIP) for k in shapes):

@@ -114,6 +114,10 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
     every sampler node. No sigmas: the latent unchanged."""
     seeds = noise.seeds
     latent_image = latent.samples.float()
+    wanted = model.unet.config.out_channels
+    if latent_image.shape[1] != wanted:
+        raise ValueError(f"input 'latent_image': the model denoises latents of {wanted} channels, this one has "
+                         f"{latent_image.shape[1]} (made by a VAE of another model family?)")
     rows = latent_image.shape[0]
     if len(sigmas) == 0:
         return [Sampled(latent.replace(samples=latent_image.clone()), latent.replace(samples=latent_image.clone()))

@@ -92,6 +92,8 @@ def read_lora(path: Path, unet: Any, text_models: list[Any], strength_model: flo
     clip_patches: list[tuple[int, Patch]] = []
     unmatched: list[str] = []
     for base, parts in groups.items():
+        if not text_models and base.startswith("lora_te"):
+            continue  # no text encoder given (LoraLoaderModelOnly): its part of the LoRA is not used
         if ".lora_down.weight" not in parts or ".lora_up.weight" not in parts:
             unmatched.append(base)
             continue

@@ -37,6 +37,8 @@ CORE_NODES = frozenset({
     "SDTurboScheduler", "SplitSigmas", "SplitSigmasDenoise", "FlipSigmas", "RandomNoise", "DisableNoise",
     "CFGGuider", "BasicGuider", "DualCFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "SamplerEulerAncestral",
     "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE", "SamplerLMS", "ModelSamplingDiscrete",
+    "CheckpointLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "UNETLoader",
+    "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner",
 })
 
 

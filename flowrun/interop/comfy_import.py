@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from typing import Any
 
 import yaml
+from pydantic_core import PydanticUndefined
 
 from flowrun.errors import UsageError
 
@@ -22,7 +24,12 @@ ROLE_NAMES = {
     "DualCFGGuider": "guider", "KSamplerSelect": "sampler", "BasicScheduler": "sigmas", "KarrasScheduler": "sigmas",
     "ExponentialScheduler": "sigmas", "PolyexponentialScheduler": "sigmas", "SDTurboScheduler": "sigmas",
     "SplitSigmas": "split", "SplitSigmasDenoise": "split", "FlipSigmas": "flip", "SetLatentNoiseMask": "mask",
+    "CheckpointLoader": "ckpt", "UNETLoader": "unet", "VAELoader": "vae",
+    "CLIPLoader": "clip", "DualCLIPLoader": "clip", "LoraLoaderModelOnly": "lora",
 }
+
+
+TEXT_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner")
 
 
 def _snake(name: str) -> str:
@@ -37,7 +44,7 @@ def _ids(prompt: dict[str, Any]) -> dict[str, str]:
         if node.get("class_type") in ("KSampler", "KSamplerAdvanced", "SamplerCustom", "CFGGuider"):
             for side in ("positive", "negative"):
                 link = node.get("inputs", {}).get(side)
-                if isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") == "CLIPTextEncode":
+                if isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") in TEXT_ENCODERS:
                     role.setdefault(str(link[0]), side)
     names: dict[str, str] = {}
     used: dict[str, int] = {}
@@ -128,11 +135,31 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}  # the seed wi
 MUTED, BYPASSED = 2, 4
 
 
+def _is_control(value: Any, nd: Any, field: str, rest: list[str]) -> bool:
+    """Whether `value`, after the integer widget `field`, is its control widget ("randomize"; a boolean
+    in older editors) rather than the next field's value."""
+    following = nd.widget_type(rest[0]) if rest else None
+    if isinstance(value, bool):
+        return following != "BOOLEAN"
+    if value not in CONTROL_VALUES:
+        return False
+    if following != "STRING":
+        return True
+    annotation = nd.params.model_fields[rest[0]].annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return value not in typing.get_args(annotation)
+    return field in ("seed", "noise_seed")  # free text follows: only a seed is known to carry one
+
+
 def ui_to_api(ui: dict[str, Any], registry: Any) -> dict[str, Any]:
     """ComfyUI's UI format (nodes, links, widgets_values) to its API format, as ComfyUI's frontend does:
     muted nodes are left out, bypassed nodes pass each input on to the output of the same type, Reroute
     nodes pass their input on, PrimitiveNode values become the literals of the widgets they feed, and
-    widgets_values are matched to fields in order (skipping the control value that follows a seed)."""
+    widgets_values are matched to fields in order (skipping the control value that follows a seed), fields
+    without a value keep the node's defaults, and group nodes and subgraphs are expanded first."""
+    from flowrun.interop.comfy_subgraphs import expand
+
+    ui = expand(ui, registry)
     nodes = {n["id"]: n for n in ui.get("nodes", [])}
     links = {l[0]: l for l in ui.get("links", [])}  # id -> [id, from node, from slot, to node, to slot, type]
 
@@ -171,13 +198,17 @@ def ui_to_api(ui: dict[str, Any], registry: Any) -> dict[str, Any]:
         values = list(node.get("widgets_values") or [])
         fields = list(nd.params.model_fields)
         i = 0
-        for field in fields:
+        for k, field in enumerate(fields):
             if i >= len(values):
                 break
             inputs[field] = values[i]
             i += 1
-            if field in ("seed", "noise_seed") and i < len(values) and values[i] in CONTROL_VALUES:
+            if i < len(values) and nd.widget_type(field) == "INT" and _is_control(values[i], nd, field, fields[k + 1:]):
                 i += 1
+        for field in (f for f in fields if f not in inputs):
+            default = nd.params.model_fields[field].get_default(call_default_factory=True)
+            if default is not PydanticUndefined:  # as ComfyUI, whose widgets start at their defaults
+                inputs[field] = default
         for inp in node.get("inputs") or []:
             if inp.get("link") is None:
                 continue

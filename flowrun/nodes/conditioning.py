@@ -1,8 +1,9 @@
-"""Conditioning nodes: CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningConcat,
-ConditioningAverage, ConditioningZeroOut, and the ones that say where and when an entry applies
-(ConditioningSetArea, -AreaPercentage, -AreaStrength, -Mask, -TimestepRange). CONDITIONING values are
-flowrun.values.Conditioning: entries with an embedding [1, tokens, width] and named fields for how the
-sampler applies them (flowrun/diffusion/guidance.py reads them)."""
+"""Conditioning nodes: CLIPTextEncode, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, CLIPSetLastLayer,
+ConditioningCombine, ConditioningConcat, ConditioningAverage, ConditioningZeroOut, and the ones that say
+where and when an entry applies (ConditioningSetArea, -AreaPercentage, -AreaStrength, -Mask,
+-TimestepRange). CONDITIONING values are flowrun.values.Conditioning: entries with an embedding
+[1, tokens, width] and named fields for how the sampler applies them (flowrun/diffusion/guidance.py
+reads them)."""
 
 from __future__ import annotations
 
@@ -27,15 +28,69 @@ class TextParams(NodeParams):
 def clip_text_encode(p: TextParams, ctx, *, clip: ports.Clip) -> Conditioning:
     """Encode a prompt with the CLIP text encoder(s); `embedding:NAME` words are textual-inversion
     embeddings from embeddings/ on the model search path."""
-    from flowrun.diffusion.clip import encode, read_embedding
-    from flowrun.diffusion.detect import CheckpointError
-
-    def embedding(name: str) -> dict:
-        return read_embedding(ctx.files.path("embeddings", name), ctx.files.allow_pickle)
+    from flowrun.diffusion.clip import encode
 
     try:
-        return encode(clip, p.text, embeddings=embedding, warn=ctx.warn)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        return encode(clip, p.text, embeddings=_embeddings(ctx), warn=ctx.warn)
+    except (ValueError, FileNotFoundError) as exc:
+        raise NodeError(str(exc)) from None
+
+
+def _embeddings(ctx):
+    """name -> the contents of embeddings/NAME, for the prompts' `embedding:NAME` words."""
+    from flowrun.diffusion.clip import read_embedding
+    from flowrun.diffusion.detect import CheckpointError
+
+    def read(name: str) -> dict:
+        try:
+            return read_embedding(ctx.files.path("embeddings", name), ctx.files.allow_pickle)
+        except CheckpointError as exc:  # refused pickle, damaged file: the node's message
+            raise ValueError(str(exc)) from None
+
+    return read
+
+
+class SdxlTextParams(NodeParams):  # ComfyUI's field order
+    width: int = Field(1024, ge=0, le=MAX_RESOLUTION, description="Size the image is said to have (size conditioning).")
+    height: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    crop_w: int = Field(0, ge=0, le=MAX_RESOLUTION, description="Crop offset said to have been taken (0: uncropped).")
+    crop_h: int = Field(0, ge=0, le=MAX_RESOLUTION)
+    target_width: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    target_height: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    text_g: str = Field("", description="Prompt for OpenCLIP-bigG.")
+    text_l: str = Field("", description="Prompt for CLIP-L.")
+
+
+@node("CLIPTextEncodeSDXL", outputs={"conditioning": ports.CONDITIONING}, category="conditioning",
+      files={"text_g": EMBEDDINGS_IN_PROMPT, "text_l": EMBEDDINGS_IN_PROMPT})
+def clip_text_encode_sdxl(p: SdxlTextParams, ctx, *, clip: ports.Clip) -> Conditioning:
+    """Encode a prompt for each of SDXL's text encoders, with explicit size and crop conditioning."""
+    from flowrun.diffusion.clip import encode_sdxl
+
+    extra = p.model_dump(exclude={"text_g", "text_l"})
+    try:
+        return encode_sdxl(clip, p.text_g, p.text_l, extra, embeddings=_embeddings(ctx), warn=ctx.warn)
+    except (ValueError, FileNotFoundError) as exc:
+        raise NodeError(str(exc)) from None
+
+
+class RefinerTextParams(NodeParams):  # ComfyUI's field order
+    ascore: float = Field(6.0, ge=0.0, le=1000.0, description="Aesthetic score the refiner aims at (ComfyUI: 6).")
+    width: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    height: int = Field(1024, ge=0, le=MAX_RESOLUTION)
+    text: str = ""
+
+
+@node("CLIPTextEncodeSDXLRefiner", outputs={"conditioning": ports.CONDITIONING}, category="conditioning",
+      files={"text": EMBEDDINGS_IN_PROMPT})
+def clip_text_encode_sdxl_refiner(p: RefinerTextParams, ctx, *, clip: ports.Clip) -> Conditioning:
+    """Encode a prompt for the SDXL refiner, with its size and aesthetic-score conditioning."""
+    from flowrun.diffusion.clip import encode_refiner
+
+    try:
+        return encode_refiner(clip, p.text, {"aesthetic_score": p.ascore, "width": p.width, "height": p.height},
+                              embeddings=_embeddings(ctx), warn=ctx.warn)
+    except (ValueError, FileNotFoundError) as exc:
         raise NodeError(str(exc)) from None
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any, Callable, Iterable, Mapping
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from flowrun.nodes import ports
 
@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.image_ops",
     "flowrun.nodes.mask",
     "flowrun.nodes.loaders",
+    "flowrun.nodes.model_loaders",
     "flowrun.nodes.conditioning",
     "flowrun.nodes.latent",
     "flowrun.nodes.latent_ops",
@@ -39,9 +40,19 @@ ENTRY_POINT_GROUP = "flowrun.nodes"
 
 
 class NodeParams(BaseModel):
-    """Base of every node's literal fields (`with:`). Unknown fields are errors."""
+    """Base of every node's literal fields (`with:`). Unknown fields are errors, and so is a boolean
+    given for a number (pydantic would read `steps: true` as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kind = ports.of_annotation(cls.model_fields[info.field_name].annotation)
+            if kind in (ports.INT, ports.FLOAT):
+                raise ValueError("expected " + ("an integer" if kind == ports.INT else "a number"))
+        return value
 
 
 class NoParams(NodeParams):

@@ -1,0 +1,152 @@
+"""Loaders for models kept as separate parts, ComfyUI's names and fields: VAELoader, CLIPLoader,
+DualCLIPLoader, UNETLoader, CheckpointLoader (with an LDM config) and LoraLoaderModelOnly.
+
+As with CheckpointLoaderSimple, files are found on the model search path (text encoders in
+text_encoders/ or clip/, UNets in diffusion_models/ or unet/), their fingerprints enter the cache keys,
+and loaded parts go through the run's model pool, shared while something holds them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from flowrun.errors import NodeError
+from flowrun.nodes import ports
+from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
+from flowrun.nodes.registry import NodeParams, node
+
+WeightDtype = Literal["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+
+
+def _loading(load):
+    """Run `load()`, turning the ways a model file can be wrong into the node's error."""
+    from flowrun.diffusion.detect import CheckpointError
+
+    try:
+        return load()
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise NodeError(str(exc)) from None
+
+
+class VaeParams(NodeParams):
+    vae_name: str = Field(min_length=1, description="VAE file by name, under vae/ (original or diffusers layout).")
+
+    _inside = stays_inside("vae_name", LEAVES_MODELS)
+
+
+@node("VAELoader", outputs={"vae": ports.VAE}, category="loaders", files={"vae_name": "vae"})
+def vae_loader(p: VaeParams, ctx) -> ports.Vae:
+    """Load a VAE on its own (to replace the one a checkpoint carries)."""
+    from flowrun.diffusion.components import load_vae
+
+    fingerprint, device = ctx.files.fingerprint("vae_name"), ctx.device.device
+    path = _loading(lambda: ctx.files.path("vae", p.vae_name))
+    vae, = _loading(lambda: ctx.models.load(("vae", fingerprint, device), lambda: (
+        load_vae(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle),)))
+    return vae
+
+
+class ClipParams(NodeParams):
+    clip_name: str = Field(min_length=1, description="Text encoder file by name, under text_encoders/ or clip/.")
+    type: Literal["stable_diffusion"] = Field("stable_diffusion", description="stable_diffusion: SD1's CLIP-L or "
+                                              "SD2's OpenCLIP-H, told from the weights.")
+
+    _inside = stays_inside("clip_name", LEAVES_MODELS)
+
+
+@node("CLIPLoader", outputs={"clip": ports.CLIP}, category="loaders", files={"clip_name": "text_encoders"})
+def clip_loader(p: ClipParams, ctx) -> ports.Clip:
+    """Load one text encoder (SD 1.x or 2.x)."""
+    from flowrun.diffusion.components import load_text_encoders
+
+    fingerprint = ctx.files.fingerprint("clip_name")
+    path = _loading(lambda: ctx.files.path("text_encoders", p.clip_name))
+    clip, = _loading(lambda: ctx.models.load(("clip", p.type, fingerprint), lambda: (
+        load_text_encoders([path], [fingerprint], p.type, allow_pickle=ctx.files.allow_pickle),)))
+    return clip
+
+
+class DualClipParams(NodeParams):
+    clip_name1: str = Field(min_length=1, description="CLIP-L file by name, under text_encoders/ or clip/.")
+    clip_name2: str = Field(min_length=1, description="OpenCLIP-bigG file by name (the two may come in either order).")
+    type: Literal["sdxl"] = "sdxl"
+
+    _inside1 = stays_inside("clip_name1", LEAVES_MODELS)
+    _inside2 = stays_inside("clip_name2", LEAVES_MODELS)
+
+
+@node("DualCLIPLoader", outputs={"clip": ports.CLIP}, category="loaders",
+      files={"clip_name1": "text_encoders", "clip_name2": "text_encoders"})
+def dual_clip_loader(p: DualClipParams, ctx) -> ports.Clip:
+    """Load SDXL's two text encoders as one CLIP."""
+    from flowrun.diffusion.components import load_text_encoders
+
+    fingerprints = [ctx.files.fingerprint("clip_name1"), ctx.files.fingerprint("clip_name2")]
+    paths = _loading(lambda: [ctx.files.path("text_encoders", n) for n in (p.clip_name1, p.clip_name2)])
+    clip, = _loading(lambda: ctx.models.load(("clip", p.type, *fingerprints), lambda: (
+        load_text_encoders(paths, fingerprints, p.type, allow_pickle=ctx.files.allow_pickle),)))
+    return clip
+
+
+class UnetParams(NodeParams):
+    unet_name: str = Field(min_length=1, description="UNet file by name, under diffusion_models/ or unet/.")
+    weight_dtype: WeightDtype = Field("default", description="fp8_*: weights rounded to that format, as ComfyUI "
+                                      "stores them; computed in float32.")
+
+    _inside = stays_inside("unet_name", LEAVES_MODELS)
+
+
+@node("UNETLoader", outputs={"model": ports.MODEL}, category="loaders", files={"unet_name": "diffusion_models"})
+def unet_loader(p: UnetParams, ctx) -> ports.Model:
+    """Load a diffusion model (UNet) on its own; its family and prediction type come from the weights."""
+    from flowrun.diffusion.components import load_unet
+
+    fingerprint, device = ctx.files.fingerprint("unet_name"), ctx.device.device
+    path = _loading(lambda: ctx.files.path("diffusion_models", p.unet_name))
+    model, = _loading(lambda: ctx.models.load(("unet", fingerprint, device, p.weight_dtype), lambda: (
+        load_unet(path, fingerprint, device=device, weight_dtype=p.weight_dtype,
+                  allow_pickle=ctx.files.allow_pickle),)))
+    return model
+
+
+class ConfigCheckpointParams(NodeParams):
+    config_name: str = Field(min_length=1, description="LDM model config (e.g. v2-inference-v.yaml), under configs/.")
+    ckpt_name: str = Field(min_length=1, description="Checkpoint file by name.")
+
+    _inside_config = stays_inside("config_name", LEAVES_MODELS)
+    _inside_ckpt = stays_inside("ckpt_name", LEAVES_MODELS)
+
+
+@node("CheckpointLoader", outputs={"model": ports.MODEL, "clip": ports.CLIP, "vae": ports.VAE},
+      category="loaders", files={"config_name": "configs", "ckpt_name": "checkpoints"})
+def checkpoint_loader_with_config(p: ConfigCheckpointParams, ctx) -> dict:
+    """Load a checkpoint as its LDM config says (its parameterization: `v` for v-prediction)."""
+    from flowrun.diffusion.checkpoint import load_bundle
+    from flowrun.diffusion.components import with_ldm_config
+
+    fingerprint, device = ctx.files.fingerprint("ckpt_name"), ctx.device.device
+    path = _loading(lambda: ctx.files.path("checkpoints", p.ckpt_name))
+    config = _loading(lambda: ctx.files.path("configs", p.config_name))
+    model, clip, vae = _loading(lambda: ctx.models.load(
+        ("checkpoint", fingerprint, device, ctx.device.dtype),
+        lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)))
+    return {"model": _loading(lambda: with_ldm_config(model, config)), "clip": clip, "vae": vae}
+
+
+class LoraModelParams(NodeParams):
+    lora_name: str = Field(min_length=1, description="LoRA file by name, under loras/ on the model search path.")
+    strength_model: float = Field(1.0, ge=-100.0, le=100.0)
+
+    _inside = stays_inside("lora_name", LEAVES_MODELS)
+
+
+@node("LoraLoaderModelOnly", outputs={"model": ports.MODEL}, category="loaders", files={"lora_name": "loras"})
+def lora_loader_model_only(p: LoraModelParams, ctx, *, model: ports.Model) -> ports.Model:
+    """Apply a LoRA's UNet part only; its text-encoder weights, if any, are left unused."""
+    from flowrun.diffusion.lora import read_lora
+
+    path = _loading(lambda: ctx.files.path("loras", p.lora_name))
+    unet_patches, _ = _loading(lambda: read_lora(path, model.unet, [], p.strength_model, 0.0))
+    return model.with_patches(unet_patches)
