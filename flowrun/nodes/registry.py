@@ -43,7 +43,9 @@ class NodeParams(BaseModel):
     """Base of every node's literal fields (`with:`). Unknown fields are errors, and so is a boolean
     given for a number (pydantic would read `steps: true` as 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a node's validator is built when a workflow first uses it, not when its module is
+    # imported (with a hundred node types, building them all was most of `flowrun validate`'s time)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     @field_validator("*", mode="before")
     @classmethod

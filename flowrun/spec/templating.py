@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 from flowrun.spec.template_bounds import MAX_TEXT, TemplateBudgetExceeded, check_size, end_budget, fresh_budget
@@ -114,6 +116,13 @@ def _environment():
     return _ENV
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(text: str):
+    """A template compiled once per process: every cell of a sweep renders the same text (compiling is
+    most of the cost of `flowrun validate`)."""
+    return _environment().from_string(text)
+
+
 def render_value(value: Any, context: dict[str, Any]) -> Any:
     """Render every template string inside `value` (recursing into lists and mappings)."""
     if isinstance(value, dict):
@@ -125,9 +134,8 @@ def render_value(value: Any, context: dict[str, Any]) -> Any:
     from jinja2 import TemplateError
     from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
-    env = _environment()
     try:
-        template = env.from_string(value)
+        template = _compiled(value)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}") from None
     token = fresh_budget()
@@ -160,10 +168,16 @@ def referenced_names(value: Any) -> set[str]:
         return set().union(*(referenced_names(v) for v in value)) if value else set()
     if not is_template(value):
         return set()
-    from jinja2 import meta
     from jinja2.exceptions import TemplateSyntaxError
 
     try:
-        return set(meta.find_undeclared_variables(_environment().parse(value)))
+        return set(_names_read(value))
     except TemplateSyntaxError:
         return set()
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_read(text: str) -> frozenset[str]:
+    from jinja2 import meta
+
+    return frozenset(meta.find_undeclared_variables(_environment().parse(text)))
