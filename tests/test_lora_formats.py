@@ -301,3 +301,58 @@ def test_lora_for_another_family_is_an_error(tiny_bundle, tmp_path):
     with pytest.raises(CheckpointError, match=r"makes a \(64, 64, 3, 3\) change.*made for another model "
                                               r"\(another model family; the model is SD1\)"):
         read_lora(shapes, model.unet, clip.models, 1.0, 1.0, family="sd1")
+
+
+def test_sdxl_text_encoders_kohya_and_peft(tmp_path):
+    """SDXL: `lora_te1_` / `text_encoder.` patch CLIP-L, `lora_te2_` / `text_encoder_2.` OpenCLIP-bigG."""
+    import tiny_model
+    from safetensors.torch import save_file
+
+    from flowrun.diffusion.checkpoint import load_bundle
+
+    model, clip, _ = load_bundle(tiny_model.write_family(tmp_path, "sdxl"), "tiny-sdxl")
+    gen = torch.Generator().manual_seed(10)
+    d1, u1, d2, u2 = _rand(gen, 4, 32), _rand(gen, 32, 4), _rand(gen, 4, 48), _rand(gen, 48, 4)
+    q = "encoder.layers.1.self_attn.q_proj"
+    state = {f"lora_te1_text_model_{q.replace('.', '_')}.lora_down.weight": d1,
+             f"lora_te1_text_model_{q.replace('.', '_')}.lora_up.weight": u1,
+             f"lora_te1_text_model_{q.replace('.', '_')}.alpha": torch.tensor(2.0),
+             f"text_encoder_2.text_model.{q}.lora_A.weight": d2, f"text_encoder_2.text_model.{q}.lora_B.weight": u2}
+    path = tmp_path / "sdxl-lora.safetensors"
+    save_file(state, str(path))
+    # CLIPTextModelWithProjection keeps the `text_model.` level, transformers 5's CLIPTextModel does not
+    names = [next(n for n, _ in m.named_parameters() if n.endswith(q + ".weight")) for m in clip.models]
+    before = [m.get_parameter(n).detach().clone() for m, n in zip(clip.models, names)]
+    warnings: list[str] = []
+    unet_p, clip_p = read_lora(path, model.unet, clip.models, 1.0, STRENGTH, family="sdxl", warn=warnings.append)
+    assert not unet_p and sorted(i for i, _ in clip_p) == [0, 1] and not warnings
+    with patched(clip.models, tuple(clip_p)):
+        on = [m.get_parameter(n).detach().clone() for m, n in zip(clip.models, names)]
+    torch.testing.assert_close(on[0], before[0] + STRENGTH * 0.5 * (u1 @ d1), **TOL)
+    torch.testing.assert_close(on[1], before[1] + STRENGTH * (u2 @ d2), **TOL)
+    assert all(torch.equal(m.get_parameter(n), b) for m, n, b in zip(clip.models, names, before))
+
+
+def test_lora_loader_node_warns_through_the_run_context(tiny_bundle, tmp_path):
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from flowrun.errors import NodeError
+    from flowrun.nodes.loaders import lora_loader
+
+    model, clip, _ = tiny_bundle
+    path = tmp_path / "half.safetensors"
+    save_file({_kohya(ATTN) + ".lora_down.weight": torch.zeros(4, 32), _kohya(ATTN) + ".lora_up.weight": torch.zeros(32, 4),
+               "lora_unet_gone.lora_down.weight": torch.zeros(4, 32), "lora_unet_gone.lora_up.weight": torch.zeros(32, 4)},
+              str(path))
+    warned: list[str] = []
+    ctx = SimpleNamespace(files=SimpleNamespace(path=lambda folder, name: path), warn=warned.append)
+    out = lora_loader.fn(lora_loader.params(lora_name="half"), ctx, model=model, clip=clip)
+    assert len(out["model"].patches) == 1 and model.patches == ()  # the model passed in stays clean
+    assert warned == ["LoRA half.safetensors: 1 of 2 weights match no layer of this SD1 model and are not applied "
+                      "(e.g. lora_unet_gone)"]
+    save_file({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 32),
+               "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(32, 4)}, str(path))
+    with pytest.raises(NodeError, match="this LoRA was made for SDXL, the model is SD1"):
+        lora_loader.fn(lora_loader.params(lora_name="half"), ctx, model=model, clip=clip)

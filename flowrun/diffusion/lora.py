@@ -54,8 +54,8 @@ def _unet_names(unet: Any) -> dict[str, str]:
         return names
     for diff_key, ldm_key in zip(params, ldm):  # original-layout names: LDM name -> diffusers parameter
         module = ldm_key[len("model.diffusion_model."):-len(".weight")]
-        names["lora_unet_" + module.replace(".", "_")] = diff_key
-        names["diffusion_model." + module] = diff_key
+        names.setdefault("lora_unet_" + module.replace(".", "_"), diff_key)
+        names.setdefault("diffusion_model." + module, diff_key)
     return names
 
 
@@ -180,7 +180,7 @@ def patched(modules: Any, patches: tuple) -> Iterator[None]:
                 slot = (id(module), patch.target)
                 if slot not in saved:
                     saved[slot] = param.detach().clone()
-                param.add_((patch.delta(param.detach().float()) * patch.strength).to(param.dtype))
+                param.add_((patch.delta(param.detach().float()) * patch.strength).to(param.device, param.dtype))
         yield
     finally:
         with torch.no_grad():

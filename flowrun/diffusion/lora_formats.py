@@ -160,10 +160,10 @@ def delta_fn(adapter: Adapter, shape: torch.Size) -> Callable[[torch.Tensor], to
     """delta(current weight) -> what to add to it at strength 1; strength s adds s times that."""
 
     def delta(weight: torch.Tensor) -> torch.Tensor:
-        d = adapter.compute().reshape(shape)
+        d = adapter.compute().reshape(shape).to(weight.device)
         if adapter.dora_scale is None:
             return d
-        return _dora(weight.float(), d, adapter.dora_scale.float())
+        return _dora(weight.float(), d, adapter.dora_scale.to(weight.device, torch.float32))
 
     return delta
 
