@@ -149,7 +149,7 @@ class Patch:
     """A low-rank or full weight delta for one parameter, scaled by a strength (LoRA)."""
 
     target: str  # parameter name in the module
-    delta: Any  # callable returning the full-size delta tensor, computed lazily
+    delta: Any  # delta(current weight, float32) -> the full-size delta at strength 1, computed lazily
     strength: float
 
 

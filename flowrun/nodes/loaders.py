@@ -51,13 +51,15 @@ class LoraParams(NodeParams):
 @node("LoraLoader", outputs={"model": ports.MODEL, "clip": ports.CLIP}, category="loaders",
       files={"lora_name": "loras"})
 def lora_loader(p: LoraParams, ctx, *, model: ports.Model, clip: ports.Clip) -> dict:
-    """Apply a kohya/A1111-layout LoRA to the model and the text encoder, each with its strength."""
+    """Apply a LoRA (kohya, LoCon, LoHa, LoKr, diff, DoRA, diffusers or PEFT layout) to the model and the
+    text encoder, each with its strength; keys that match no layer are reported as a warning."""
     from flowrun.diffusion.detect import CheckpointError
     from flowrun.diffusion.lora import read_lora
 
     try:
         path = ctx.files.path("loras", p.lora_name)
-        unet_patches, clip_patches = read_lora(path, model.unet, clip.models, p.strength_model, p.strength_clip)
+        unet_patches, clip_patches = read_lora(path, model.unet, clip.models, p.strength_model, p.strength_clip,
+                                               family=model.family, warn=ctx.warn)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise NodeError(str(exc)) from None
     return {"model": model.with_patches(unet_patches), "clip": clip.with_patches(clip_patches)}

@@ -148,5 +148,6 @@ def lora_loader_model_only(p: LoraModelParams, ctx, *, model: ports.Model) -> po
     from flowrun.diffusion.lora import read_lora
 
     path = _loading(lambda: ctx.files.path("loras", p.lora_name))
-    unet_patches, _ = _loading(lambda: read_lora(path, model.unet, [], p.strength_model, 0.0))
+    unet_patches, _ = _loading(lambda: read_lora(path, model.unet, [], p.strength_model, 0.0,
+                                                 family=model.family, warn=ctx.warn))
     return model.with_patches(unet_patches)
