@@ -146,11 +146,14 @@ def _zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Patch:
-    """A low-rank or full weight delta for one parameter, scaled by a strength (LoRA)."""
+    """A weight change for one parameter: weight * keep + delta() * strength. A LoRA adds a low-rank delta
+    (keep 1); a merge keeps `ratio` of the weight and adds the other model's weight (ComfyUI's
+    strength_model and strength_patch)."""
 
     target: str  # parameter name in the module
     delta: Any  # callable returning the full-size delta tensor, computed lazily
     strength: float
+    keep: float = 1.0
 
 
 @dataclass

@@ -39,6 +39,8 @@ CORE_NODES = frozenset({
     "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE", "SamplerLMS", "ModelSamplingDiscrete",
     "CheckpointLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "UNETLoader",
     "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner",
+    # model merging (comfy_extras/nodes_model_merging.py)
+    "ModelMergeSimple", "ModelMergeBlocks", "CheckpointSave",
 })
 
 
