@@ -111,7 +111,7 @@ def _files_ctx(models_dir, fingerprints):
 
 
 def _render(model, clip, vae):
-    latent = ksample(model, seed=3, steps=4, cfg=6.0, sampler_name="euler", scheduler="normal",
+    latent = ksample(model, seed=3, steps=2, cfg=6.0, sampler_name="euler", scheduler="normal",
                      positive=encode(clip, "a red circle"), negative=encode(clip, ""),
                      latent=Latent(torch.zeros(1, 4, 8, 8))).samples
     return decode(vae, latent)
@@ -138,7 +138,9 @@ def test_a_saved_merge_loads_back_and_renders_the_same_image(tiny_models, tiny_b
     path, model2, clip2, vae2 = _save_and_reload(merged, lora["clip"], vae, tmp_path)
     assert model2.patches == () and clip2.patches == ()
     assert abs(_render(model2, clip2, vae2) - expected).max() < 1e-5
-    assert not (abs(_render(model, clip, vae) - expected).max() < 1e-2)  # the merge did change the image
+    want, got = _patched_weights(merged), _weights(model2)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.allclose(got["conv_out.weight"], _weights(model)["conv_out.weight"], atol=1e-3)
     meta = read_header(path).metadata
     assert meta["modelspec.architecture"] == "stable-diffusion-v1" and meta["modelspec.title"] == "merged"
     assert json.loads(meta["flowrun.config"])["unet"]["block_out_channels"] == [32, 64]
@@ -180,3 +182,107 @@ def test_checkpoint_save_in_a_workflow_writes_under_the_output_folder(tiny_model
     meta = read_header(saved).metadata
     assert "lora" in meta["flowrun_workflow"] and json.loads(meta["prompt"])["save"]["class_type"] == "CheckpointSave"
     assert not list((tmp_path / "out" / "checkpoints").glob(".*tmp"))
+
+
+# --- hypernetworks ----------------------------------------------------------------------------------
+
+def _write_hypernetwork(models_dir, name, activation, layer_norm, seed=0, widths=(32,)):
+    """An A1111-layout hypernetwork (layer structure 1, 2, 1) for the given widths, as a .pt."""
+    g = torch.Generator().manual_seed(seed)
+    data = {"activation_func": activation, "is_layer_norm": layer_norm, "use_dropout": True,
+            "activate_output": False, "layer_structure": [1, 2, 1], "name": name, "step": 100}
+    for width in widths:
+        nets = []
+        for _ in range(2):
+            net, index = {}, 0
+            for fan_in, fan_out in ((width, 2 * width), (2 * width, width)):
+                net[f"linear.{index}.weight"] = torch.randn(fan_out, fan_in, generator=g) * 0.3
+                net[f"linear.{index}.bias"] = torch.randn(fan_out, generator=g) * 0.1
+                index += 2 if activation != "linear" and fan_out == 2 * width else 1
+                if layer_norm:
+                    net[f"linear.{index}.weight"] = 1 + torch.randn(fan_out, generator=g) * 0.1
+                    net[f"linear.{index}.bias"] = torch.randn(fan_out, generator=g) * 0.1
+                    index += 1
+            nets.append(net)
+        data[width] = nets
+    path = models_dir / "hypernetworks" / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return data
+
+
+def _closed_form(net, x, activation, layer_norm):
+    """ComfyUI's stack written out: linear, activation (also after the last linear when there are layer
+    norms), layer norm."""
+    act = {"relu": torch.relu, "tanh": torch.tanh}[activation]
+    weights = sorted((k for k in net if k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
+    h, i = x, 0
+    while i < len(weights):
+        w, b = net[weights[i]], net[weights[i].replace("weight", "bias")]
+        h = h @ w.T + b
+        if i < len(weights) - 1:
+            h = act(h)
+        if layer_norm:
+            i += 1
+            g, c = net[weights[i]], net[weights[i].replace("weight", "bias")]
+            h = torch.nn.functional.layer_norm(h, h.shape[-1:], g, c, eps=1e-5)
+        i += 1
+    return h
+
+
+@pytest.mark.parametrize("activation, layer_norm", [("relu", True), ("tanh", False)])
+def test_hypernetwork_changes_key_and_value_inputs_by_the_closed_form(tiny_bundle, tmp_path, activation, layer_norm):
+    model, clip, _ = tiny_bundle
+    data = _write_hypernetwork(tmp_path, "hn", activation, layer_norm)
+    ctx = RunContext(files=NodeFiles(FileLookup(tmp_path, (str(tmp_path),), allow_pickle=True), {}))
+    hn = _call("HypernetworkLoader", ctx, {"model": model}, hypernetwork_name="hn", strength=0.7)
+    assert model.attention_patches == () and hn.unet is model.unet
+    seen, handles = [], []
+    for name, module in model.unet.named_modules():
+        if name.endswith((".attn1", ".attn2")):
+            for which, proj in enumerate((module.to_k, module.to_v)):
+                raw = {}
+                handles.append(proj.register_forward_pre_hook(lambda m, a, raw=raw: raw.__setitem__("x", a[0].clone())))
+                handles.append(proj.register_forward_hook(
+                    lambda m, a, out, raw=raw, which=which: seen.append((which, raw["x"], a[0].clone()))))
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, context = torch.randn(1, 4, 8, 8, generator=g), encode(clip, "a red circle")[0].embedding
+        with torch.no_grad():
+            hn(x, torch.tensor([2.0]), context)
+    finally:
+        for h in handles:
+            h.remove()
+    widths = sorted({raw.shape[-1] for _, raw, _ in seen})
+    assert widths == [32, 64] and len(seen) == 4 * 2 * 2  # 4 transformer blocks (1 down, middle, 2 up) x attn1/2 x k/v
+    for which, raw, got in seen:
+        if raw.shape[-1] == 32:
+            want = raw + _closed_form(data[32][which], raw, activation, layer_norm) * 0.7
+            assert torch.allclose(got, want, atol=1e-5)
+        else:  # no network for width 64 (the middle block's self-attention)
+            assert torch.equal(got, raw)
+    assert all(not m._forward_pre_hooks for m in model.unet.modules())  # hooks gone after the call
+
+
+def test_hypernetwork_renders_and_strength_zero_is_the_plain_model(tiny_bundle, tmp_path):
+    model, clip, vae = tiny_bundle
+    _write_hypernetwork(tmp_path, "hn", "relu", True)
+    ctx = RunContext(files=NodeFiles(FileLookup(tmp_path, (str(tmp_path),), allow_pickle=True), {}))
+    full = _call("HypernetworkLoader", ctx, {"model": model}, hypernetwork_name="hn.pt", strength=1.0)
+    zero = _call("HypernetworkLoader", ctx, {"model": model}, hypernetwork_name="hn", strength=0.0)
+    plain = _render(model, clip, vae)
+    assert abs(_render(zero, clip, vae) - plain).max() == 0
+    assert abs(_render(full, clip, vae) - plain).max() > 1e-2
+
+
+def test_hypernetwork_pickles_need_allow_pickle_and_unknown_activations_are_named(tiny_bundle, tmp_path):
+    model = tiny_bundle[0]
+    _write_hypernetwork(tmp_path, "hn", "relu", False)
+    refusing = RunContext(files=NodeFiles(FileLookup(tmp_path, (str(tmp_path),)), {}))
+    with pytest.raises(NodeError, match="pass --allow-pickle if you trust its source"):
+        _call("HypernetworkLoader", refusing, {"model": model}, hypernetwork_name="hn", strength=1.0)
+    data = torch.load(tmp_path / "hypernetworks" / "hn.pt", weights_only=True)
+    torch.save({**data, "activation_func": "gelu_new"}, tmp_path / "hypernetworks" / "odd.pt")
+    allowing = RunContext(files=NodeFiles(FileLookup(tmp_path, (str(tmp_path),), allow_pickle=True), {}))
+    with pytest.raises(NodeError, match="activation 'gelu_new' is not supported; supported: linear, relu"):
+        _call("HypernetworkLoader", allowing, {"model": model}, hypernetwork_name="odd", strength=1.0)

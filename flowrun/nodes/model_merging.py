@@ -67,6 +67,8 @@ def checkpoint_save(p: CheckpointSaveParams, ctx, *, model: ports.Model, clip: p
     CheckpointLoaderSimple."""
     from flowrun.diffusion.checkpoint_save import saved_checkpoint
 
+    if model.attention_patches:
+        ctx.warn("CheckpointSave: the model's hypernetworks are not weights of the UNet and are not saved")
     stem = ctx.outputs.stem(p.filename_prefix)
     extra = {"modelspec.title": stem.rsplit("/", 1)[-1], **ctx.outputs.provenance_text()}
     try:
