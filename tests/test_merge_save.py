@@ -162,6 +162,33 @@ def test_a_saved_lora_equals_the_lora_applied(tiny_models, tiny_bundle, tmp_path
                           encode(lora["clip"], "a red circle")[0].embedding, atol=1e-6)
 
 
+def test_checkpoint_save_refuses_parts_of_two_families_and_warns_of_hypernetworks(tiny_bundle, tmp_path):
+    model, clip, vae = tiny_bundle
+    sd2_clip = replace(clip, config=replace(clip.config, family="sd2"))
+    with pytest.raises(NodeError, match="the model is sd1 but the clip is sd2"):
+        _call("CheckpointSave", RunContext(), {"model": model, "clip": sd2_clip, "vae": vae})
+    warnings = []
+    _call("CheckpointSave", RunContext(warn=warnings.append),
+          {"model": model.with_attention_patch(object()), "clip": clip, "vae": vae})
+    assert warnings == ["CheckpointSave: the model's hypernetworks are not weights of the UNet and are not saved"]
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl", "sdxl_refiner"])
+def test_other_families_save_and_load_back_weight_for_weight(family, tmp_path):
+    import tiny_model
+
+    from flowrun.diffusion.checkpoint_save import saved_checkpoint
+
+    model, clip, vae = load_bundle(tiny_model.write_family(tmp_path, family), family)
+    path = tmp_path / "saved.safetensors"
+    path.write_bytes(saved_checkpoint(model, clip, vae, {}))
+    model2, clip2, vae2 = load_bundle(path, "saved")
+    assert (model2.family, model2.sampling.prediction_type) == (family, model.sampling.prediction_type)
+    for a, b in [(model.unet, model2.unet), (vae.model, vae2.model), *zip(clip.models, clip2.models)]:
+        state = b.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in a.state_dict().items())
+
+
 def test_checkpoint_save_in_a_workflow_writes_under_the_output_folder(tiny_models, workflow, tmp_path):
     path = workflow("""
         version: 1
