@@ -45,7 +45,7 @@ def search_roots(models_dirs: Iterable[str | os.PathLike] = (), workflow_dir: st
     return list(dict.fromkeys(roots))
 
 
-PICKLE_KINDS = ("checkpoints", "embeddings")  # kinds whose bare names may also be pickles (.pt, A1111's)
+PICKLE_KINDS = ("checkpoints", "embeddings", "hypernetworks")  # bare names may also be pickles (.pt, A1111's)
 
 
 def _candidates(name: str, kind: str) -> list[str]:

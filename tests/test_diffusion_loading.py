@@ -152,9 +152,12 @@ def test_corrupt_truncated_and_lying_safetensors(tiny_models, tmp_path):
 
 
 def test_wrong_width_without_config_is_explained(tiny_models, tmp_path):
-    path = tmp_path / "noconfig.safetensors"
-    path.write_bytes((tiny_models / "checkpoints" / "tiny.safetensors").read_bytes())
+    from safetensors.torch import load_file, save_file
+
     from flowrun.diffusion.checkpoint import load_single_file
+
+    path = tmp_path / "noconfig.safetensors"  # written elsewhere: no sidecar, no configs in its metadata
+    save_file(load_file(str(tiny_models / "checkpoints" / "tiny.safetensors")), str(path))
 
     with pytest.raises(CheckpointError, match=r"sd1 checkpoints have cross-attention width 768, this one 32; "
                                               r"for a model of another size put its configs in .*noconfig.json"):

@@ -15,7 +15,8 @@ from typing import Any
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
 from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
-from flowrun.files import PICKLE_SUFFIXES
+from flowrun.diffusion.export import CONFIG_KEY
+from flowrun.files import PICKLE_SUFFIXES, SAFE_SUFFIXES
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
 
 import torch
@@ -117,22 +118,38 @@ def _check_shapes(module, state: dict[str, torch.Tensor], what: str, file: Path)
 
 
 def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfig, Any, list[Any], Any]:
-    """(config, unet, text models, vae) from an original-layout checkpoint."""
-    return load_state(read_state_dict(path, allow_pickle), path, sidecar(path))
+    """(config, unet, text models, vae) from an original-layout checkpoint. Its configs come from the
+    sidecar `<name>.json` if there is one, else from the file's metadata (what flowrun writes), else
+    from the family's defaults."""
+    side = sidecar(path)
+    embedded = None
+    if side is None and path.suffix in SAFE_SUFFIXES:
+        embedded = read_header(path).metadata.get(CONFIG_KEY)
+    return load_state(read_state_dict(path, allow_pickle), path, side, embedded)
 
 
-def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, embedded: str | None = None
+               ) -> tuple[ModelConfig, Any, list[Any], Any]:
     """Detect, configure and build the components of an original-layout state dict (also on the meta
-    device: tests check the key mapping of full-size SD1.5, SD2.1 and SDXL this way, without memory)."""
+    device: tests check the key mapping of full-size SD1.5, SD2.1 and SDXL this way, without memory).
+    `embedded`: the configs as JSON text, from the file's metadata."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
-    config = ModelConfig.from_sidecar(side, found.family) if side else ModelConfig.default(found.family)
+    if side:
+        config = ModelConfig.from_sidecar(side, found.family)
+    elif embedded:
+        try:
+            config = ModelConfig.from_data(json.loads(embedded), found.family, f"{path} (metadata {CONFIG_KEY})")
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: unreadable model configs in its metadata: {exc}") from None
+    else:
+        config = ModelConfig.default(found.family)
     if config.family != found.family:
-        raise CheckpointError(f"{path}: its keys say {found.family}, its config {side} says {config.family}")
-    if side is None:
+        raise CheckpointError(f"{path}: its keys say {found.family}, its config {config.source} says {config.family}")
+    if side is None and embedded is None:
         expected_ctx = config.unet["cross_attention_dim"]
         if found.context_dim != expected_ctx:
             raise CheckpointError(f"{path}: {found.family} checkpoints have cross-attention width {expected_ctx}, "

@@ -123,16 +123,20 @@ class ModelConfig:
     def from_sidecar(cls, path: Path, family: str) -> "ModelConfig":
         """A `<checkpoint>.json` beside the file: any of unet/vae/text_encoders/prediction_type, the rest
         taken from the family's defaults."""
-        data = json.loads(Path(path).read_text())
+        return cls.from_data(json.loads(Path(path).read_text()), family, str(path))
+
+    @classmethod
+    def from_data(cls, data: Any, family: str, source: str) -> "ModelConfig":
+        """The configs as a sidecar or a checkpoint's metadata hold them (JSON), the rest from defaults."""
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object")
+            raise ValueError(f"{source}: expected a JSON object")
         family = data.get("family", family)
         if family not in FAMILIES:
-            raise ValueError(f"{path}: unknown family {family!r} (known: {', '.join(FAMILIES)})")
+            raise ValueError(f"{source}: unknown family {family!r} (known: {', '.join(FAMILIES)})")
         base = cls.default(family)
         return cls(family, data.get("unet", base.unet), data.get("vae", base.vae),
                    data.get("text_encoders", base.text_encoders), data.get("prediction_type", base.prediction_type),
-                   str(path), {k: v for k, v in data.items() if k not in ("unet", "vae", "text_encoders")})
+                   source, {k: v for k, v in data.items() if k not in ("unet", "vae", "text_encoders")})
 
     def as_json(self) -> dict[str, Any]:
         return {"family": self.family, "prediction_type": self.prediction_type, "unet": self.unet, "vae": self.vae,

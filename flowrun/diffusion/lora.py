@@ -162,29 +162,56 @@ def read_lora(path: Path, unet: Any, text_models: list[Any], strength_model: flo
     return unet_patches, clip_patches
 
 
+def _apply(weight: torch.Tensor, group: list[Patch], deltas: list) -> torch.Tensor:
+    """weight with each patch applied in order, in place: weight * keep + delta * strength."""
+    for patch, delta in zip(group, deltas):
+        if patch.keep != 1.0:
+            weight.mul_(patch.keep)
+        if delta is not None:
+            weight.add_(delta.to(weight.device, weight.dtype) * patch.strength)
+    return weight
+
+
+def _deltas(group: list[Patch], weight: torch.Tensor) -> list:
+    """Each patch's delta, all computed from the weight as it is before any of them applies (DoRA reads
+    the weight; a merge may read the very weight it patches, when both models share one UNet)."""
+    current = weight.detach().float()
+    return [p.delta(current) if p.strength != 0 else None for p in group]
+
+
+def patched_weight(module: Any, patches: tuple, target: str) -> torch.Tensor:
+    """A copy of `module`'s parameter `target` with those of `patches` (Patch) that aim at it applied;
+    the module is not changed. What a model's weight is, as a merge reads it or a checkpoint saves it."""
+    group = [p for p in patches if p.target == target]
+    with torch.no_grad():
+        weight = module.get_parameter(target).detach().clone()
+        return _apply(weight, group, _deltas(group, weight)) if group else weight
+
+
 @contextlib.contextmanager
 def patched(modules: Any, patches: tuple) -> Iterator[None]:
-    """Add the patches' deltas to the weights for the duration of the block, then restore the originals.
-    `modules` is one module (patches are Patch) or a list (patches are (index, Patch))."""
+    """Apply the patches to the weights for the duration of the block, then restore the originals.
+    `modules` is one module (patches are Patch) or a list (patches are (index, Patch)). The patches of
+    one weight are applied in their order, their deltas all computed before that weight changes (a merge
+    may read the very weight it patches, when both models share one UNet)."""
     if not patches:
         yield
         return
     pairs = [(modules[i], p) for i, p in patches] if isinstance(modules, list) else [(modules, p) for p in patches]
-    saved: dict[tuple[int, str], torch.Tensor] = {}
+    groups: dict[tuple[int, str], tuple[Any, list[Patch]]] = {}
+    for module, patch in pairs:
+        if patch.strength != 0 or patch.keep != 1.0:
+            groups.setdefault((id(module), patch.target), (module, []))[1].append(patch)
+    saved: dict[tuple[int, str], tuple[Any, torch.Tensor]] = {}
     try:
         with torch.no_grad():
-            for module, patch in pairs:
-                if patch.strength == 0:
-                    continue
-                param = module.get_parameter(patch.target)
-                slot = (id(module), patch.target)
-                if slot not in saved:
-                    saved[slot] = param.detach().clone()
-                param.add_((patch.delta(param.detach().float()) * patch.strength).to(param.device, param.dtype))
+            for slot, (module, group) in groups.items():
+                param = module.get_parameter(group[0].target)
+                deltas = _deltas(group, param)
+                saved[slot] = (module, param.detach().clone())
+                _apply(param, group, deltas)
         yield
     finally:
         with torch.no_grad():
-            for module, patch in pairs:
-                slot = (id(module), patch.target)
-                if slot in saved:
-                    module.get_parameter(patch.target).copy_(saved.pop(slot))
+            for (_, target), (module, original) in saved.items():
+                module.get_parameter(target).copy_(original)

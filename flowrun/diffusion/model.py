@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from flowrun.diffusion.configs import ModelConfig
+from flowrun.diffusion.hypernetwork import attention_inputs_patched
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "x0")
@@ -146,11 +147,14 @@ def _zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Patch:
-    """A low-rank or full weight delta for one parameter, scaled by a strength (LoRA)."""
+    """A weight change for one parameter: weight * keep + delta(weight) * strength. A LoRA adds a low-rank delta
+    (keep 1); a merge keeps `ratio` of the weight and adds the other model's weight (ComfyUI's
+    strength_model and strength_patch)."""
 
     target: str  # parameter name in the module
     delta: Any  # delta(current weight, float32) -> the full-size delta at strength 1, computed lazily
     strength: float
+    keep: float = 1.0
 
 
 @dataclass
@@ -166,6 +170,9 @@ class DiffusionModel:
     dtype: torch.dtype = torch.float32
     # replaces uncond + (cond - uncond) * cfg: f(cond, uncond, cfg, x, sigma) -> denoised (RescaleCFG)
     cfg_function: Any = None
+    # change the inputs of the attentions' key and value projections: .apply(0 key / 1 value, x) -> x
+    # (hypernetworks, flowrun.diffusion.hypernetwork), in order
+    attention_patches: tuple = ()
 
     @property
     def family(self) -> str:
@@ -183,6 +190,10 @@ class DiffusionModel:
         ComfyUI); the model it came from is unchanged."""
         return replace(self, cfg_function=fn)
 
+    def with_attention_patch(self, patch) -> "DiffusionModel":
+        """The same model whose attentions' key and value inputs also go through `patch`."""
+        return replace(self, attention_patches=self.attention_patches + (patch,))
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                  added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Denoised latent for input x at noise level sigma (one forward pass)."""
@@ -190,8 +201,9 @@ class DiffusionModel:
         t = self.sampling.timestep(sigma).float()
         if added is not None:
             added = {k: v.to(x.device, self.dtype) for k, v in added.items()}
-        out = self.unet(xc.to(self.dtype), t, encoder_hidden_states=context.to(x.device, self.dtype),
-                        added_cond_kwargs=added, return_dict=False)[0]
+        with attention_inputs_patched(self.unet, self.attention_patches):
+            out = self.unet(xc.to(self.dtype), t, encoder_hidden_states=context.to(x.device, self.dtype),
+                            added_cond_kwargs=added, return_dict=False)[0]
         return self.sampling.calculate_denoised(sigma, out.float(), x)
 
 

@@ -1,5 +1,6 @@
 """Loaders for models kept as separate parts, ComfyUI's names and fields: VAELoader, CLIPLoader,
-DualCLIPLoader, UNETLoader, CheckpointLoader (with an LDM config) and LoraLoaderModelOnly.
+DualCLIPLoader, UNETLoader, CheckpointLoader (with an LDM config), LoraLoaderModelOnly and
+HypernetworkLoader.
 
 As with CheckpointLoaderSimple, files are found on the model search path (text encoders in
 text_encoders/ or clip/, UNets in diffusion_models/ or unet/), their fingerprints enter the cache keys,
@@ -151,3 +152,23 @@ def lora_loader_model_only(p: LoraModelParams, ctx, *, model: ports.Model) -> po
     unet_patches, _ = _loading(lambda: read_lora(path, model.unet, [], p.strength_model, 0.0,
                                                  family=model.family, warn=ctx.warn))
     return model.with_patches(unet_patches)
+
+
+class HypernetworkParams(NodeParams):
+    hypernetwork_name: str = Field(min_length=1, description="A1111 hypernetwork (.pt, read only with "
+                                   "--allow-pickle) by name, under hypernetworks/.")
+    strength: float = Field(1.0, ge=-10.0, le=10.0)
+
+    _inside = stays_inside("hypernetwork_name", LEAVES_MODELS)
+
+
+@node("HypernetworkLoader", outputs={"model": ports.MODEL}, category="loaders",
+      files={"hypernetwork_name": "hypernetworks"})
+def hypernetwork_loader(p: HypernetworkParams, ctx, *, model: ports.Model) -> ports.Model:
+    """The model whose attentions' key and value inputs go through the hypernetwork's networks for their
+    width, scaled by strength; the model given stays as it was."""
+    from flowrun.diffusion.hypernetwork import read_hypernetwork
+
+    path = _loading(lambda: ctx.files.path("hypernetworks", p.hypernetwork_name))
+    hypernetwork = _loading(lambda: read_hypernetwork(path, p.strength, ctx.files.allow_pickle))
+    return model.with_attention_patch(hypernetwork)

@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.latent_ops",
     "flowrun.nodes.sampling",
     "flowrun.nodes.model_patches",
+    "flowrun.nodes.model_merging",
     "flowrun.nodes.custom_sampling",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
