@@ -223,3 +223,48 @@ def test_continuous_edm_sampling(tiny_bundle):
     for node_model in (edm, _node("ModelSamplingContinuousEDM", model, sampling="eps")):
         assert not _close(_render(node_model, clip), before)
     assert torch.equal(_render(model, clip), before)
+
+
+def test_gaussian_blur_and_sag_blur_map():
+    from flowrun.diffusion.post_cfg import blur_where_attended, gaussian_blur
+
+    img = torch.zeros(1, 1, 17, 17)  # an impulse far enough from the edges that no reflection reaches it
+    img[0, 0, 8, 8] = 1.0
+    blurred = gaussian_blur(img, 9, 2.0)
+    t = torch.arange(-4.0, 5.0)
+    g = torch.exp(-t ** 2 / 8)
+    assert torch.allclose(blurred[0, 0, 4:13, 4:13], torch.outer(g, g) / g.sum() ** 2, atol=1e-6)
+    assert math.isclose(float(blurred.sum()), 1.0, rel_tol=1e-5)
+    assert torch.equal(gaussian_blur(img, 9, 0.0), img)
+    # a 2x2 attention map at an 8x8 latent (ratio 4): keys 0 and 3 receive all attention, so the top-left
+    # and bottom-right quarters are blurred and the others kept
+    attn = torch.zeros(2, 4, 4)  # 2 heads, one row
+    attn[:, :2, 0] = 1.0
+    attn[:, 2:, 3] = 1.0
+    x0 = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    out = blur_where_attended(x0, attn, 1.0)
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat_interleave(4, 0).repeat_interleave(4, 1) > 0
+    assert torch.equal(out[0, 0][~mask], x0[0, 0][~mask])
+    assert torch.allclose(out[0, 0][mask], gaussian_blur(x0, 9, 1.0)[0, 0][mask])
+
+
+def test_attention_guidance_patches(tiny_bundle):
+    """PAG and SAG change the render; scale 0 reproduces it; the attention processors come back."""
+    model, clip, _ = tiny_bundle
+    before = _render(model, clip, steps=2)
+    for name, params in (("PerturbedAttentionGuidance", {"scale": 3.0}),
+                         ("SelfAttentionGuidance", {"scale": 1.0, "blur_sigma": 2.0})):
+        patched = _node(name, model, **params)
+        assert model.post_cfg_functions == () and model.unet_patches == () and patched.unet is model.unet
+        assert not _close(_render(patched, clip, steps=2), before)
+        neutral = _node(name, model, **{**params, "scale": 0.0})
+        assert _close(_render(neutral, clip, steps=2), before)
+        _no_hooks_left(model.unet)
+    # SAG runs the negative prompt at cfg 1 too; stacked, both functions apply in order
+    sag = _node("SelfAttentionGuidance", model, scale=1.0)
+    assert not _close(_render(sag, clip, steps=2, cfg=1.0), _render(model, clip, steps=2, cfg=1.0))
+    both = _node("PerturbedAttentionGuidance", sag, scale=2.0)
+    assert [type(f).__name__ for f in both.post_cfg_functions] == ["SelfAttentionGuidance",
+                                                                   "PerturbedAttentionGuidance"]
+    _no_hooks_left(model.unet)
+    assert torch.equal(_render(model, clip, steps=2), before)

@@ -92,7 +92,7 @@ def guider_guide(guider: Guider) -> GuideBuilder:
 
     def build(start: torch.Tensor) -> samplers.Denoiser:
         def alone(cond: Conditioning) -> samplers.Denoiser:
-            return guidance.denoiser(model, guidance.prepare(model, cond, start, True), [], 1.0)
+            return guidance.denoiser(model, guidance.prepare(model, cond, start, True), [], 1.0, post_cfg=False)
 
         pos, mid, neg = alone(guider.positive), alone(guider.middle), alone(guider.negative)
         cfg1, cfg2 = guider.cfg, guider.cfg2

@@ -39,8 +39,10 @@ CORE_NODES = frozenset({
     "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE", "SamplerLMS", "ModelSamplingDiscrete",
     "CheckpointLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "UNETLoader",
     "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner",
-    # model patches (comfy_extras/nodes_freelunch.py, nodes_model_downscale.py, nodes_model_advanced.py)
-    "FreeU", "FreeU_V2", "PatchModelAddDownscale", "ModelSamplingContinuousEDM",
+    # model patches (comfy_extras/nodes_freelunch.py, nodes_model_downscale.py, nodes_model_advanced.py,
+    # nodes_pag.py, nodes_sag.py)
+    "FreeU", "FreeU_V2", "PatchModelAddDownscale", "ModelSamplingContinuousEDM", "PerturbedAttentionGuidance",
+    "SelfAttentionGuidance",
 })
 
 

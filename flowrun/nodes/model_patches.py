@@ -1,6 +1,7 @@
 """Patches people stack on a MODEL: each returns a new model value, so the model it was given (shared by
 other nodes and cells) stays as it was, and the patch's settings reach every downstream cache key through
-this node's own key: RescaleCFG, FreeU(_V2), PatchModelAddDownscale, ModelSamplingContinuousEDM."""
+this node's own key: RescaleCFG, FreeU(_V2), PatchModelAddDownscale, ModelSamplingContinuousEDM,
+PerturbedAttentionGuidance, SelfAttentionGuidance."""
 
 from __future__ import annotations
 
@@ -109,3 +110,32 @@ def model_sampling_continuous_edm(p: ModelSamplingContinuousEDMParams, ctx, *, m
     sampling = ContinuousEDMSampling(prediction, p.sigma_min, p.sigma_max, sigma_data, base)
     latent_format = PLAYGROUND_V25 if p.sampling == "edm_playground_v2.5" else model.latent_format
     return dataclasses.replace(model, sampling=sampling, latent_format=latent_format)
+
+
+class PerturbedAttentionGuidanceParams(NodeParams):
+    scale: float = Field(3.0, ge=0.0, le=100.0)
+
+
+@node("PerturbedAttentionGuidance", outputs={"model": ports.MODEL}, category="model_patches/unet")
+def perturbed_attention_guidance(p: PerturbedAttentionGuidanceParams, ctx, *, model: ports.Model) -> ports.Model:
+    """Perturbed-Attention Guidance: each step also predicts with the middle block's self-attention made
+    the identity and steers away from that prediction by `scale` (one extra UNet pass per step)."""
+    from flowrun.diffusion.post_cfg import PerturbedAttentionGuidance
+
+    return model.with_post_cfg_function(PerturbedAttentionGuidance(p.scale))
+
+
+class SelfAttentionGuidanceParams(NodeParams):
+    scale: float = Field(0.5, ge=-2.0, le=5.0)
+    blur_sigma: float = Field(2.0, ge=0.0, le=10.0)
+
+
+@node("SelfAttentionGuidance", outputs={"model": ports.MODEL}, category="_for_testing")
+def self_attention_guidance(p: SelfAttentionGuidanceParams, ctx, *, model: ports.Model) -> ports.Model:
+    """Self-Attention Guidance: the unconditional prediction blurred (blur_sigma) where the middle block
+    attends most, predicted again, and the result steered away from that by `scale` (the negative
+    prompt runs even at cfg 1)."""
+    from flowrun.diffusion.post_cfg import RecordMiddleAttention, SelfAttentionGuidance
+
+    return model.with_unet_patch(RecordMiddleAttention()).with_post_cfg_function(
+        SelfAttentionGuidance(p.scale, p.blur_sigma))
