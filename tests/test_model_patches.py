@@ -236,6 +236,10 @@ def test_gaussian_blur_and_sag_blur_map():
     assert torch.allclose(blurred[0, 0, 4:13, 4:13], torch.outer(g, g) / g.sum() ** 2, atol=1e-6)
     assert math.isclose(float(blurred.sum()), 1.0, rel_tol=1e-5)
     assert torch.equal(gaussian_blur(img, 9, 0.0), img)
+    narrow = torch.zeros(1, 1, 6, 6)  # a 6-wide image takes a 7-tap kernel
+    narrow[0, 0, 3, 3] = 1.0
+    g7 = torch.exp(-torch.arange(-3.0, 4.0) ** 2 / 8)
+    assert torch.allclose(gaussian_blur(narrow, 9, 2.0)[0, 0, 3, 3], (g7[3] / g7.sum()) ** 2, atol=1e-6)
     # a 2x2 attention map at an 8x8 latent (ratio 4): keys 0 and 3 receive all attention, so the top-left
     # and bottom-right quarters are blurred and the others kept
     attn = torch.zeros(2, 4, 4)  # 2 heads, one row

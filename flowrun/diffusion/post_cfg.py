@@ -124,9 +124,12 @@ class PerturbedAttentionGuidance:
 
 
 def gaussian_blur(img: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur per channel, reflect-padded; sigma 0 is no blur (the kernel's limit)."""
+    """Gaussian blur per channel, reflect-padded, the kernel no wider than the image (odd), as ComfyUI's
+    SAG blurs; sigma 0 is no blur (the kernel's limit, where ComfyUI's formula divides by zero)."""
     if sigma <= 0:
         return img
+    width = img.shape[-1]
+    kernel_size = min(kernel_size, width - (width % 2 - 1))
     half = (kernel_size - 1) * 0.5
     t = torch.linspace(-half, half, steps=kernel_size)
     pdf = torch.exp(-0.5 * (t / sigma).pow(2))
