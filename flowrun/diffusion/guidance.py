@@ -5,7 +5,8 @@ its strength and feathered over 8 latent pixels at inner edges, or weighted by i
 latent; with set_area_to_bounds, only the mask's bounding rectangle is run); overlapping predictions are
 averaged by weight. An entry with a timestep range takes part only while sigma is inside it. Positive and negative entries with the same area shape share one batched forward pass
 ([negative..., positive...], as diffusers orders them). Then D = uncond + (cond - uncond) * cfg; with
-cfg = 1 the negative prompt is not run at all.
+cfg = 1 the negative prompt is not run at all (unless a post-cfg function such as SAG needs it); the
+model's post-cfg functions then refine D in turn.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from flowrun.diffusion.configs import SDXL_REFINER, TIME_IDS
 from flowrun.diffusion.model import DiffusionModel
+from flowrun.diffusion.post_cfg import PostCfg
+from flowrun.diffusion.unet_patches import Pass
 from flowrun.values import Conditioning
 
 FEATHER = 8
@@ -170,19 +173,24 @@ def _batches(entries: list[Entry]) -> list[list[Entry]]:
     return groups
 
 
-def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry], cfg):
+def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry], cfg, post_cfg: bool = True):
     """D(x, sigma) with guidance, for the samplers. `cfg` is one scale, or one per batch row (cells of a
-    batched sweep that differ in cfg)."""
+    batched sweep that differ in cfg). The model's post-cfg functions (PAG, SAG) then refine the result,
+    unless `post_cfg` is off (the single predictions a dual guider combines)."""
     scales = [float(c) for c in cfg] if isinstance(cfg, (list, tuple)) else [float(cfg)]
-    use_negative = not all(math.isclose(c, 1.0) for c in scales)
+    post = model.post_cfg_functions if post_cfg else ()
+    use_negative = not all(math.isclose(c, 1.0) for c in scales) or (
+        bool(negative) and any(getattr(fn, "needs_uncond", False) for fn in post))
     if len(scales) > 1:
         cfg = torch.tensor(scales, dtype=torch.float32).view(-1, 1, 1, 1)
-    entries = positive + (mirror_areas(positive, negative) if use_negative else [])
+    negatives = mirror_areas(positive, negative) if use_negative else []
+    entries = positive + negatives
+    state: dict = {}  # one sampling run's scratch, shared by UNet patches and post-cfg functions
 
-    def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def predict(chosen: list[Entry], x: torch.Tensor, sigma: torch.Tensor, extra: tuple = ()):
         out = {True: torch.zeros_like(x), False: torch.zeros_like(x)}
         count = {True: torch.full_like(x, 1e-37), False: torch.full_like(x, 1e-37)}
-        for group in _batches(entries):
+        for group in _batches(chosen):
             group = [e for e in group if e.active(sigma)]
             if not group:
                 continue
@@ -200,17 +208,31 @@ def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry]
             added = None
             if group[0].added is not None:
                 added = {k: torch.cat([e.added[k].expand(x.shape[0], -1) for e in group]) for k in group[0].added}
-            preds = model(batch_x, torch.cat([sigma] * n), context, added).chunk(n)
+            whole = [i for i, e in enumerate(group) if not e.positive and e.area is None and e.mask is None]
+            rows = slice(whole[0] * x.shape[0], (whole[0] + 1) * x.shape[0]) if whole else None
+            batch_sigma = torch.cat([sigma] * n)
+            preds = model(batch_x, batch_sigma, context, added, extra=extra,
+                          info=Pass(batch_sigma, rows, state)).chunk(n)
             for e, pred, mult, (ah, aw, ay, ax) in zip(group, preds, mults, areas):
                 out[e.positive][:, :, ay:ay + ah, ax:ax + aw] += pred * mult
                 count[e.positive][:, :, ay:ay + ah, ax:ax + aw] += mult
-        cond = out[True] / count[True]
+        return out[True] / count[True], out[False] / count[False]
+
+    def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        state.clear()
+        cond, uncond = predict(entries, x, sigma)
         if not use_negative:
-            return cond
-        uncond = out[False] / count[False]
-        scale = cfg.to(x.device) if isinstance(cfg, torch.Tensor) else cfg
-        if model.cfg_function is not None:
-            return model.cfg_function(cond, uncond, scale, x, sigma)
-        return uncond + (cond - uncond) * scale
+            result, uncond = cond, None
+        else:
+            scale = cfg.to(x.device) if isinstance(cfg, torch.Tensor) else cfg
+            if model.cfg_function is not None:
+                result = model.cfg_function(cond, uncond, scale, x, sigma)
+            else:
+                result = uncond + (cond - uncond) * scale
+        for fn in post:
+            result = fn(PostCfg(result, cond, uncond, x, sigma, state,
+                                cond_pass=lambda x_, extra=(): predict(positive, x_, sigma, extra)[0],
+                                uncond_pass=lambda x_, extra=(): predict(negatives, x_, sigma, extra)[1]))
+        return result
 
     return run

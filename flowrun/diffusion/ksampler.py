@@ -2,7 +2,8 @@
 noise from the seed, a sigma sequence, a sampler walking it over a guided denoiser.
 
 Conventions (ComfyUI's): LATENT holds the VAE's unscaled latent; it is multiplied by the model's latent
-scale before sampling (unless all zeros) and divided after. The initial noise (flowrun.diffusion.noise:
+scale (or normalised per channel, DiffusionModel.latent_in) before sampling unless all zeros, and taken
+back after. The initial noise (flowrun.diffusion.noise:
 CPU randn of the seed) is scaled by sqrt(1 + sigma_max^2) at full denoise or added as noise * sigma to
 the latent when denoise < 1. A latent's `noise_mask` limits where sampling may change it: before every
 model call the region outside the mask is reset to the original latent at the current noise level, and
@@ -91,7 +92,7 @@ def guider_guide(guider: Guider) -> GuideBuilder:
 
     def build(start: torch.Tensor) -> samplers.Denoiser:
         def alone(cond: Conditioning) -> samplers.Denoiser:
-            return guidance.denoiser(model, guidance.prepare(model, cond, start, True), [], 1.0)
+            return guidance.denoiser(model, guidance.prepare(model, cond, start, True), [], 1.0, post_cfg=False)
 
         pos, mid, neg = alone(guider.positive), alone(guider.middle), alone(guider.negative)
         cfg1, cfg2 = guider.cfg, guider.cfg2
@@ -128,8 +129,7 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
         start_noise = torch.zeros((rows * len(seeds),) + tuple(latent_image.shape[1:]))
 
     device = torch.device(model.device)
-    scale = model.latent_scale
-    start = latent_image * scale if torch.count_nonzero(latent_image) > 0 else latent_image
+    start = model.latent_in(latent_image) if torch.count_nonzero(latent_image) > 0 else latent_image
     start = torch.cat([start] * len(seeds)).to(device)
     start_noise, sigmas = start_noise.to(device), sigmas.to(device)
     denoiser = guide(start)
@@ -147,8 +147,8 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
 
     with torch.no_grad(), patched(model.unet, model.patches):
         out = samplers.get(sampler_name)(denoiser, x, sigmas, noise, step, **(sampler_options or {}))
-    out = (out / scale).float().cpu()
-    x0 = out if last_denoised.value is None else (last_denoised.value / scale).float().cpu()
+    out = model.latent_out(out).float().cpu()
+    x0 = out if last_denoised.value is None else model.latent_out(last_denoised.value).float().cpu()
     return [Sampled(latent.replace(samples=out[i * rows:(i + 1) * rows]),
                     latent.replace(samples=x0[i * rows:(i + 1) * rows])) for i in range(len(seeds))]
 

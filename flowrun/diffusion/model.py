@@ -15,6 +15,7 @@ import torch
 
 from flowrun.diffusion.configs import ModelConfig
 from flowrun.diffusion.hypernetwork import attention_inputs_patched
+from flowrun.diffusion.unet_patches import Pass, attached
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "x0")
@@ -173,6 +174,12 @@ class DiffusionModel:
     # change the inputs of the attentions' key and value projections: .apply(0 key / 1 value, x) -> x
     # (hypernetworks, flowrun.diffusion.hypernetwork), in order
     attention_patches: tuple = ()
+    # attached to the UNet for each forward pass (flowrun.diffusion.unet_patches: FreeU, DeepShrink, ...)
+    unet_patches: tuple = ()
+    # applied in order to the guided result, f(PostCfg) -> denoised (flowrun.diffusion.post_cfg: PAG, SAG)
+    post_cfg_functions: tuple = ()
+    # (mean, std, scale) per latent channel where the model expects normalised latents (Playground v2.5)
+    latent_format: tuple | None = None
 
     @property
     def family(self) -> str:
@@ -181,6 +188,22 @@ class DiffusionModel:
     @property
     def latent_scale(self) -> float:
         return float(self.config.vae.get("scaling_factor", 0.18215))
+
+    def latent_in(self, latent: torch.Tensor) -> torch.Tensor:
+        """A VAE latent as the UNet sees it (ComfyUI's process_latent_in)."""
+        if self.latent_format is None:
+            return latent * self.latent_scale
+        mean, std, scale = (torch.tensor(v, dtype=latent.dtype, device=latent.device).view(1, -1, 1, 1)
+                            for v in self.latent_format)
+        return (latent - mean) * scale / std
+
+    def latent_out(self, latent: torch.Tensor) -> torch.Tensor:
+        """The UNet's latent back as the VAE's (process_latent_out)."""
+        if self.latent_format is None:
+            return latent / self.latent_scale
+        mean, std, scale = (torch.tensor(v, dtype=latent.dtype, device=latent.device).view(1, -1, 1, 1)
+                            for v in self.latent_format)
+        return latent * std / scale + mean
 
     def with_patches(self, patches: list[Patch]) -> "DiffusionModel":
         return replace(self, patches=self.patches + tuple(patches))
@@ -194,14 +217,25 @@ class DiffusionModel:
         """The same model whose attentions' key and value inputs also go through `patch`."""
         return replace(self, attention_patches=self.attention_patches + (patch,))
 
+    def with_unet_patch(self, patch) -> "DiffusionModel":
+        """The same model with one more patch inside its forward pass (after those it has)."""
+        return replace(self, unet_patches=self.unet_patches + (patch,))
+
+    def with_post_cfg_function(self, fn) -> "DiffusionModel":
+        """The same model with one more function applied after guidance (after those it has)."""
+        return replace(self, post_cfg_functions=self.post_cfg_functions + (fn,))
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
-                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Denoised latent for input x at noise level sigma (one forward pass)."""
+                 added: dict[str, torch.Tensor] | None = None, *, extra: tuple = (),
+                 info: Pass | None = None) -> torch.Tensor:
+        """Denoised latent for input x at noise level sigma (one forward pass), with the model's UNet
+        patches and `extra` ones (a post-cfg function's perturbation) attached for this pass only."""
         xc = self.sampling.calculate_input(sigma, x)
         t = self.sampling.timestep(sigma).float()
         if added is not None:
             added = {k: v.to(x.device, self.dtype) for k, v in added.items()}
-        with attention_inputs_patched(self.unet, self.attention_patches):
+        with attention_inputs_patched(self.unet, self.attention_patches), \
+                attached(self.unet, self.unet_patches + tuple(extra), info or Pass(sigma)):
             out = self.unet(xc.to(self.dtype), t, encoder_hidden_states=context.to(x.device, self.dtype),
                             added_cond_kwargs=added, return_dict=False)[0]
         return self.sampling.calculate_denoised(sigma, out.float(), x)

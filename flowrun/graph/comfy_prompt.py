@@ -41,6 +41,10 @@ CORE_NODES = frozenset({
     "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "HypernetworkLoader",
     # model merging (comfy_extras/nodes_model_merging.py)
     "ModelMergeSimple", "ModelMergeBlocks", "CheckpointSave",
+    # model patches (comfy_extras/nodes_freelunch.py, nodes_model_downscale.py, nodes_model_advanced.py,
+    # nodes_pag.py, nodes_sag.py)
+    "FreeU", "FreeU_V2", "PatchModelAddDownscale", "ModelSamplingContinuousEDM", "PerturbedAttentionGuidance",
+    "SelfAttentionGuidance",
 })
 
 
