@@ -66,7 +66,8 @@ def flowrun_process(*args: str, cwd: Path, env: dict | None = None, timeout: flo
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """A models folder with the tiny SD1-shaped checkpoint, as `tiny` and as `flowrun-tiny` (the name the
-    examples use), each a single file in the original layout, plus `tiny-diffusers` (a diffusers folder)."""
+    examples use), each a single file in the original layout, plus `tiny-diffusers` (a diffusers folder),
+    and the examples' LoRA and embedding made for it."""
     import tiny_model
 
     root = tmp_path_factory.mktemp("models")
@@ -75,6 +76,7 @@ def tiny_models(tmp_path_factory) -> Path:
     for suffix in (".safetensors", ".json"):
         (ckpts / f"flowrun-tiny{suffix}").write_bytes((ckpts / f"tiny{suffix}").read_bytes())
     tiny_model.write_lora(root, "flowrun-tiny-night")
+    tiny_model.write_embedding(root, "flowrun-tiny-sun")
     return root
 
 

@@ -82,6 +82,18 @@ def write_lora(models_dir: Path, name: str, seed: int = 1, rank: int = 4, scale:
     return path
 
 
+def write_embedding(models_dir: Path, name: str, seed: int = 2, vectors: int = 2) -> Path:
+    """A textual-inversion embedding for the tiny model (`emb_params`, the tiny text encoder's width)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    path = Path(models_dir) / "embeddings" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.randn(vectors, TINY_CLIP["hidden_size"], generator=generator) * 0.02}, str(path))
+    return path
+
+
 def write_family(models_dir: Path, family: str, seed: int = 0) -> Path:
     """A tiny SD2-shaped (OpenCLIP text tower, v-prediction), SDXL-shaped (two text encoders, size
     conditioning) or SDXL-refiner-shaped (OpenCLIP-bigG alone, aesthetic score) checkpoint in the original key layout, with its configs in the sidecar JSON."""
