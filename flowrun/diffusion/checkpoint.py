@@ -15,6 +15,7 @@ from typing import Any
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
 from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
+from flowrun.diffusion.pickles import read_pickle
 from flowrun.diffusion.export import CONFIG_KEY
 from flowrun.files import PICKLE_SUFFIXES, SAFE_SUFFIXES
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
@@ -45,13 +46,7 @@ def sidecar(path: Path) -> Path | None:
 
 def read_state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     if path.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise CheckpointError(f"{path}: pickle checkpoints ({path.suffix}) can run code when loaded and are refused; "
-                                  "convert it to .safetensors, or pass --allow-pickle if you trust its source")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch wraps the refusal of a non-tensor pickle in several exception types
-            raise CheckpointError(f"{path}: cannot be read as a weights-only pickle: {exc}") from None
+        data = read_pickle(path, allow_pickle)
         data = data.get("state_dict", data) if isinstance(data, dict) else data
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: expected a state dict, found {type(data).__name__}")

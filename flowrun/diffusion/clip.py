@@ -199,18 +199,12 @@ def read_embedding(path, allow_pickle: bool) -> dict:
     """The contents of a textual-inversion file: safetensors, or (only with allow_pickle) an A1111 .pt /
     .bin read with torch.load(weights_only=True), nested dicts kept."""
     from flowrun.diffusion.checkpoint import read_state_dict
-    from flowrun.diffusion.detect import CheckpointError
+    from flowrun.diffusion.pickles import read_pickle
     from flowrun.files import PICKLE_SUFFIXES
 
     if path.suffix not in PICKLE_SUFFIXES:
         return read_state_dict(path, allow_pickle=False)
-    if not allow_pickle:
-        raise CheckpointError(f"{path}: pickle embeddings ({path.suffix}) can run code when loaded and are refused; "
-                              "convert it to .safetensors, or pass --allow-pickle if you trust its source")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch wraps the refusal of a non-tensor pickle in several exception types
-        raise CheckpointError(f"{path}: cannot be read as a weights-only pickle: {exc}") from None
+    data = read_pickle(path, allow_pickle, "embeddings")
     return data if isinstance(data, dict) else {"vectors": data}
 
 

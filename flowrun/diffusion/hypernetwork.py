@@ -34,13 +34,9 @@ def read_hypernetwork_file(path: Path, allow_pickle: bool) -> dict:
     if path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path}: hypernetworks are A1111 .pt files (a width -> networks mapping); "
                               f"{path.suffix} is not read as one")
-    if not allow_pickle:
-        raise CheckpointError(f"{path}: pickle hypernetworks ({path.suffix}) can run code when loaded and are "
-                              "refused; pass --allow-pickle if you trust its source")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch wraps the refusal of a non-tensor pickle in several exception types
-        raise CheckpointError(f"{path}: cannot be read as a weights-only pickle: {exc}") from None
+    from flowrun.diffusion.pickles import read_pickle
+
+    data = read_pickle(path, allow_pickle, "hypernetworks")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a hypernetwork (a dict), found {type(data).__name__}")
     return data

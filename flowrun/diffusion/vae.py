@@ -18,15 +18,21 @@ def decode(vae: Vae, samples: torch.Tensor) -> np.ndarray:
     return pixels.movedim(1, -1).cpu().numpy().astype(np.float32)
 
 
-def encode(vae: Vae, images: np.ndarray) -> torch.Tensor:
-    """The posterior mean of each image (deterministic), after a centred crop to a multiple of the VAE's
-    downscale factor as ComfyUI does."""
+def _cropped(vae: Vae, images: np.ndarray) -> torch.Tensor:
+    """NCHW pixels of the images after a centred crop to a multiple of the VAE's downscale factor, as
+    ComfyUI crops them."""
     f = vae.downscale
     h, w = (images.shape[1] // f) * f, (images.shape[2] // f) * f
     if h == 0 or w == 0:
         raise ValueError(f"image of {images.shape[2]}x{images.shape[1]} is smaller than the VAE's {f}x{f} cell")
     y0, x0 = (images.shape[1] % f) // 2, (images.shape[2] % f) // 2
-    pixels = torch.from_numpy(np.ascontiguousarray(images[:, y0:y0 + h, x0:x0 + w, :3])).movedim(-1, 1)
+    return torch.from_numpy(np.ascontiguousarray(images[:, y0:y0 + h, x0:x0 + w, :3])).movedim(-1, 1)
+
+
+def encode(vae: Vae, images: np.ndarray) -> torch.Tensor:
+    """The posterior mean of each image (deterministic), after a centred crop to a multiple of the VAE's
+    downscale factor as ComfyUI does."""
+    pixels = _cropped(vae, images)
     model = vae.model
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     with torch.no_grad():
@@ -57,11 +63,7 @@ def encode_tiled(vae: Vae, images: np.ndarray, tile: int, overlap: int) -> torch
     from flowrun.diffusion.tiling import three_pass
 
     f = vae.downscale
-    h, w = (images.shape[1] // f) * f, (images.shape[2] // f) * f
-    if h == 0 or w == 0:
-        raise ValueError(f"image of {images.shape[2]}x{images.shape[1]} is smaller than the VAE's {f}x{f} cell")
-    y0, x0 = (images.shape[1] % f) // 2, (images.shape[2] % f) // 2
-    pixels = torch.from_numpy(np.ascontiguousarray(images[:, y0:y0 + h, x0:x0 + w, :3])).movedim(-1, 1)
+    pixels = _cropped(vae, images)
     model = vae.model
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     channels = int(vae.config.vae.get("latent_channels", 4))

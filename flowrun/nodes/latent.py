@@ -111,11 +111,8 @@ def vae_decode_tiled(p: TiledDecodeParams, ctx, *, samples: Latent, vae: ports.V
     return decode_tiled(vae, samples.samples, p.tile_size // f, overlap // f)
 
 
-class TiledEncodeParams(NodeParams):
+class TiledEncodeParams(TiledDecodeParams):  # the same fields; ComfyUI steps the encoder's tile by 64
     tile_size: int = Field(512, ge=64, le=4096, multiple_of=64, description="Tile edge in pixels.")
-    overlap: int = Field(64, ge=0, le=4096, multiple_of=32, description="Overlap of tiles in pixels.")
-    temporal_size: int = Field(64, ge=8, le=4096, multiple_of=4, description="Video models only; unused here.")
-    temporal_overlap: int = Field(8, ge=4, le=4096, multiple_of=4, description="Video models only; unused here.")
 
 
 @node("VAEEncodeTiled", outputs={"latent": ports.LATENT}, category="_for_testing")
