@@ -112,10 +112,13 @@ def basic_scheduler(p: BasicSchedulerParams, ctx, *, model: ports.Model) -> port
     return schedules.calculate(model.sampling, p.scheduler, total).cpu()[-(p.steps + 1):]
 
 
-class KarrasParams(NodeParams):
+class ExponentialParams(NodeParams):
     steps: int = Field(20, ge=1, le=10000)
     sigma_max: float = Field(SIGMA_MAX, ge=0.0, le=5000.0)
     sigma_min: float = Field(SIGMA_MIN, ge=0.0, le=5000.0)
+
+
+class KarrasParams(ExponentialParams):  # the same fields, then rho (ComfyUI's widget order)
     rho: float = Field(7.0, ge=0.0, le=100.0)
 
 
@@ -127,12 +130,6 @@ def karras_scheduler(p: KarrasParams, ctx) -> ports.Sigmas:
     return schedules.karras(p.steps, p.sigma_min, p.sigma_max, p.rho)
 
 
-class ExponentialParams(NodeParams):
-    steps: int = Field(20, ge=1, le=10000)
-    sigma_max: float = Field(SIGMA_MAX, ge=0.0, le=5000.0)
-    sigma_min: float = Field(SIGMA_MIN, ge=0.0, le=5000.0)
-
-
 @node("ExponentialScheduler", outputs={"sigmas": ports.SIGMAS}, category="sampling/custom_sampling/schedulers")
 def exponential_scheduler(p: ExponentialParams, ctx) -> ports.Sigmas:
     """Sigmas uniform in log from sigma_max to sigma_min, then 0."""
@@ -141,10 +138,7 @@ def exponential_scheduler(p: ExponentialParams, ctx) -> ports.Sigmas:
     return schedules.exponential(p.steps, p.sigma_min, p.sigma_max)
 
 
-class PolyexponentialParams(NodeParams):
-    steps: int = Field(20, ge=1, le=10000)
-    sigma_max: float = Field(SIGMA_MAX, ge=0.0, le=5000.0)
-    sigma_min: float = Field(SIGMA_MIN, ge=0.0, le=5000.0)
+class PolyexponentialParams(ExponentialParams):
     rho: float = Field(1.0, ge=0.0, le=100.0)
 
 
