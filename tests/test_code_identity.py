@@ -11,8 +11,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from flowrun import __version__
 from flowrun.cache import code_identity as ci
 from flowrun.nodes.registry import default_registry

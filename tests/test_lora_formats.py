@@ -153,8 +153,8 @@ def test_diff_weight_and_bias(apply, tiny_bundle):
     gen = torch.Generator().manual_seed(5)
     dw, db = _rand(gen, 32, 32, 3, 3), _rand(gen, 32)
     w, b = _weight(tiny_bundle, CONV), _weight(tiny_bundle, CONV, "bias")
-    on, _ = apply({f"diffusion_model.input_blocks.1.0.in_layers.2.diff": dw,
-                   f"diffusion_model.input_blocks.1.0.in_layers.2.diff_b": db})
+    on, _ = apply({"diffusion_model.input_blocks.1.0.in_layers.2.diff": dw,
+                   "diffusion_model.input_blocks.1.0.in_layers.2.diff_b": db})
     torch.testing.assert_close(on[CONV + ".weight"], w + STRENGTH * dw, **TOL)
     torch.testing.assert_close(on[CONV + ".bias"], b + STRENGTH * db, **TOL)
 

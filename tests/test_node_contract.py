@@ -13,7 +13,7 @@ from pydantic import Field
 from flowrun.execute.context import DevicePolicy, ModelPool, NodeFiles, Outputs, RunContext
 from flowrun.files import INPUT
 from flowrun.nodes import ports
-from flowrun.nodes.registry import DeclarationError, NodeParams, NoParams, default_registry, node
+from flowrun.nodes.registry import DeclarationError, NodeParams, default_registry, node
 from flowrun.values import CondEntry, Conditioning, Latent
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from flowrun import api
-from flowrun.diffusion.configs import SDXL, SDXL_REFINER, ModelConfig
+from flowrun.diffusion.configs import SDXL_REFINER, ModelConfig
 from flowrun.settings import Settings
 
 # Stability's sd_xl_refiner.yaml, the network part (what diffusers' single-file loader reads)
