@@ -13,35 +13,26 @@ many the shape classifier (flowrun/diffusion/shapes.py) reads as a yellow circle
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from adapter_training import ROOT, NoisedBatches, arguments, deterministic, diffusion_loss
 
-from flowrun.diffusion import offline  # noqa: F401
 from flowrun.diffusion import shapes
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME = "flowrun-tiny-sun"
 VECTORS = 2
 PLACEHOLDER = "thing"  # a word the captions never use: its token positions take the trained vectors
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ckpt", type=Path, default=ROOT / "flowrun" / "models" / "checkpoints" / "flowrun-tiny.safetensors")
-    ap.add_argument("--out", type=Path, default=ROOT / "flowrun" / "models" / "embeddings")
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = arguments(__doc__, ROOT / "flowrun" / "models" / "embeddings", 100)
     ap.add_argument("--evaluate", type=int, default=32, help="held-out renders to classify after training")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(args.seed)
+    deterministic(args.seed)
 
     from safetensors.torch import save_file
 
@@ -57,10 +48,9 @@ def main() -> None:
     start_from = table.weight[clip.tokenizer("circle")["input_ids"][1]].detach()
     vectors = torch.nn.Parameter(start_from.repeat(VECTORS, 1).clone())
     opt = torch.optim.AdamW([vectors], lr=5e-3, weight_decay=0.0)
-    alphas_cumprod = 1.0 / (1.0 + model.sampling.sigmas.double() ** 2)
     rng = np.random.default_rng(args.seed + 11)
-    gen = torch.Generator().manual_seed(args.seed)
-    scale = model.latent_scale
+    noised = NoisedBatches(model, vae, torch.Generator().manual_seed(args.seed))
+    holder = text.text_model.embeddings if hasattr(text, "text_model") else text.embeddings
     started = time.time()
 
     def context_for(backgrounds: list[str]) -> torch.Tensor:
@@ -71,32 +61,18 @@ def main() -> None:
         where = ids == placeholder
         per_row = vectors.repeat(len(backgrounds), 1)
         embeds = embeds.masked_scatter(where.unsqueeze(-1), per_row)
-        # the text encoder's own forward, from embeddings on (as _Injected does when rendering)
-        original = text.text_model.embeddings.token_embedding if hasattr(text, "text_model") else table
-
-        class Given(torch.nn.Module):
-            def forward(self, input_ids):
-                return embeds
-
-        holder = text.text_model.embeddings if hasattr(text, "text_model") else text.embeddings
-        holder.token_embedding = Given()
+        # the text encoder's own forward from these embeddings on (its table swapped for the call, as
+        # flowrun.diffusion.clip does when it renders with an embedding)
+        holder.token_embedding = _Given(embeds)
         try:
             return text(input_ids=ids).last_hidden_state
         finally:
-            holder.token_embedding = original
+            holder.token_embedding = table
 
     for step in range(args.steps):
         scenes = [replace(shapes.random_scene(rng), shape="circle", colour="yellow") for _ in range(args.batch)]
-        images = np.stack([shapes.render(s) for s in scenes])
-        with torch.no_grad():
-            x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1
-            z0 = vae.model.encode(x).latent_dist.mean * scale
-        t = torch.randint(0, 1000, (args.batch,), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        ac = alphas_cumprod[t].float().view(-1, 1, 1, 1)
-        zt = ac.sqrt() * z0 + (1 - ac).sqrt() * noise
-        context = context_for([s.background for s in scenes])
-        loss = torch.nn.functional.mse_loss(unet(zt, t, encoder_hidden_states=context).sample, noise)
+        batch = noised(np.stack([shapes.render(s) for s in scenes]))
+        loss = diffusion_loss(unet, batch, context_for([s.background for s in scenes]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -110,6 +86,17 @@ def main() -> None:
     print(f"wrote {path} ({path.stat().st_size} bytes) in {(time.time() - started) / 60:.1f} min")
     if args.evaluate:
         evaluate(path, model, clip, vae, args.evaluate)
+
+
+class _Given(torch.nn.Module):
+    """A token table that returns embeddings computed beforehand, whatever the ids."""
+
+    def __init__(self, embeds: torch.Tensor):
+        super().__init__()
+        self.embeds = embeds
+
+    def forward(self, input_ids):
+        return self.embeds
 
 
 def evaluate(path: Path, model, clip, vae, n: int) -> None:

@@ -10,18 +10,15 @@ encoder (q_proj, k_proj, v_proj, out_proj); base weights frozen. CPU, determinis
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
+from adapter_training import ROOT, NoisedBatches, arguments, deterministic, diffusion_loss
 
-from flowrun.diffusion import offline  # noqa: F401
 from flowrun.diffusion import shapes
 
-ROOT = Path(__file__).resolve().parent.parent
 RANK = 4
 
 
@@ -55,16 +52,8 @@ def night(scene: shapes.Scene) -> shapes.Scene:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ckpt", type=Path, default=ROOT / "flowrun" / "models" / "checkpoints" / "flowrun-tiny.safetensors")
-    ap.add_argument("--out", type=Path, default=ROOT / "flowrun" / "models" / "loras")
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(args.seed)
+    args = arguments(__doc__, ROOT / "flowrun" / "models" / "loras", 400).parse_args()
+    deterministic(args.seed)
 
     from safetensors.torch import save_file
 
@@ -78,23 +67,14 @@ def main() -> None:
     text_loras = attach(text, ("q_proj", "k_proj", "v_proj", "out_proj"), gen)
     params = [p for l in (*unet_loras.values(), *text_loras.values()) for p in (l.down, l.up)]
     opt = torch.optim.AdamW(params, lr=2e-3)
-    alphas_cumprod = 1.0 / (1.0 + model.sampling.sigmas.double() ** 2)
+    noised = NoisedBatches(model, vae, gen)
     rng = np.random.default_rng(args.seed + 7)
-    scale = model.latent_scale
     start = time.time()
     for step in range(args.steps):
         scenes = [shapes.random_scene(rng) for _ in range(args.batch)]
-        images = np.stack([shapes.render(night(s)) for s in scenes])
-        with torch.no_grad():
-            x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1
-            z0 = vae.model.encode(x).latent_dist.mean * scale
+        batch = noised(np.stack([shapes.render(night(s)) for s in scenes]))
         ids = torch.tensor([[t for t, _ in tokenize(clip.tokenizer, s.caption, END)[0]] for s in scenes])
-        t = torch.randint(0, 1000, (args.batch,), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        ac = alphas_cumprod[t].float().view(-1, 1, 1, 1)
-        zt = ac.sqrt() * z0 + (1 - ac).sqrt() * noise
-        context = text(input_ids=ids).last_hidden_state
-        loss = torch.nn.functional.mse_loss(unet(zt, t, encoder_hidden_states=context).sample, noise)
+        loss = diffusion_loss(unet, batch, text(input_ids=ids).last_hidden_state)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
