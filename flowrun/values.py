@@ -39,7 +39,11 @@ class CondEntry:
     mask: Any | None = None  # [1, h, w] in 0..1, applied over the latent
     mask_strength: float = 1.0
     timestep_range: tuple[float, float] | None = None  # (start_percent, end_percent) of the schedule
-    control: Any | None = None  # a ControlNet (or chain) applied while this entry is sampled
+    control: Any | None = None  # a ControlNet (or chain) applied while this entry is sampled (diffusion/unet_inputs.Control)
+    concat_latent: Any | None = None  # [b, c, h, w] VAE latent the model takes beside its input (inpainting, pix2pix)
+    concat_mask: Any | None = None  # [b, 1, h, w] or [b, h, w] in 0..1: the inpainting model's mask channel
+    unclip: tuple = ()  # (image_embeds [1, d], strength, noise_augmentation) per image prompt (unCLIPConditioning)
+    gligen: Any | None = None  # GLIGEN boxes: a UNet patch attached while this entry is sampled
     extra: Mapping[str, Any] = field(default_factory=dict)  # family-specific (SDXL sizes, aesthetic score)
 
     def replace(self, **changes: Any) -> "CondEntry":

@@ -40,6 +40,11 @@ def _array_decode(data: bytes) -> Any:
     return load(data)["array"]
 
 
+class NotStorable(TypeError):
+    """A value that holds something no codec writes (a ControlNet riding on a conditioning): it stays in
+    the memory cache only."""
+
+
 def _flatten(value: Any, tensors: dict) -> Any:
     """Replace every tensor in a nest of lists, dicts and port values (flowrun.values) by a reference;
     collect the tensors."""
@@ -57,7 +62,9 @@ def _flatten(value: Any, tensors: dict) -> Any:
     if isinstance(value, (list, tuple)):
         return {"__list__": [_flatten(v, tensors) for v in value],
                 "tuple": isinstance(value, tuple)}
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise NotStorable(f"a {type(value).__name__} cannot be written to the disk cache")
 
 
 def _unflatten(node: Any, tensors: dict) -> Any:

@@ -68,5 +68,8 @@ class NodeCache:
         if out_types is None:
             self.disk.put(key, dict(value[FILES]), info)
         elif self.serializable(out_types):
-            blobs = {name: codecs.for_port(t).encode(value[name]) for name, t in out_types.items()}
+            try:
+                blobs = {name: codecs.for_port(t).encode(value[name]) for name, t in out_types.items()}
+            except codecs.NotStorable:  # e.g. a conditioning carrying a ControlNet: memory only
+                return
             self.disk.put(key, blobs, info)

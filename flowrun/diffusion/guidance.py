@@ -19,6 +19,7 @@ import torch
 from flowrun.diffusion.configs import SDXL_REFINER, TIME_IDS
 from flowrun.diffusion.model import DiffusionModel
 from flowrun.diffusion.post_cfg import PostCfg
+from flowrun.diffusion.unet_inputs import NONE, UNetInputs, for_entry
 from flowrun.diffusion.unet_patches import Pass
 from flowrun.values import Conditioning
 
@@ -35,6 +36,7 @@ class Entry:
     positive: bool
     mask: torch.Tensor | None = None  # [batch or 1, h, w] at the latent's size, times mask_strength
     sigmas: tuple[float, float] | None = None  # applies while sigma_end <= sigma <= sigma_start
+    inputs: UNetInputs = NONE  # extra channels, ControlNet, unCLIP labels, GLIGEN (diffusion/unet_inputs.py)
 
     def active(self, sigma: torch.Tensor) -> bool:
         if self.sigmas is None:
@@ -63,7 +65,10 @@ def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return (y1 - y0 + 1, x1 - x0 + 1, y0, x0)
 
 
-def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Tensor, positive: bool) -> list[Entry]:
+def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Tensor, positive: bool,
+            denoise_mask: torch.Tensor | None = None) -> list[Entry]:
+    """The entries of a conditioning, resolved against the scaled start latent (and the sampler's noise
+    mask, resized to it, which inpainting models also take as input)."""
     h, w = latent.shape[2], latent.shape[3]
     entries = []
     for cond in conditioning:
@@ -101,7 +106,8 @@ def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Ten
         if cond.timestep_range is not None:
             start, end = cond.timestep_range
             sigmas = (model.sampling.percent_to_sigma(start), model.sampling.percent_to_sigma(end))
-        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive, mask, sigmas))
+        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive, mask, sigmas,
+                             for_entry(model, cond, latent, denoise_mask)))
     return entries
 
 
@@ -120,7 +126,7 @@ def mirror_areas(positive: list[Entry], negative: list[Entry]) -> list[Entry]:
                                                n.area[0] * n.area[1] < best.area[0] * best.area[1]):
                 best = n
         if best is not None and best.area != p.area:  # where and when the positive applies, the negative's prompt
-            out.append(Entry(best.context, p.area, p.strength, best.added, False, p.mask, p.sigmas))
+            out.append(Entry(best.context, p.area, p.strength, best.added, False, p.mask, p.sigmas, best.inputs))
     return out
 
 
@@ -165,7 +171,8 @@ def _batches(entries: list[Entry]) -> list[list[Entry]]:
     for e in reversed(entries):
         for g in groups:
             shape = (g[0].area or ())[:2]
-            if (e.area or ())[:2] == shape and _pad_contexts([g[0].context, e.context]) is not None:
+            if ((e.area or ())[:2] == shape and e.inputs.batch_key() == g[0].inputs.batch_key()
+                    and _pad_contexts([g[0].context, e.context]) is not None):
                 g.append(e)
                 break
         else:
@@ -194,13 +201,14 @@ def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry]
             group = [e for e in group if e.active(sigma)]
             if not group:
                 continue
-            xs, mults, areas = [], [], []
+            xs, mults, areas, inputs = [], [], [], []
             for e in group:
                 mult, area = _mult(e, x)
                 ah, aw, ay, ax = area
                 xs.append(x[:, :, ay:ay + ah, ax:ax + aw])
                 mults.append(mult)
                 areas.append(area)
+                inputs.append(e.inputs.cropped(area))
             n = len(group)
             contexts = _pad_contexts([e.context for e in group])
             batch_x = torch.cat(xs)
@@ -211,8 +219,8 @@ def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry]
             whole = [i for i, e in enumerate(group) if not e.positive and e.area is None and e.mask is None]
             rows = slice(whole[0] * x.shape[0], (whole[0] + 1) * x.shape[0]) if whole else None
             batch_sigma = torch.cat([sigma] * n)
-            preds = model(batch_x, batch_sigma, context, added, extra=extra,
-                          info=Pass(batch_sigma, rows, state)).chunk(n)
+            preds = model(batch_x, batch_sigma, context, added, extra=extra, info=Pass(batch_sigma, rows, state),
+                          inputs=UNetInputs.stacked(inputs, x.shape[0])).chunk(n)
             for e, pred, mult, (ah, aw, ay, ax) in zip(group, preds, mults, areas):
                 out[e.positive][:, :, ay:ay + ah, ax:ax + aw] += pred * mult
                 count[e.positive][:, :, ay:ay + ah, ax:ax + aw] += mult

@@ -23,8 +23,9 @@ from flowrun.diffusion.model import DiffusionModel
 from flowrun.diffusion.noise import SeedNoise
 from flowrun.values import Conditioning, Guider, Latent
 
-# builds the guided denoiser D(x, sigma) once the scaled start latent (cells stacked) is known
-GuideBuilder = Callable[[torch.Tensor], samplers.Denoiser]
+# builds the guided denoiser D(x, sigma) once the scaled start latent (cells stacked) and the noise mask
+# resized to it (or None) are known
+GuideBuilder = Callable[[torch.Tensor, "torch.Tensor | None"], samplers.Denoiser]
 
 
 @dataclass
@@ -74,9 +75,9 @@ def cfg_guide(model: DiffusionModel, positive: Conditioning, negative: Condition
     """Classifier-free guidance with one scale per cell (each cell `rows` rows of the batch)."""
     cfg = cfgs[0] if len(set(cfgs)) == 1 else [c for c in cfgs for _ in range(rows)]
 
-    def build(start: torch.Tensor) -> samplers.Denoiser:
-        pos = guidance.prepare(model, positive, start, True)
-        neg = guidance.prepare(model, negative, start, False) if negative is not None else []
+    def build(start: torch.Tensor, mask: torch.Tensor | None) -> samplers.Denoiser:
+        pos = guidance.prepare(model, positive, start, True, mask)
+        neg = guidance.prepare(model, negative, start, False, mask) if negative is not None else []
         return guidance.denoiser(model, pos, neg, cfg)
 
     return build
@@ -90,9 +91,10 @@ def guider_guide(guider: Guider) -> GuideBuilder:
     if guider.style not in ("dual", "dual_nested"):
         raise ValueError(f"unknown guider style {guider.style!r}")
 
-    def build(start: torch.Tensor) -> samplers.Denoiser:
+    def build(start: torch.Tensor, mask: torch.Tensor | None) -> samplers.Denoiser:
         def alone(cond: Conditioning) -> samplers.Denoiser:
-            return guidance.denoiser(model, guidance.prepare(model, cond, start, True), [], 1.0, post_cfg=False)
+            return guidance.denoiser(model, guidance.prepare(model, cond, start, True, mask), [], 1.0,
+                                     post_cfg=False)
 
         pos, mid, neg = alone(guider.positive), alone(guider.middle), alone(guider.negative)
         cfg1, cfg2 = guider.cfg, guider.cfg2
@@ -132,10 +134,12 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
     start = model.latent_in(latent_image) if torch.count_nonzero(latent_image) > 0 else latent_image
     start = torch.cat([start] * len(seeds)).to(device)
     start_noise, sigmas = start_noise.to(device), sigmas.to(device)
-    denoiser = guide(start)
+    mask = None
     if latent.noise_mask is not None:
-        mask = _prepare_mask(latent.noise_mask, latent_image.shape).to(device)
-        denoiser = _masked(denoiser, torch.cat([mask] * len(seeds)), start, start_noise, model)
+        mask = torch.cat([_prepare_mask(latent.noise_mask, latent_image.shape).to(device)] * len(seeds))
+    denoiser = guide(start, mask)
+    if mask is not None:
+        denoiser = _masked(denoiser, mask, start, start_noise, model)
     denoiser, last_denoised = _recording_first_call(denoiser)
     x = model.sampling.noise_scaling(sigmas[0], start_noise, start, model.sampling.is_max_denoise(sigmas))
     total = len(sigmas) - 1

@@ -15,6 +15,7 @@ import torch
 
 from flowrun.diffusion.configs import ModelConfig
 from flowrun.diffusion.hypernetwork import attention_inputs_patched
+from flowrun.diffusion.unet_inputs import NONE, UNetInputs
 from flowrun.diffusion.unet_patches import Pass, attached
 
 
@@ -227,17 +228,27 @@ class DiffusionModel:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                  added: dict[str, torch.Tensor] | None = None, *, extra: tuple = (),
-                 info: Pass | None = None) -> torch.Tensor:
+                 info: Pass | None = None, inputs: UNetInputs | None = None) -> torch.Tensor:
         """Denoised latent for input x at noise level sigma (one forward pass), with the model's UNet
-        patches and `extra` ones (a post-cfg function's perturbation) attached for this pass only."""
+        patches and `extra` ones (a post-cfg function's perturbation) attached for this pass only;
+        `inputs`: the conditioning's extra channels, ControlNet, class labels and patches (unet_inputs.py)."""
+        inputs = inputs or NONE
         xc = self.sampling.calculate_input(sigma, x)
         t = self.sampling.timestep(sigma).float()
         if added is not None:
             added = {k: v.to(x.device, self.dtype) for k, v in added.items()}
+        context = context.to(x.device, self.dtype)
+        kwargs: dict = {}
+        if inputs.control is not None:
+            kwargs.update(inputs.control.residuals(xc, t, sigma, context, added) or {})
+        if inputs.class_labels is not None:
+            kwargs["class_labels"] = inputs.class_labels.to(x.device, self.dtype)
+        if inputs.concat is not None:
+            xc = torch.cat([xc, inputs.concat.to(xc.device, xc.dtype)], dim=1)
         with attention_inputs_patched(self.unet, self.attention_patches), \
-                attached(self.unet, self.unet_patches + tuple(extra), info or Pass(sigma)):
-            out = self.unet(xc.to(self.dtype), t, encoder_hidden_states=context.to(x.device, self.dtype),
-                            added_cond_kwargs=added, return_dict=False)[0]
+                attached(self.unet, self.unet_patches + tuple(inputs.patches) + tuple(extra), info or Pass(sigma)):
+            out = self.unet(xc.to(self.dtype), t, encoder_hidden_states=context,
+                            added_cond_kwargs=added, return_dict=False, **kwargs)[0]
         return self.sampling.calculate_denoised(sigma, out.float(), x)
 
 
