@@ -1,7 +1,11 @@
-"""Helpers shared by the benchmarks: the loaded checkpoint out of flowrun's memory cache, and a plain
-diffusers StableDiffusionPipeline built on the very same modules (so both sides run identical weights)."""
+"""Helpers shared by the benchmarks: the loaded checkpoint out of flowrun's memory cache, a plain
+diffusers StableDiffusionPipeline built on the very same modules (so both sides run identical weights),
+and the peak memory of a whole child process."""
 
 from __future__ import annotations
+
+import os
+import subprocess
 
 
 def loaded_bundle(memory):
@@ -24,3 +28,15 @@ def euler_pipeline(model, clip, vae):
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def peak_rss_kib(cmd: list[str], env: dict | None = None) -> int:
+    """Run `cmd` to its end and return its peak resident memory (KiB), read by the parent from the child's
+    own resource usage (os.wait4), so it holds however the child leaves (flowrun's CLI ends with os._exit)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stderr=stderr)
+    return usage.ru_maxrss

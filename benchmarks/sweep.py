@@ -44,17 +44,6 @@ nodes:
   save: {{type: SaveImage, in: {{images: decode}}, with: {{filename_prefix: "s{{{{ seed }}}}-c{{{{ cfg }}}}"}}}}
 """
 
-MAXRSS = """
-import resource, runpy, sys
-sys.argv = ["flowrun"] + sys.argv[1:]
-try:
-    runpy.run_module("flowrun", run_name="__main__")
-except SystemExit:
-    pass
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-"""
-
-
 def write(work: Path, name: str, seeds: list[int], cfgs: list[float]) -> Path:
     path = work / f"{name}.yaml"
     path.write_text(SWEEP.format(seeds=seeds, cfgs=cfgs, prompt=PROMPT))
@@ -113,6 +102,8 @@ def in_process(work: Path, rounds: int) -> None:
 
 
 def whole_process(work: Path) -> None:
+    from common import peak_rss_kib
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     wf = write(work, "noop", [1, 2, 3, 4], [4.0, 7.0])
 
@@ -128,10 +119,8 @@ def whole_process(work: Path) -> None:
     print(f"no-op re-run against cold run (whole process): {noop:.2f} s / {cold:.2f} s = {noop / cold:.3f}   (aim <= 0.1)")
 
     def max_rss(path: Path) -> int:
-        r = subprocess.run([sys.executable, "-c", MAXRSS, "run", str(path), "--no-cache", "--out",
-                            str(work / f"rss-{path.stem}"), "-q", "--max-cells", "100"],
-                           capture_output=True, text=True, env=env, check=True)
-        return int(r.stderr.rsplit("MAXRSS_KB", 1)[1].split()[0])
+        return peak_rss_kib([sys.executable, "-m", "flowrun", "run", str(path), "--no-cache", "--out",
+                             str(work / f"rss-{path.stem}"), "-q", "--max-cells", "100"], env)
 
     one = max_rss(write(work, "one", [1], [7.0]))
     many = max_rss(write(work, "many", list(range(16)), [3.0, 5.0, 7.0, 9.0]))
