@@ -70,7 +70,31 @@ class InText:
         return embedding_names(text)
 
 
+    def files(self, text: str) -> list[tuple[str, str]]:
+        """(kind, name) of every file the text names."""
+        return [(self.kind, name) for name in self.names(text)]
+
+
 EMBEDDINGS_IN_PROMPT = InText("embeddings")
+
+TINY_VAES = ("taesd", "taesdxl")  # VAELoader's names for tiny autoencoders (flowrun.diffusion.taesd)
+
+
+@dataclass(frozen=True)
+class VaeFiles:
+    """VAELoader's `vae_name`: a file in vae/, or a tiny autoencoder's name (`taesd`, `taesdxl`) standing
+    for its encoder and decoder files in vae_approx/, as ComfyUI lists them. Declared like a kind; the
+    files' fingerprints enter the cache key together."""
+
+    kind = "vae"
+
+    def files(self, name: str) -> list[tuple[str, str]]:
+        if name in TINY_VAES:
+            return [("vae_approx", f"{name}_encoder"), ("vae_approx", f"{name}_decoder")]
+        return [("vae", name)]
+
+
+VAE_FILES = VaeFiles()
 
 
 def locate(name: str, kind: str, roots: list[Path]) -> Path:

@@ -286,3 +286,7 @@ class Vae:
     @property
     def downscale(self) -> int:
         return 2 ** (len(self.config.vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config.vae.get("latent_channels", 4))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flowrun.errors import Problem, WorkflowInvalid
 from flowrun.cache.keys import digest
-from flowrun.files import FileLookup, InText
+from flowrun.files import FileLookup, InText, VaeFiles
 from flowrun.graph.resolve import Resolved
 
 
@@ -25,9 +25,9 @@ def _named_files(resolved: Resolved, node_ids=None):
                 value = inst.literals.get(field_name)
                 if not isinstance(value, str):
                     continue
-                if isinstance(kind, InText):
-                    for name in kind.names(value):
-                        yield ci, nid, field_name, kind.kind, name, True
+                if isinstance(kind, (InText, VaeFiles)):
+                    for file_kind, name in kind.files(value):
+                        yield ci, nid, field_name, file_kind, name, True
                 else:
                     yield ci, nid, field_name, kind, value, False
 

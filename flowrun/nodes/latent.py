@@ -76,7 +76,7 @@ def vae_decode(p: NoParams, ctx, *, samples: Latent, vae: ports.Vae) -> ports.Im
     """Latents to pixels."""
     from flowrun.diffusion.vae import decode
 
-    made = vae.model.config.latent_channels
+    made = vae.latent_channels
     if samples.samples.shape[1] != made:
         raise NodeError(f"input 'vae': this VAE decodes latents of {made} channels, 'samples' has "
                         f"{samples.samples.shape[1]}: the VAE belongs to another model family")

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from flowrun.errors import NodeError
+from flowrun.files import TINY_VAES, VAE_FILES
 from flowrun.nodes import ports
 from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
 from flowrun.nodes.registry import NodeParams, node
@@ -32,20 +33,28 @@ def _loading(load):
 
 
 class VaeParams(NodeParams):
-    vae_name: str = Field(min_length=1, description="VAE file by name, under vae/ (original or diffusers layout).")
+    vae_name: str = Field(min_length=1, description="VAE file by name, under vae/ (original or diffusers layout); "
+                          "taesd or taesdxl: the tiny autoencoder whose <name>_encoder and <name>_decoder files lie "
+                          "in vae_approx/.")
 
     _inside = stays_inside("vae_name", LEAVES_MODELS)
 
 
-@node("VAELoader", outputs={"vae": ports.VAE}, category="loaders", files={"vae_name": "vae"})
+@node("VAELoader", outputs={"vae": ports.VAE}, category="loaders", files={"vae_name": VAE_FILES})
 def vae_loader(p: VaeParams, ctx) -> ports.Vae:
-    """Load a VAE on its own (to replace the one a checkpoint carries)."""
+    """Load a VAE on its own (to replace the one a checkpoint carries); `taesd` and `taesdxl` are the tiny
+    autoencoders whose encoder and decoder files lie in vae_approx/."""
     from flowrun.diffusion.components import load_vae
+    from flowrun.diffusion.taesd import load as load_tiny
 
     fingerprint, device = ctx.files.fingerprint("vae_name"), ctx.device.device
-    path = _loading(lambda: ctx.files.path("vae", p.vae_name))
-    vae, = _loading(lambda: ctx.models.load(("vae", fingerprint, device), lambda: (
-        load_vae(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle),)))
+    paths = [_loading(lambda k=kind, n=name: ctx.files.path(k, n)) for kind, name in VAE_FILES.files(p.vae_name)]
+    if p.vae_name in TINY_VAES:
+        build = lambda: load_tiny(p.vae_name, *paths, fingerprint, device=device,  # noqa: E731
+                                  allow_pickle=ctx.files.allow_pickle)
+    else:
+        build = lambda: load_vae(paths[0], fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)  # noqa: E731
+    vae, = _loading(lambda: ctx.models.load(("vae", fingerprint, device), lambda: (build(),)))
     return vae
 
 
