@@ -38,6 +38,9 @@ def _as_click_usage():
         raise click.UsageError(str(exc)) from None
 
 
+LOCK_META = "flowrun.lock"
+
+
 def sweep_options(fn):
     fn = click.option("--max-cells", type=click.IntRange(min=1), help="Allow a sweep of up to this many cells.")(fn)
     fn = click.option("--sweep", "sweeps", multiple=True, metavar="NAME=A,B,...", help="Sweep NAME over these values.")(fn)
@@ -55,8 +58,25 @@ def lookup_options(fn):
     return fn
 
 
+def _lock_choice(ctx, param, value):
+    """--lock PATH / --no-lock, kept on the context for _settings (every command with cache options takes them)."""
+    if value is not None and value is not False:
+        ctx.meta[LOCK_META] = None if value is True else str(value)
+    return value
+
+
+def lock_options(fn):
+    fn = click.option("--no-lock", is_flag=True, default=None, expose_value=False, callback=_lock_choice,
+                      help="Do not check the files against a flowrun.lock.")(fn)
+    fn = click.option("--lock", type=click.Path(dir_okay=False), expose_value=False, callback=_lock_choice,
+                      help="Check the files read against this lock (default: the nearest flowrun.lock in the "
+                           "workflow's folder or above, up to the repository root).")(fn)
+    return fn
+
+
 def cache_options(fn):
     fn = click.option("--device", metavar="DEVICE", help="torch device for models (default: cuda if available, else cpu).")(fn)
+    fn = lock_options(fn)
     fn = lookup_options(fn)
     fn = click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")(fn)
     fn = click.option("--cache-dir", metavar="DIR|URL",
@@ -68,6 +88,9 @@ def cache_options(fn):
 def _settings(cache_dir, no_cache, out=None, plugins=(), models_dirs=(), allow_pickle=False, device=None) -> Settings:
     s = Settings(out_dir=out, use_cache=not no_cache, plugins=tuple(plugins), models_dirs=tuple(models_dirs),
                  allow_pickle=allow_pickle, device=device)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and LOCK_META in ctx.meta:
+        s.lock = ctx.meta[LOCK_META]
     if cache_dir is not None:
         s.cache_dir = cache_location(str(cache_dir))
     return s
@@ -304,6 +327,26 @@ def reproduce(image, cache_dir, no_cache, models_dirs, allow_pickle, device, wor
     r = api.reproduce(image, settings, workflow_dir)
     click.echo(f"{image}: {r.message} (new render: {r.new})")
     return 0 if r.identical else 1
+
+
+@cli.command("lock")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@lookup_options
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
+@click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The lock to write (default: the nearest flowrun.lock in the first workflow's folder or above, "
+                   "else a new one beside it).")
+def lock_cmd(files, models_dirs, allow_pickle, plugins, lock_path):
+    """Pin every file these workflows read (all sweep cells) by sha256 in flowrun.lock; run and test then
+    refuse files that differ."""
+    settings = Settings(plugins=tuple(plugins), models_dirs=tuple(models_dirs), allow_pickle=allow_pickle)
+    path, entries = api.lock_files(files, settings, lock_path)
+    for status, key, sha in entries:
+        if status != "unchanged":
+            click.echo(f"{status:<9} {key}  sha256 {sha[:16]}")
+    counts = {s: sum(1 for e in entries if e[0] == s) for s in ("added", "changed", "unchanged")}
+    click.echo(f"wrote {path}: {counts['added']} added, {counts['changed']} changed, {counts['unchanged']} unchanged")
+    return 0
 
 
 @cli.command()

@@ -16,12 +16,14 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
+from flowrun import lockfile
 from flowrun.cache.fingerprints import file_sha256
 from flowrun.safepath import inside, relative_name_problem
 
-INPUT = "input"  # the file kind of names relative to the workflow's folder (LoadImage's image)
+AUTO_LOCK = "auto"  # Settings.lock: the nearest flowrun.lock (flowrun.lockfile.find)
+INPUT = lockfile.INPUT  # the file kind of names relative to the workflow's folder (LoadImage's image)
 MODELS_ENV = "FLOWRUN_MODELS"
 BUNDLED = Path(__file__).resolve().parent / "models"
 SAFE_SUFFIXES = (".safetensors",)
@@ -175,6 +177,7 @@ class FileLookup:
     memo_dir: Path | None = None  # where remembered hashes live (the cache folder), if anywhere
     allow_pickle: bool = False  # .ckpt/.pt checkpoints may be read (weights only)
     roots: tuple[Path, ...] = field(default=(), compare=False)
+    lock: Any = field(default=None, compare=False)  # a flowrun.lockfile.Lock the files must match, if any
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workflow_dir", Path(self.workflow_dir))
@@ -184,8 +187,10 @@ class FileLookup:
     def for_workflow(cls, workflow_file: str | os.PathLike, settings) -> "FileLookup":
         """The lookup for `workflow_file` under `settings` (flowrun.settings.Settings): names relative to
         its folder, the model folders, the hash memo in the local cache folder. The one place it is built."""
-        return cls(Path(workflow_file).resolve().parent, tuple(settings.models_dirs), settings.local_cache_dir,
-                   settings.allow_pickle)
+        folder = Path(workflow_file).resolve().parent
+        lock_path = lockfile.find(folder) if settings.lock == AUTO_LOCK else settings.lock
+        return cls(folder, tuple(settings.models_dirs), settings.local_cache_dir, settings.allow_pickle,
+                   lock=lockfile.Lock.read(lock_path) if lock_path else None)
 
     def model_roots(self) -> list[Path]:
         return list(self.roots)
@@ -204,4 +209,9 @@ class FileLookup:
         return file_sha256(path, self.memo_dir)
 
     def fingerprint(self, kind: str, name: str) -> str:
-        return fingerprint_path(self.path(kind, name), self.sha256)
+        """The content fingerprint of the file a field names; with a lock, checked against it (LockError)."""
+        path = self.path(kind, name)
+        value = fingerprint_path(path, self.sha256)
+        if self.lock is not None:
+            self.lock.verify(kind, name, path, value)
+        return value

@@ -63,6 +63,37 @@ def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins
     return resolved
 
 
+def lock_files(paths: Iterable[str | os.PathLike], settings: Settings | None = None,
+               lock_path: str | os.PathLike | None = None) -> tuple[Path, list[tuple[str, str, str]]]:
+    """Write or update the lock for the files these workflows read (every cell): `lock_path`, else the
+    nearest flowrun.lock above the first workflow, else a new one beside it. Returns the lock's path and
+    (status, key, sha256) per file, status "added", "changed" or "unchanged". Raises WorkflowInvalid
+    listing every missing file."""
+    from dataclasses import replace
+
+    from flowrun.files import FileLookup
+    from flowrun.graph.files import named_files
+    from flowrun.lockfile import NAME, Lock, find, size_of
+
+    settings = replace(settings or Settings(), lock=None)  # hashes are taken as they are, not checked
+    paths = [Path(p) for p in paths]
+    resolved = [load(p, plugins=settings.plugins, files=settings) for p in paths]
+    if lock_path is None:
+        lock_path = find(paths[0].resolve().parent) or paths[0].resolve().parent / NAME
+    lock = Lock.read(lock_path) if Path(lock_path).is_file() else Lock(Path(lock_path))
+    report: dict[str, tuple[str, str, str]] = {}
+    for r in resolved:
+        lookup = FileLookup.for_workflow(r.file, settings)
+        for kind, name in named_files(r):
+            path = lookup.path(kind, name)
+            sha = lookup.fingerprint(kind, name)
+            status = lock.record(kind, name, path, sha, size_of(path))
+            key = lock.key(kind, name, path)[1]
+            report.setdefault(key, (status, key, sha))
+    lock.write()
+    return lock.path, list(report.values())
+
+
 def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]:
     """Estimated seconds for the steps that will run, from timings of earlier runs (and the node types
     that have none)."""

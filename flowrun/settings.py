@@ -48,6 +48,9 @@ class Settings:
     ray_options: RayOptions | None = None  # None: RayOptions() (a local cluster, one worker per CPU)
     batch: bool = True  # cells differing only in seed/cfg sample in one batched call (see README)
     contact_sheets: bool = True  # sweeps write contact-<node>.png and index.html into the output folder
+    # the lock the files a run reads must match: "auto" the nearest flowrun.lock (flowrun/lockfile.py),
+    # a path, or None for none
+    lock: str | Path | None = "auto"
 
     @property
     def local_cache_dir(self) -> Path | None:

@@ -93,6 +93,16 @@ def read_text(p: ReadParams, ctx) -> str:
     return ctx.files.path(INPUT, p.path).read_text()
 
 
+class ReadModelParams(NodeParams):
+    lora_name: str
+
+
+@node("ReadLoraText", outputs={"text": ports.STRING}, files={"lora_name": "loras"})
+def read_lora_text(p: ReadModelParams, ctx) -> str:
+    """A 'model' file's text (a stand-in for a LoRA, so file pinning is tested without torch)."""
+    return ctx.files.path("loras", p.lora_name).read_text()
+
+
 class StepsParams(NodeParams):
     steps: int = Field(3, ge=1, le=100)
     log: str = ""  # if set, an absolute path: each finished step appends "TEXT STEP TIME"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flowrun.errors import Problem, WorkflowInvalid
 from flowrun.cache.keys import digest
 from flowrun.files import FileLookup, InText, VaeFiles
+from flowrun.lockfile import LockError
 from flowrun.graph.resolve import Resolved
 
 
@@ -32,10 +33,15 @@ def _named_files(resolved: Resolved, node_ids=None):
                     yield ci, nid, field_name, kind, value, False
 
 
+def named_files(resolved: Resolved) -> list[tuple[str, str]]:
+    """(kind, name) of every file any cell of the workflow reads, each once, in order of appearance."""
+    return list(dict.fromkeys((kind, name) for _, _, _, kind, name, _ in _named_files(resolved)))
+
+
 def _problem(resolved: Resolved, nid: str, field_name: str, exc: Exception) -> Problem:
     message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename \
         else str(exc)
-    return Problem("file", message, resolved.source.where(("nodes", nid, "with", field_name)), node=nid,
+    return Problem("lock" if isinstance(exc, LockError) else "file", message, resolved.source.where(("nodes", nid, "with", field_name)), node=nid,
                    field=field_name)
 
 
