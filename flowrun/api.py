@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from flowrun.cache.housekeeping import MAX_SIZE_ENV
 from flowrun.errors import UsageError
 from flowrun.execute.ray_options import RayOptions
-from flowrun.pipeline import RunResult, estimate, load, lock_files, plan, registry, run
+from flowrun.pipeline import RunResult, estimate, load, lock_files, plan, pull_models, registry, run
 from flowrun.settings import Settings, cache_location, default_cache_dir
 from flowrun.spec.schema import SCHEMA_PATH
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_SIZE_ENV", "RayOptions", "RunResult", "SCHEMA_PATH", "cache_clear", "cache_folder", "cache_info",
-    "cache_prune", "describe_nodes", "estimate", "export_comfyui", "import_comfyui", "load", "lock_files", "plan", "registry",
+    "cache_prune", "describe_nodes", "estimate", "export_comfyui", "import_comfyui", "load", "lock_files", "plan", "pull_models", "registry",
     "reproduce", "run", "run_tests", "schema_is_current", "schema_text", "write_schema",
 ]
 

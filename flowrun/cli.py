@@ -349,6 +349,52 @@ def lock_cmd(files, models_dirs, allow_pickle, plugins, lock_path):
     return 0
 
 
+@cli.group()
+def models() -> None:
+    """Models pinned by flowrun.lock."""
+
+
+@models.command("pull")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--models-dir", "models_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Models folder to fetch into (the first given) and to look in (default: $FLOWRUN_MODELS, else "
+                   "models/ beside the lock).")
+@click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The lock to read (default: the nearest flowrun.lock in the first workflow's folder, or the "
+                   "current one, or above).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress.")
+def models_pull(files, models_dirs, lock_path, plugins, quiet):
+    """Fetch the models the lock pins and the models folder lacks (those FILES read, or all), from each
+    entry's source; resumable, checked against the pinned sha256."""
+    from flowrun.pull import PullError
+
+    tty = sys.stderr.isatty() and not quiet
+
+    def progress(key, have, total):
+        if tty:
+            share = f" {100 * have / total:5.1f}%" if total else ""
+            sys.stderr.write(f"\r{key}{share} {have / 1e6:.1f}/{(total or 0) / 1e6:.1f} MB\x1b[K")
+            sys.stderr.flush()
+
+    settings = Settings(plugins=tuple(plugins), models_dirs=tuple(models_dirs))
+    try:
+        path, fetched, no_source = api.pull_models(files, settings, lock_path, progress)
+    except PullError as exc:
+        if tty:
+            sys.stderr.write("\n")
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    if tty and fetched:
+        sys.stderr.write("\n")
+    for item in fetched:
+        click.echo(f"fetched {item.key} -> {item.target}")
+    for key in no_source:
+        click.echo(f"missing {key}: no source in {path}; add one (a URL or hf:OWNER/REPO@REVISION:PATH)", err=True)
+    click.echo(f"{len(fetched)} fetched, {len(no_source)} missing without a source ({path})")
+    return 2 if no_source else 0
+
+
 @cli.command()
 @click.argument("types", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")

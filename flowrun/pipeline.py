@@ -94,6 +94,45 @@ def lock_files(paths: Iterable[str | os.PathLike], settings: Settings | None = N
     return lock.path, list(report.values())
 
 
+def pull_models(paths: Iterable[str | os.PathLike] = (), settings: Settings | None = None,
+                lock_path: str | os.PathLike | None = None, progress=None) -> tuple[Path, list, list[str]]:
+    """Fetch the models a lock pins and the model folders lack (those the workflows at `paths` read, or
+    all the lock lists): into the first --models-dir, else $FLOWRUN_MODELS, else models/ beside the lock.
+    Returns (the lock's path, what was fetched, the missing keys that have no source). Raises UsageError
+    when there is no lock, PullError when a download fails."""
+    from flowrun.files import MODELS_ENV, FileLookup
+    from flowrun.graph.files import named_files
+    from flowrun.lockfile import Lock, find
+    from flowrun.pull import download, wanted
+
+    settings = settings or Settings()
+    paths = [Path(p) for p in paths]
+    start = paths[0].resolve().parent if paths else Path.cwd()
+    lock_path = Path(lock_path) if lock_path else find(start)
+    if lock_path is None or not lock_path.is_file():
+        raise UsageError(f"no flowrun.lock in {start} or above it: write one with `flowrun lock`, or name one "
+                         f"with --lock")
+    lock = Lock.read(lock_path)
+    keys = None
+    if paths:
+        keys = {f"{kind}/{name}" for p in paths for kind, name in named_files(load(p, plugins=settings.plugins))}
+    lookup = FileLookup(lock.path.parent, tuple(settings.models_dirs))
+
+    def present(kind: str, name: str) -> bool:
+        try:
+            lookup.path(kind, name)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    target = Path(settings.models_dirs[0] if settings.models_dirs else
+                  os.environ.get(MODELS_ENV, "").split(os.pathsep)[0] or lock.path.parent / "models")
+    fetch, no_source = wanted(lock, target, present, keys)
+    for item in fetch:
+        download(item, progress)
+    return lock.path, fetch, no_source
+
+
 def estimate(steps: list["Step"], settings: Settings) -> tuple[float, list[str]]:
     """Estimated seconds for the steps that will run, from timings of earlier runs (and the node types
     that have none)."""
