@@ -367,8 +367,6 @@ def models() -> None:
 def models_pull(files, models_dirs, lock_path, plugins, quiet):
     """Fetch the models the lock pins and the models folder lacks (those FILES read, or all), from each
     entry's source; resumable, checked against the pinned sha256."""
-    from flowrun.pull import PullError
-
     tty = sys.stderr.isatty() and not quiet
 
     def progress(key, have, total):
@@ -380,13 +378,9 @@ def models_pull(files, models_dirs, lock_path, plugins, quiet):
     settings = Settings(plugins=tuple(plugins), models_dirs=tuple(models_dirs))
     try:
         path, fetched, no_source = api.pull_models(files, settings, lock_path, progress)
-    except PullError as exc:
+    finally:
         if tty:
             sys.stderr.write("\n")
-        click.echo(f"error: {exc}", err=True)
-        return 1
-    if tty and fetched:
-        sys.stderr.write("\n")
     for item in fetched:
         click.echo(f"fetched {item.key} -> {item.target}")
     for key in no_source:

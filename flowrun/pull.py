@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from flowrun.errors import UsageError
+from flowrun.errors import FlowrunError, UsageError
 from flowrun.lockfile import Lock
 
 CHUNK = 1 << 20
 Progress = Callable[[str, int, int | None], None]  # (key, bytes so far, total or None)
 
 
-class PullError(Exception):
-    """A download that failed or did not give the pinned bytes."""
+class PullError(FlowrunError):
+    """A download that failed or did not give the pinned bytes (exit 1)."""
 
 
 @dataclass(frozen=True)
