@@ -63,13 +63,16 @@ def reproduce(image: str | os.PathLike, settings: Settings | None = None,
 
 def run_tests(paths: Iterable[str | os.PathLike] = (), settings: Settings | None = None,
               report_dir: str | os.PathLike = "out/flowrun-test", *, update: bool = False,
-              backend: str | None = None) -> "RegressionRun":
+              backend: str | None = None, accept: Iterable[str] = (), accept_env_drift: bool = False
+              ) -> "RegressionRun":
     """Render the regression cases under `paths` (default: workflows/) and compare them with their goldens
-    (or rewrite the goldens, with update); the renders and the HTML, JUnit and JSON reports go to report_dir."""
+    (or rewrite the goldens: all with update; those of the `accept`ed CASE or CASE/CELL that differ; those
+    that differ by environment alone with accept_env_drift); the renders and the HTML, JUnit and JSON
+    reports go to report_dir."""
     from flowrun.regress.run import run_suite
 
     return run_suite([Path(p) for p in paths], settings or Settings(), Path(report_dir), update=update,
-                     backend=backend)
+                     backend=backend, accept=frozenset(accept), accept_env_drift=accept_env_drift)
 
 
 def describe_nodes(types: Iterable[str] = (), plugins: Iterable[str] = ()) -> list[dict[str, Any]]:

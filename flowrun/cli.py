@@ -261,12 +261,18 @@ def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dir
 @click.option("--update", is_flag=True, help="Write or rewrite the goldens from these renders, listing each change.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/flowrun-test"),
               show_default=True, help="Folder for the renders and the HTML, JUnit and JSON reports.")
+@click.option("--accept", "accept", multiple=True, metavar="CASE[/CELL]",
+              help="Rewrite the goldens of this case (or one cell of it) that differ, and no others.")
+@click.option("--accept-env-drift", is_flag=True,
+              help="Rewrite the goldens that differ only because the environment changed (same graph).")
 @click.option("--backend", help="Golden set to compare with (default: cuda on a GPU, else cpu).")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
-def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, update, report_dir, backend, plugins):
+def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, update, accept, accept_env_drift,
+             report_dir, backend, plugins):
     """Render regression cases and compare them with their golden images (default path: workflows/)."""
     settings = _settings(cache_dir, no_cache, None, plugins, models_dirs, allow_pickle, device)
-    tested = api.run_tests(paths, settings, report_dir, update=update, backend=backend)
+    tested = api.run_tests(paths, settings, report_dir, update=update, backend=backend, accept=accept,
+                           accept_env_drift=accept_env_drift)
     if not tested.results:
         click.echo(f"no workflows found in {', '.join(map(str, tested.paths))}", err=True)
         return 2
@@ -275,6 +281,8 @@ def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, upda
             click.echo(f"ERROR {r.workflow}:\n{r.error}", err=True)
         for o in r.outcomes:
             click.echo(f"{o.grade.upper():4}  {o.case} [{', '.join(o.cells)}] {o.file}: {o.message}")
+            if o.grade != "pass" and o.golden is not None:
+                click.echo(f"      accept with: flowrun test {o.workflow} --accept {o.accept_token}")
     for change in tested.changes:
         click.echo(f"golden {change}")
     c = tested.counts

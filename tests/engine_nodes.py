@@ -184,3 +184,15 @@ def slow(p: SlowParams, ctx) -> str:
     time.sleep(p.seconds)
     note("end")
     return p.text.upper()
+
+
+class UnseededParams(NodeParams):
+    size: int = Field(8, ge=1, le=64)
+
+
+@node("UnseededNoiseImage", outputs={"image": ports.IMAGE})
+def unseeded_noise_image(p: UnseededParams, ctx):
+    """Random pixels from the OS on every call: nondeterminism on purpose, for the regression tests."""
+    import numpy as np
+
+    return np.random.default_rng().random((1, p.size, p.size, 3), dtype=np.float32)

@@ -38,6 +38,9 @@ class Task:
     fingerprints: dict[str, str] = field(default_factory=dict)
     output_suffix: str = ""
     provenance: dict[str, Any] | None = None
+    # the key without code identity and environment: what the workflow asks for, so that a regression
+    # failure can tell a changed graph from a changed library or machine (regress/provenance.py)
+    graph_key: str = ""
 
     @property
     def out_types(self) -> dict[str, str] | None:
@@ -128,6 +131,7 @@ def build(resolved: Resolved, lookup: FileLookup, device: str | None = None) -> 
 
     for ci, cell in enumerate(resolved.cells):
         keys: dict[str, str] = {}
+        graph_keys: dict[str, str] = {}
         for nid in resolved.order:
             if nid not in needed:
                 continue
@@ -156,9 +160,13 @@ def build(resolved: Resolved, lookup: FileLookup, device: str | None = None) -> 
             key = node_key(node_type=nd.type_name, version=nd.version, code=node_code_identity(nd),
                            literals=inst.literals, inputs=inputs, fingerprints=prints, extra=extra)
             keys[nid] = key
+            graph_keys[nid] = node_key(node_type=nd.type_name, version=nd.version, code="", literals=inst.literals,
+                                       inputs={name: (graph_keys[l.node], l.output) for name, l in inst.links.items()},
+                                       fingerprints=prints, extra={})
             task = tasks.get(key)
             if task is None:
-                task = tasks[key] = Task(key, nid, nd, inst.literals, inputs, [], prints, provenance=provenance)
+                task = tasks[key] = Task(key, nid, nd, inst.literals, inputs, [], prints, provenance=provenance,
+                                         graph_key=graph_keys[nid])
                 g.add_node(key, task=task)
                 for name, (up, out) in inputs.items():
                     g.add_edge(up, key, input=name, output=out)
@@ -168,6 +176,7 @@ def build(resolved: Resolved, lookup: FileLookup, device: str | None = None) -> 
     for old, task in _disambiguate_outputs(resolved, tasks):
         # file names are part of an output node's result, so its key covers the suffix (sinks: no edges out)
         task.key = digest([old, task.output_suffix])
+        task.graph_key = digest([task.graph_key, task.output_suffix])
         del tasks[old]
         tasks[task.key] = task
         g = nx.relabel_nodes(g, {old: task.key}, copy=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowrun.regress import provenance
 from flowrun.regress.compare import FAIL, PASS, WARN, Comparison, Thresholds, compare, load_rgb
 
 GOLDENS = "goldens"
@@ -82,10 +83,21 @@ class Outcome:
     grade: str
     comparison: Comparison | None
     message: str
+    graph_key: str = ""
+    cause: str | None = None  # why a render differs from its golden (flowrun.regress.provenance)
+
+    @property
+    def accept_token(self) -> str:
+        """What `flowrun test --accept` takes to rewrite this golden: CASE/CELL."""
+        return f"{self.case}/{self.cells[0]}" if self.cells else self.case
+
+    def accepted_by(self, tokens: set[str]) -> bool:
+        return self.case in tokens or any(f"{self.case}/{c}" in tokens for c in self.cells)
 
     def as_json(self) -> dict[str, Any]:
         return {"case": self.case, "workflow": str(self.workflow), "file": self.file, "cells": self.cells,
-                "params": self.params, "grade": self.grade, "message": self.message,
+                "params": self.params, "grade": self.grade, "message": self.message, "cause": self.cause,
+                "accept": self.accept_token if self.grade != PASS else None,
                 "golden": str(self.golden) if self.golden else None, "new": str(self.new),
                 "metrics": self.comparison.as_json() if self.comparison else None}
 
@@ -110,7 +122,9 @@ def thresholds_of(resolved: Any) -> Thresholds:
 
 
 def judge(workflow: Path, manifest: dict[str, Any], out_dir: Path, backend: str, thresholds: Thresholds,
-          update_cmd: str) -> list[Outcome]:
+          update_cmd: str, env: dict[str, Any] | None = None) -> list[Outcome]:
+    """Each PNG the run wrote against its golden; a render that is not identical is classified against
+    the golden's record (provenance.classify) when `env`, the current environment, is given."""
     cells = {c["label"]: c["params"] for c in manifest["cells"]}
     gdir = golden_dir(workflow, backend)
     outcomes = []
@@ -121,23 +135,31 @@ def judge(workflow: Path, manifest: dict[str, Any], out_dir: Path, backend: str,
             new = out_dir / name
             golden = gdir / name
             params = cells.get(node["cells"][0], {}) if node["cells"] else {}
+            graph_key = node.get("graph_key", "")
             if not golden.is_file():
                 outcomes.append(Outcome(workflow.stem, workflow, name, node["cells"], params, new, None, FAIL, None,
-                                        f"no golden {golden}; create it with: {update_cmd}"))
+                                        f"no golden {golden}; create it with: {update_cmd}", graph_key))
                 continue
             result = compare(load_rgb(new), load_rgb(golden), thresholds)
-            outcomes.append(Outcome(workflow.stem, workflow, name, node["cells"], params, new, golden, result.grade,
-                                    result, result.reason))
+            outcome = Outcome(workflow.stem, workflow, name, node["cells"], params, new, golden, result.grade,
+                              result, result.reason, graph_key)
+            if env is not None and not result.identical:
+                outcome.cause, why = provenance.classify(gdir, name, graph_key, env)
+                outcome.message = f"{result.reason}; {outcome.cause}: {why}"
+            outcomes.append(outcome)
     return outcomes
 
 
-def update_goldens(workflow: Path, outcomes: list[Outcome], backend: str) -> list[str]:
-    """Write this backend's goldens from the new renders; returns what changed (written, rewritten, removed)."""
+def update_goldens(workflow: Path, outcomes: list[Outcome], backend: str, env: dict[str, Any],
+                   only: list[Outcome] | None = None) -> list[str]:
+    """Write this backend's goldens from the new renders (all of them, removing goldens no longer rendered;
+    or `only` these) and their records in golden.json; returns what changed (written, rewritten, removed)."""
     target = golden_root(workflow) / backend
     target.mkdir(parents=True, exist_ok=True)
     changes = []
     produced = set()
-    for o in outcomes:
+    chosen = outcomes if only is None else only
+    for o in chosen:
         dest = target / o.file
         produced.add(dest)
         new_bytes = o.new.read_bytes()
@@ -146,7 +168,10 @@ def update_goldens(workflow: Path, outcomes: list[Outcome], backend: str) -> lis
         dest.parent.mkdir(parents=True, exist_ok=True)
         changes.append(f"{'rewrote' if dest.is_file() else 'wrote'} {dest}")
         shutil.copyfile(o.new, dest)
-    for stale in sorted(p for p in target.rglob("*.png") if p not in produced):
-        stale.unlink()
-        changes.append(f"removed {stale} (no longer rendered)")
+    if only is None:
+        for stale in sorted(p for p in target.rglob("*.png") if p not in produced):
+            stale.unlink()
+            changes.append(f"removed {stale} (no longer rendered)")
+    provenance.record(target, {o.file: {"graph_key": o.graph_key, "cells": o.cells} for o in chosen}, env,
+                      keep_others=only is not None)
     return changes

@@ -57,11 +57,15 @@ def write_html(results: list[CaseResult], path: Path) -> Path:
                                     f"<br>SSIM {m['ssim']}")
         img = lambda src: f'<img src="{src}">' if src else "<em>none</em>"  # noqa: E731
         params = html.escape(json.dumps(o.params, sort_keys=True))
+        cause = f' <span class="cause">{html.escape(o.cause)}</span>' if o.cause else ""
+        accept = "" if o.grade == "pass" or o.golden is None else (
+            f'<br><code>flowrun test {html.escape(str(o.workflow))} --accept {html.escape(o.accept_token)}</code>')
         rows.append(
             f'<tr class="{o.grade}"><td>{html.escape(o.case)}<br><small>{html.escape(", ".join(o.cells))}</small>'
             f'<br><small>{params}</small></td><td>{html.escape(o.file)}</td><td>{img(golden)}</td>'
             f'<td>{img(_file_data(o.new))}</td><td>{img(diff)}</td>'
-            f'<td><b>{o.grade.upper()}</b><br>{metrics}<br><small>{html.escape(o.message)}</small></td></tr>')
+            f'<td><b>{o.grade.upper()}</b>{cause}<br>{metrics}<br><small>{html.escape(o.message)}</small>'
+            f'{accept}</td></tr>')
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>flowrun test report</title><style>
 body{{font-family:system-ui,sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left}}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from flowrun import pipeline
 from flowrun.errors import FlowrunError, WorkflowInvalid
-from flowrun.regress import report
-from flowrun.regress.cases import CaseResult, current_backend, discover, judge, thresholds_of, update_goldens
+from flowrun.regress import provenance, report
+from flowrun.regress.cases import PASS, CaseResult, current_backend, discover, judge, thresholds_of, update_goldens
 from flowrun.settings import Settings
 
 
@@ -25,9 +25,11 @@ class RegressionRun:
     exit_code: int = 2
 
 
-def run_case(workflow: Path, settings: Settings, out_dir: Path, backend: str, update: bool = False
-             ) -> tuple[CaseResult, list[str]]:
-    """Render one workflow's cases into out_dir and judge them (rewriting its goldens first, with update)."""
+def run_case(workflow: Path, settings: Settings, out_dir: Path, backend: str, update: bool = False,
+             accept: frozenset[str] = frozenset(), accept_env_drift: bool = False) -> tuple[CaseResult, list[str]]:
+    """Render one workflow's cases into out_dir and judge them. `update` rewrites all its goldens; `accept`
+    (CASE or CASE/CELL) rewrites those cells' goldens that do not match, `accept_env_drift` those whose
+    difference comes from the environment alone."""
     result = CaseResult(workflow)
     try:
         resolved = pipeline.load(workflow, plugins=settings.plugins)
@@ -40,16 +42,20 @@ def run_case(workflow: Path, settings: Settings, out_dir: Path, backend: str, up
         result.error, result.exit_code = exc.render(), exc.exit_code
         return result, []
     cmd = f"flowrun test {workflow} --update"
-    result.outcomes = judge(workflow, run.manifest, out_dir, backend, thresholds_of(resolved), cmd)
+    env = provenance.environment(backend)
+    result.outcomes = judge(workflow, run.manifest, out_dir, backend, thresholds_of(resolved), cmd, env)
     changes: list[str] = []
-    if update:
-        changes = update_goldens(workflow, result.outcomes, backend)
-        result.outcomes = judge(workflow, run.manifest, out_dir, backend, thresholds_of(resolved), cmd)
+    only = [o for o in result.outcomes if o.grade != PASS and (
+        o.accepted_by(accept) or (accept_env_drift and o.cause == provenance.ENVIRONMENT))]
+    if update or only:
+        changes = update_goldens(workflow, result.outcomes, backend, env, None if update else only)
+        result.outcomes = judge(workflow, run.manifest, out_dir, backend, thresholds_of(resolved), cmd, env)
     return result, changes
 
 
 def run_cases(paths: list[Path], settings: Settings, out_root: Path, *, update: bool = False,
-              backend: str | None = None) -> tuple[list[CaseResult], list[str]]:
+              backend: str | None = None, accept: frozenset[str] = frozenset(), accept_env_drift: bool = False
+              ) -> tuple[list[CaseResult], list[str]]:
     """Every workflow under `paths`, each rendered into its own folder below out_root."""
     backend = backend or current_backend(settings.device)
     results, changes, used = [], [], set()
@@ -58,18 +64,20 @@ def run_cases(paths: list[Path], settings: Settings, out_root: Path, *, update: 
         while name in used:
             name += "_"
         used.add(name)
-        result, changed = run_case(workflow, settings, out_root / name, backend, update)
+        result, changed = run_case(workflow, settings, out_root / name, backend, update, accept, accept_env_drift)
         results.append(result)
         changes += changed
     return results, changes
 
 
 def run_suite(paths: list[Path], settings: Settings, report_dir: Path, *, update: bool = False,
-              backend: str | None = None) -> RegressionRun:
+              backend: str | None = None, accept: frozenset[str] = frozenset(), accept_env_drift: bool = False
+              ) -> RegressionRun:
     """Render the cases under `paths` (default: workflows/, else the current folder) into report_dir/renders,
     and write the HTML, JUnit and JSON reports beside them."""
     paths = list(paths) or [Path("workflows") if Path("workflows").is_dir() else Path(".")]
-    results, changes = run_cases(paths, settings, report_dir / "renders", update=update, backend=backend)
+    results, changes = run_cases(paths, settings, report_dir / "renders", update=update, backend=backend,
+                                 accept=accept, accept_env_drift=accept_env_drift)
     if not results:
         return RegressionRun(paths)
     html_path = report.write_html(results, report_dir / "report.html")
