@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from flowrun.cache.housekeeping import MAX_SIZE_ENV
 from flowrun.errors import UsageError
 from flowrun.execute.ray_options import RayOptions
-from flowrun.pipeline import RunResult, estimate, load, lock_files, plan, pull_models, registry, run
+from flowrun.pipeline import RunResult, Side, diff, diff_sides, estimate, load, lock_files, plan, pull_models, registry, run
 from flowrun.settings import Settings, cache_location, default_cache_dir
 from flowrun.spec.schema import SCHEMA_PATH
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from flowrun.regress.run import RegressionRun
 
 __all__ = [
-    "MAX_SIZE_ENV", "RayOptions", "RunResult", "SCHEMA_PATH", "cache_clear", "cache_folder", "cache_info",
+    "MAX_SIZE_ENV", "RayOptions", "RunResult", "SCHEMA_PATH", "Side", "diff", "diff_sides", "cache_clear", "cache_folder", "cache_info",
     "cache_prune", "describe_nodes", "estimate", "export_comfyui", "import_comfyui", "load", "lock_files", "plan", "pull_models", "registry",
     "reproduce", "run", "run_tests", "schema_is_current", "schema_text", "write_schema",
 ]
@@ -63,16 +63,18 @@ def reproduce(image: str | os.PathLike, settings: Settings | None = None,
 
 def run_tests(paths: Iterable[str | os.PathLike] = (), settings: Settings | None = None,
               report_dir: str | os.PathLike = "out/flowrun-test", *, update: bool = False,
-              backend: str | None = None, accept: Iterable[str] = (), accept_env_drift: bool = False
-              ) -> "RegressionRun":
+              backend: str | None = None, accept: Iterable[str] = (), accept_env_drift: bool = False,
+              changed_since: str | None = None) -> "RegressionRun":
     """Render the regression cases under `paths` (default: workflows/) and compare them with their goldens
     (or rewrite the goldens: all with update; those of the `accept`ed CASE or CASE/CELL that differ; those
     that differ by environment alone with accept_env_drift); the renders and the HTML, JUnit and JSON
-    reports go to report_dir."""
+    reports go to report_dir. With changed_since (a git revision), only the cases a change since then can
+    alter are rendered."""
     from flowrun.regress.run import run_suite
 
     return run_suite([Path(p) for p in paths], settings or Settings(), Path(report_dir), update=update,
-                     backend=backend, accept=frozenset(accept), accept_env_drift=accept_env_drift)
+                     backend=backend, accept=frozenset(accept), accept_env_drift=accept_env_drift,
+                     changed_since=changed_since)
 
 
 def describe_nodes(types: Iterable[str] = (), plugins: Iterable[str] = ()) -> list[dict[str, Any]]:

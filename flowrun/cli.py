@@ -265,14 +265,23 @@ def plan(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dir
               help="Rewrite the goldens of this case (or one cell of it) that differ, and no others.")
 @click.option("--accept-env-drift", is_flag=True,
               help="Rewrite the goldens that differ only because the environment changed (same graph).")
+@click.option("--changed-since", metavar="REV",
+              help="Only the cases a change since this git revision can alter (graph keys differ, or the goldens "
+                   "were rendered in another environment).")
 @click.option("--backend", help="Golden set to compare with (default: cuda on a GPU, else cpu).")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
 def test_cmd(paths, cache_dir, no_cache, models_dirs, allow_pickle, device, update, accept, accept_env_drift,
-             report_dir, backend, plugins):
+             changed_since, report_dir, backend, plugins):
     """Render regression cases and compare them with their golden images (default path: workflows/)."""
     settings = _settings(cache_dir, no_cache, None, plugins, models_dirs, allow_pickle, device)
     tested = api.run_tests(paths, settings, report_dir, update=update, backend=backend, accept=accept,
-                           accept_env_drift=accept_env_drift)
+                           accept_env_drift=accept_env_drift, changed_since=changed_since)
+    if changed_since is not None:
+        for wf, why in tested.selected:
+            click.echo(f"testing {wf}: {why}")
+        if not tested.results:
+            click.echo(f"no case can render differently since {changed_since}")
+            return 0
     if not tested.results:
         click.echo(f"no workflows found in {', '.join(map(str, tested.paths))}", err=True)
         return 2
@@ -335,6 +344,36 @@ def reproduce(image, cache_dir, no_cache, models_dirs, allow_pickle, device, wor
     r = api.reproduce(image, settings, workflow_dir)
     click.echo(f"{image}: {r.message} (new render: {r.new})")
     return 0 if r.identical else 1
+
+
+@cli.command("diff")
+@click.argument("args", nargs=-1, required=True)
+@cache_options
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import node types from MODULE.")
+@click.option("--render", "render", is_flag=True, help="Render both sides (cached) and write an HTML page of the "
+                                                        "output cells that change.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/flowrun-diff"),
+              show_default=True, help="Folder for --render's renders and page.")
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
+def diff_cmd(args, cache_dir, no_cache, models_dirs, allow_pickle, device, plugins, render, out, as_json):
+    """What changes between two workflows (A.yaml B.yaml) or two versions of one (REV [REV2] -- FILE): the
+    text's meaning, and which output cells would render differently. Exit 0 if none would, 1 if some would."""
+    settings = _settings(cache_dir, no_cache, None, plugins, models_dirs, allow_pickle, device)
+    left, right = api.diff_sides(list(args), plugins)
+    result, page = api.diff(left, right, settings, out if render else None)
+    if as_json:
+        click.echo(json.dumps({"left": left.label, "right": right.label, "changes": result.text,
+                               "outputs": [{"node": n, "cell": c, "status": s} for n, c, s in result.outputs]},
+                              indent=2))
+    else:
+        click.echo(f"{left.label} -> {right.label}")
+        for line in result.text:
+            click.echo(f"  {line}")
+        for node, cell, status in result.changed_outputs:
+            click.echo(f"  output {node} [{cell}]: {status}")
+        click.echo(f"{len(result.changed_outputs)} of {len(result.outputs)} output cells change"
+                   + (f"; both sides rendered: {page}" if page else ""))
+    return 1 if result.changed_outputs else 0
 
 
 @cli.command("lock")

@@ -50,9 +50,23 @@ def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins
     """Read, validate and expand a workflow file. With `files` (the settings that say where models are
     looked up), also check that every model, LoRA and input file it names exists. Raises WorkflowInvalid
     listing every problem."""
+    return load_source(read_source(str(path)), overrides, plugins=plugins, reg=reg, files=files)
+
+
+def load_text(text: str, path: str | os.PathLike, overrides: Overrides | None = None, *,
+              plugins: Iterable[str] = (), files: Settings | None = None) -> "Resolved":
+    """`load` for a workflow's text as it was elsewhere (a git revision), read as if it were at `path`:
+    names of input files resolve beside it."""
+    from flowrun.spec.source import parse_yaml
+
+    return load_source(parse_yaml(text, str(path)), overrides, plugins=plugins, files=files)
+
+
+def load_source(source, overrides: Overrides | None = None, *, plugins: Iterable[str] = (),
+                reg: Registry | None = None, files: Settings | None = None) -> "Resolved":
+    """`load` for a parsed source (flowrun.spec.source.Source)."""
     from flowrun.graph.resolve import resolve
 
-    source = read_source(str(path))
     spec = load_document(source)
     resolved = resolve(spec, source, reg or registry(plugins), overrides)
     if files is not None:
@@ -61,6 +75,59 @@ def load(path: str | os.PathLike, overrides: Overrides | None = None, *, plugins
 
         check(resolved, FileLookup.for_workflow(resolved.file, files))
     return resolved
+
+
+@dataclass
+class Side:
+    """One side of a diff: a label ("a.yaml", "HEAD~1:a.yaml") and the workflow as it was there."""
+
+    label: str
+    resolved: "Resolved"
+
+
+def diff_sides(args: list[str], plugins: Iterable[str] = ()) -> tuple[Side, Side]:
+    """The two sides `flowrun diff` compares: A.yaml B.yaml, or REV [REV2] FILE (REV against the working
+    tree, or REV against REV2)."""
+    from flowrun.revisions import text_at
+
+    if len(args) == 2 and all(Path(a).is_file() for a in args):
+        return Side(args[0], load(args[0], plugins=plugins)), Side(args[1], load(args[1], plugins=plugins))
+    if len(args) not in (2, 3):
+        raise UsageError("flowrun diff takes A.yaml B.yaml, or REV [REV2] -- FILE")
+    *revs, file = args
+    if not Path(file).is_file():
+        raise UsageError(f"no workflow file '{file}'")
+
+    def at(rev: str) -> Side:
+        text = text_at(rev, file)
+        if text is None:
+            raise UsageError(f"{file} does not exist at revision {rev}")
+        return Side(f"{rev}:{file}", load_text(text, file, plugins=plugins))
+
+    left = at(revs[0])
+    right = at(revs[1]) if len(revs) == 2 else Side(file, load(file, plugins=plugins))
+    return left, right
+
+
+def diff(left: Side, right: Side, settings: Settings | None = None, render_dir: str | os.PathLike | None = None):
+    """The changes from `left` to `right` (flowrun.graph.diff.WorkflowDiff) and, with render_dir, an HTML
+    page there showing both sides' renders of every output cell that changed (the path, else None)."""
+    from flowrun.files import FileLookup
+    from flowrun.graph.diff import diff as workflow_diff
+
+    settings = settings or Settings()
+    result = workflow_diff(left.resolved, right.resolved, FileLookup.for_workflow(left.resolved.file, settings),
+                           FileLookup.for_workflow(right.resolved.file, settings), settings.device)
+    if render_dir is None:
+        return result, None
+    from dataclasses import replace
+
+    from flowrun.graph.diff_page import write_page
+
+    render_dir = Path(render_dir)
+    runs = [run(side.resolved, replace(settings, out_dir=render_dir / name))
+            for side, name in ((left, "a"), (right, "b"))]
+    return result, write_page(render_dir, left.label, right.label, result, [r.manifest for r in runs])
 
 
 def lock_files(paths: Iterable[str | os.PathLike], settings: Settings | None = None,

@@ -23,6 +23,7 @@ class RegressionRun:
     html_report: Path | None = None
     counts: dict[str, int] = field(default_factory=dict)
     exit_code: int = 2
+    selected: list[tuple[Path, str]] = field(default_factory=list)  # with changed_since: each case and why
 
 
 def run_case(workflow: Path, settings: Settings, out_dir: Path, backend: str, update: bool = False,
@@ -54,12 +55,19 @@ def run_case(workflow: Path, settings: Settings, out_dir: Path, backend: str, up
 
 
 def run_cases(paths: list[Path], settings: Settings, out_root: Path, *, update: bool = False,
-              backend: str | None = None, accept: frozenset[str] = frozenset(), accept_env_drift: bool = False
-              ) -> tuple[list[CaseResult], list[str]]:
-    """Every workflow under `paths`, each rendered into its own folder below out_root."""
+              backend: str | None = None, accept: frozenset[str] = frozenset(), accept_env_drift: bool = False,
+              changed_since: str | None = None) -> tuple[list[CaseResult], list[str], list[tuple[Path, str]]]:
+    """Every workflow under `paths` (or, with changed_since, those a change since that git revision can
+    alter), each rendered into its own folder below out_root; also (workflow, why) of the chosen ones."""
     backend = backend or current_backend(settings.device)
+    workflows = discover(paths)
+    chosen = [(w, "") for w in workflows]
+    if changed_since is not None:
+        from flowrun.regress.changed import changed_since as select
+
+        chosen = select(workflows, changed_since, settings, backend)
     results, changes, used = [], [], set()
-    for workflow in discover(paths):
+    for workflow, _ in chosen:
         name = workflow.stem
         while name in used:
             name += "_"
@@ -67,23 +75,25 @@ def run_cases(paths: list[Path], settings: Settings, out_root: Path, *, update: 
         result, changed = run_case(workflow, settings, out_root / name, backend, update, accept, accept_env_drift)
         results.append(result)
         changes += changed
-    return results, changes
+    return results, changes, chosen
 
 
 def run_suite(paths: list[Path], settings: Settings, report_dir: Path, *, update: bool = False,
-              backend: str | None = None, accept: frozenset[str] = frozenset(), accept_env_drift: bool = False
-              ) -> RegressionRun:
+              backend: str | None = None, accept: frozenset[str] = frozenset(), accept_env_drift: bool = False,
+              changed_since: str | None = None) -> RegressionRun:
     """Render the cases under `paths` (default: workflows/, else the current folder) into report_dir/renders,
     and write the HTML, JUnit and JSON reports beside them."""
     paths = list(paths) or [Path("workflows") if Path("workflows").is_dir() else Path(".")]
-    results, changes = run_cases(paths, settings, report_dir / "renders", update=update, backend=backend,
-                                 accept=accept, accept_env_drift=accept_env_drift)
+    results, changes, chosen = run_cases(paths, settings, report_dir / "renders", update=update, backend=backend,
+                                         accept=accept, accept_env_drift=accept_env_drift,
+                                         changed_since=changed_since)
     if not results:
-        return RegressionRun(paths)
+        return RegressionRun(paths, exit_code=0 if changed_since is not None else 2)
     html_path = report.write_html(results, report_dir / "report.html")
     report.write_junit(results, report_dir / "junit.xml")
     report.write_json(results, report_dir / "summary.json", changes)
-    return RegressionRun(paths, results, changes, html_path, report.counts(results), exit_code(results))
+    return RegressionRun(paths, results, changes, html_path, report.counts(results), exit_code(results),
+                         [(w, why) for w, why in chosen if why])
 
 
 def exit_code(results: list[CaseResult]) -> int:
