@@ -203,7 +203,16 @@ class FileLookup:
             if not path.exists():
                 raise FileNotFoundError(f"no file '{name}' in {self.workflow_dir}")
             return path
-        return locate(name, kind, list(self.roots))
+        try:
+            return locate(name, kind, list(self.roots))
+        except FileNotFoundError as exc:
+            pinned = self.lock.models.get(f"{kind}/{name}") if self.lock is not None else None
+            if pinned is None:
+                raise
+            how = ("`flowrun models pull` fetches it from " + pinned["source"]) if pinned.get("source") else (
+                "it has no source there to fetch it from")
+            raise FileNotFoundError(f"{exc}; {self.lock.path} pins it (sha256 {pinned.get('sha256', '?')[:16]}…): "
+                                    f"{how}") from None
 
     def sha256(self, path: str | os.PathLike) -> str:
         return file_sha256(path, self.memo_dir)

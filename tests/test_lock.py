@@ -85,3 +85,19 @@ def test_lock_choice_and_where_it_is_found(cli, workflow, tmp_path):
     (tmp_path / "repo" / "flowrun.lock").write_text("not json")
     broken = cli("run", wf, "--models-dir", tmp_path / "models")
     assert broken.code == 2 and "cannot read the lock" in broken.err and "Traceback" not in broken.err
+
+
+def test_a_missing_pinned_model_says_how_to_fetch_it(cli, workflow, tmp_path):
+    wf = _setup(tmp_path, workflow)
+    assert cli("lock", wf, "--models-dir", tmp_path / "models").code == 0
+    lock = json.loads((tmp_path / "flowrun.lock").read_text())
+    lock["models"]["loras/style-a"]["source"] = "https://example.invalid/style-a.safetensors"
+    (tmp_path / "flowrun.lock").write_text(json.dumps(lock))
+    (tmp_path / "models" / "loras" / "style-a.safetensors").unlink()
+    (tmp_path / "models" / "loras" / "style-b.safetensors").unlink()
+    r = cli("run", wf, "--models-dir", tmp_path / "models")
+    assert r.code == 2 and r.err.count("error[file]") == 2
+    assert "`flowrun models pull` fetches it from https://example.invalid/style-a.safetensors" in r.err
+    assert "pins it" in r.err and "it has no source there to fetch it from" in r.err  # style-b
+    v = cli("validate", wf, "--models-dir", tmp_path / "models")
+    assert v.code == 2 and "`flowrun models pull`" in v.err
