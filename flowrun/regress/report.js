@@ -22,9 +22,8 @@
   function readFragment() {
     const params = new URLSearchParams(location.hash.slice(1));
     for (const name of ["grade", "cause"]) {
-      if (!params.has(name)) continue;
-      const values = new Set(params.get(name).split(","));
-      for (const b of boxes) if (b.name === name) b.checked = values.has(b.value);
+      const values = new Set((params.get(name) || "").split(","));
+      for (const b of boxes) if (b.name === name) b.checked = !params.has(name) || values.has(b.value);
     }
   }
 
