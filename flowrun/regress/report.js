@@ -31,7 +31,8 @@
     const parts = [];
     for (const name of ["grade", "cause"]) {
       const all = boxes.filter((b) => b.name === name);
-      if (all.some((b) => !b.checked)) parts.push(name + "=" + all.filter((b) => b.checked).map((b) => b.value).join(","));
+      const on = all.filter((b) => b.checked).map((b) => b.value);
+      if (on.length < all.length) parts.push(name + "=" + on.join(","));
     }
     try {
       history.replaceState(null, "", parts.length ? "#" + parts.join("&") : location.pathname + location.search);
@@ -67,20 +68,26 @@
     show(blink, 0);
     blinks.push(blink);
   }
-  let switches = 0;
+  let ticks = 0;
   setInterval(() => {
     if (!autoblink.checked) return;
-    for (const blink of blinks) if (!blink.held && !blink.label.closest("tr").hidden) show(blink, 1 - blink.index);
-    document.getElementById("selfcheck").dataset.blinkTicks = ++switches;
+    for (const blink of blinks) {
+      if (!blink.held && !blink.label.closest("tr").hidden) show(blink, 1 - blink.index);
+    }
+    document.getElementById("selfcheck").dataset.blinkTicks = ++ticks;
   }, 700);
-  autoblink.addEventListener("change", () => { for (const blink of blinks) { blink.held = false; show(blink, blink.index); } });
+  autoblink.addEventListener("change", () => {
+    for (const blink of blinks) { blink.held = false; show(blink, blink.index); }
+  });
 
   // nearest-neighbour scaling keeps small renders' pixels sharp; images shown smaller than they are
   // are smoothed instead, except differences, which are drawn for nearest-neighbour scaling
   function applySize() {
     const px = size.value === "full" ? Infinity : Number(size.value);
     document.body.style.setProperty("--img", size.value === "full" ? "auto" : px + "px");
-    for (const img of document.querySelectorAll("td img:not(.diff)")) img.classList.toggle("smooth", img.naturalWidth > px);
+    for (const img of document.querySelectorAll("td img:not(.diff)")) {
+      img.classList.toggle("smooth", img.naturalWidth > px);
+    }
   }
 
   for (const button of document.querySelectorAll("button.copy")) {
@@ -94,15 +101,20 @@
         getSelection().addRange(range);
         done(document.execCommand("copy") ? "copied" : "selected: press Ctrl+C");
       };
-      if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(() => done("copied"), bySelection);
-      else bySelection();
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(text).then(() => done("copied"), bySelection);
+      } else {
+        bySelection();
+      }
     });
   }
 
   function selfCheck() {
     const images = Array.from(document.images);
     const tally = {};
-    for (const row of rows) for (const key of ["grade:" + row.dataset.grade, "cause:" + row.dataset.cause]) tally[key] = (tally[key] || 0) + 1;
+    for (const row of rows) {
+      for (const key of ["grade:" + row.dataset.grade, "cause:" + row.dataset.cause]) tally[key] = (tally[key] || 0) + 1;
+    }
     const shown = {};
     for (const el of document.querySelectorAll("[data-count]")) shown[el.dataset.count] = Number(el.textContent);
     Object.assign(document.getElementById("selfcheck").dataset, {
