@@ -63,11 +63,20 @@ def compare(new: np.ndarray, golden: np.ndarray, t: Thresholds) -> Comparison:
                       f"SSIM {ssim:.3f} (warn at >= {t.warn_min_ssim})")
 
 
-def heatmap(new: np.ndarray, golden: np.ndarray) -> np.ndarray:
-    """Per-pixel difference as an image: black where equal, through red to yellow where it differs most."""
-    if new.shape != golden.shape:
-        return np.zeros_like(new)
-    d = np.abs(new.astype(np.float32) - golden.astype(np.float32)).max(axis=-1)
-    scale = max(float(d.max()), 1.0)
-    v = d / scale
-    return (np.stack([np.clip(v * 2, 0, 1), np.clip(v * 2 - 1, 0, 1), np.zeros_like(v)], -1) * 255).astype(np.uint8)
+def heatmap(new: np.ndarray, golden: np.ndarray, display: int = 256) -> np.ndarray:
+    """Per-pixel difference of two images of one size, amplified for review: black where equal; any
+    difference is coloured on a log scale, a 1-level difference dark red, through red and orange to
+    yellow at 255 levels. An image wider or taller than `display` pixels is shown scaled down, so each
+    difference is spread over the block of pixels one displayed pixel covers: a single differing pixel
+    stays visible."""
+    d = np.abs(new.astype(np.int16) - golden.astype(np.int16)).max(axis=-1)
+    block = -(-max(d.shape) // display)
+    if block > 1:
+        from scipy.ndimage import maximum_filter
+
+        d = maximum_filter(d, size=block)
+    t = np.log1p(d.astype(np.float32)) / np.log1p(255.0)  # 1 level: 0.125, 255 levels: 1
+    # the red floor (0.55) keeps a 1-level difference far from black; green rises only for large ones
+    red = np.where(d > 0, 0.55 + 0.45 * np.clip(2 * t, 0, 1), 0)
+    green = np.clip(2 * t - 1, 0, 1)
+    return (np.stack([red, green, np.zeros_like(t)], -1) * 255).round().astype(np.uint8)
