@@ -53,6 +53,8 @@ def test_an_edited_workflow_is_a_graph_change_and_accept_takes_one_cell(cli, cas
     assert f"accept with: flowrun test {case} --accept {BLUE}" in r.out
     summary = json.loads((tmp_path / "out" / "flowrun-test" / "summary.json").read_text())
     assert [o["cause"] for o in summary["cases"][0]["outcomes"]] == ["graph", "graph"]
+    junit = (tmp_path / "out" / "flowrun-test" / "junit.xml").read_text()
+    assert junit.count('type="graph"') == 2
     html = (tmp_path / "out" / "flowrun-test" / "report.html").read_text()
     assert '<span class="cause">graph</span>' in html and f"--accept {RED}" in html
 

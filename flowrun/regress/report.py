@@ -50,7 +50,7 @@ def write_junit(results: list[CaseResult], path: Path) -> Path:
         for o in r.outcomes:
             case = ET.SubElement(suite, "testcase", classname=o.case, name=f"{','.join(o.cells)}/{o.file}")
             if o.grade == "fail":
-                ET.SubElement(case, "failure", message=o.message).text = o.message
+                ET.SubElement(case, "failure", message=o.message, type=o.cause or "render").text = o.message
             elif o.grade == "warn":
                 ET.SubElement(case, "system-out").text = f"WARN: {o.message}"
     buf = io.BytesIO()
