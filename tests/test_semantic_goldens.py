@@ -18,7 +18,7 @@ from flowrun.settings import Settings
 SCENE = shapes.Scene("circle", "red", "white", 30.0, 34.0, 17.0)
 CAPTION = SCENE.caption
 STRICT = "{pass_max_diff: 0, warn_min_psnr: 99, warn_min_ssim: 1.0}"
-SEMANTIC = f"{{pixels: false, clip_text: {CAPTION}, min_clip_score: 0.5, min_similarity_to_golden: 0.9}}"
+SEMANTIC = f"{{pixels: false, clip_text: {CAPTION}, min_clip_score: 2.0, min_similarity_to_golden: 0.9}}"
 BOTH = f"{{pass_max_diff: 0, warn_min_psnr: 99, warn_min_ssim: 1.0, clip_text: {CAPTION}, min_similarity_to_golden: 0.9}}"
 
 
@@ -52,7 +52,7 @@ def test_one_level_everywhere_fails_pixels_and_passes_semantics(tmp_path):
     outcome = semantic.outcomes[0]
     assert semantic.grade == "pass", outcome.message
     assert "pixels not graded" in outcome.message and "semantic check passed" in outcome.message
-    assert outcome.semantic["similarity_to_golden"] > 0.99 and outcome.semantic["clip_score"] >= 0.5
+    assert outcome.semantic["similarity_to_golden"] > 0.99 and outcome.semantic["clip_score"] >= 2.0
     both = _case(tmp_path, nudged, BOTH)  # besides the pixels: the worse grade counts
     assert both.grade == "fail" and "semantic check passed" in both.outcomes[0].message
 
@@ -63,7 +63,8 @@ def test_one_level_everywhere_fails_pixels_and_passes_semantics(tmp_path):
 def test_another_colour_or_shape_fails_the_semantic_check(tmp_path, other):
     result = _case(tmp_path, shapes.render(other), SEMANTIC)
     assert result.grade == "fail", result.outcomes[0].message
-    assert "semantic check failed" in result.outcomes[0].message
+    message = result.outcomes[0].message
+    assert "semantic check failed: CLIPScore" in message and "; similarity to golden" in message  # both measures
 
 
 JUDGE = f"""\
@@ -73,14 +74,14 @@ JUDGE = f"""\
 
 
 def test_min_clip_score_reads_the_cases_clip_score_node(tmp_path):
-    passed = _case(tmp_path, _one_level_off(shapes.render(SCENE)), "{pixels: false, min_clip_score: 0.5}", JUDGE)
+    passed = _case(tmp_path, _one_level_off(shapes.render(SCENE)), "{pixels: false, min_clip_score: 2.0}", JUDGE)
     assert passed.grade == "pass", passed.outcomes[0].message
-    failed = _case(tmp_path, shapes.render(replace(SCENE, colour="yellow")), "{pixels: false, min_clip_score: 0.5}",
+    failed = _case(tmp_path, shapes.render(replace(SCENE, colour="yellow")), "{pixels: false, min_clip_score: 2.0}",
                    JUDGE)
     assert failed.grade == "fail" and "CLIPScore" in failed.outcomes[0].message
 
 
 def test_min_clip_score_without_a_text_is_invalid_at_its_line(tmp_path):
-    result = _case(tmp_path, shapes.render(SCENE), "{min_clip_score: 0.5}")
+    result = _case(tmp_path, shapes.render(SCENE), "{min_clip_score: 2.0}")
     assert result.exit_code == 2
     assert "case.yaml:6" in result.error and "min_clip_score needs a text to score against" in result.error

@@ -7,7 +7,7 @@ the model has seen the softness of decoded images), plus mild pixel noise. Capti
 tokenised with the CLIP tokenizer flowrun bundles. Loss: cross-entropy of each image against the 24
 captions and of each caption against the batch's images (every image with that caption a positive; the
 captions repeat within a batch, so plain CLIP's one-positive loss would push matching pairs apart).
-CPU, seeded, a few minutes.
+CPU, one thread, seeded, a few minutes.
 
     python tools/train_tiny_clip.py [--steps 1500] [--out flowrun/models/clip_score/flowrun-tiny-clip]
 """
@@ -66,8 +66,11 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
+    # one thread: the model is so small that a second thread mostly waits at barriers (measured: 28 ms a
+    # step alone, over a second with two threads on two busy cores)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     from transformers import CLIPModel

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
 from flowrun.diffusion.detect import CheckpointError
 
 CLIPSCORE_WEIGHT = 2.5  # Hessel et al.'s w: rescales cosines of ViT-B/32 to roughly 0..1
