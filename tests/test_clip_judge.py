@@ -180,3 +180,42 @@ def test_vision_only_model_is_refused(clip_models, workflow, cli):
     assert res.code == 1
     assert "node 'judge' (CLIPScoreModelLoader)" in res.err
     assert "holds a CLIP vision model only; CLIPScore needs a full CLIPModel" in res.err
+
+
+def test_bundled_clip_tells_the_captions_apart():
+    import itertools
+
+    from flowrun.diffusion import shapes
+    from flowrun.files import BUNDLED
+
+    folder = BUNDLED / "clip_score" / "flowrun-tiny-clip"
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 5 * 1024 * 1024
+    judge = clip_judge.load(folder, "bundled")
+    rng = np.random.default_rng(2024)  # scenes the training never drew (its bank used seed 1)
+    keys = list(itertools.product(shapes.BACKGROUNDS, shapes.COLOURS, shapes.SHAPES))
+    captions = [shapes.caption(c, s, b) for b, c, s in keys]
+    scenes = [shapes.Scene(s, c, b, *rng.uniform(24, 40, 2), rng.uniform(11, 20)) for b, c, s in keys]
+    images = np.stack([shapes.render(s) for s in scenes]).astype(np.float32) / 255.0
+    picked = (judge.image_embeds(images) @ judge.text_embeds(captions).T).argmax(-1)
+    assert picked.tolist() == list(range(len(keys)))
+
+
+def test_training_script_runs_on_tiny_settings(tmp_path, monkeypatch):
+    import sys
+
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import train_tiny_clip
+
+    out = tmp_path / "clip"
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", ["train_tiny_clip.py", "--steps", "2", "--bank", "16", "--batch", "8",
+                                      "--out", str(out)])
+    try:
+        train_tiny_clip.main()  # in this process: a subprocess would spend most of its time importing
+    finally:
+        torch.set_num_threads(threads)
+    judge = clip_judge.load(out, "quick")
+    assert judge.preprocess == clip_judge.Preprocess(64, (64, 64))
+    assert len(judge.clip_score(_images(2, 64, 64), "a red circle on a white background")) == 2
