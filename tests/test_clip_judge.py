@@ -138,9 +138,12 @@ nodes:
 
 def test_sweep_records_scores_shows_them_and_ranks_cells(clip_models, workflow, tmp_path, cli):
     root, model = clip_models
-    result = api.run(api.load(workflow(SWEEP % "rand-clip")),
-                     Settings(out_dir=tmp_path / "out", use_cache=False, models_dirs=(str(root),)))
-    manifest = result.manifest
+    path = workflow(SWEEP % "rand-clip")
+    settings = Settings(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", models_dirs=(str(root),))
+    manifest = api.run(api.load(path), settings).manifest
+    again = api.run(api.load(path), settings).manifest  # scores come back from the cache too
+    assert {n["status"] for n in again["nodes"] if n["id"] == "score"} == {"cached"}
+    assert [c["scores"] for c in again["cells"]] == [c["scores"] for c in manifest["cells"]]
     colours = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0)]
     expected = [float(_direct_transformers(model, np.ones((1, 32, 32, 3), np.float32) * np.asarray(c, np.float32),
                                            "a red square")[0][0]) for c in colours]
