@@ -147,7 +147,7 @@ def load(path: Path, fingerprint: str, *, device: str = "cpu") -> ClipJudge:
         raise CheckpointError(f"{config_file}: not a readable CLIP config ({exc})") from None
     try:
         if folder:
-            model = CLIPModel.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
+            model = CLIPModel.from_pretrained(folder, local_files_only=True)
         else:
             from safetensors.torch import load_file
 
