@@ -21,14 +21,15 @@ from flowrun.spec.schema import SCHEMA_PATH
 
 if TYPE_CHECKING:
     from flowrun.cache.disk import DiskStore
+    from flowrun.execute.ranking import RankedCell
     from flowrun.graph.resolve import Resolved
     from flowrun.interop.reproduce import Reproduction
     from flowrun.regress.run import RegressionRun
 
 __all__ = [
     "MAX_SIZE_ENV", "RayOptions", "RunResult", "SCHEMA_PATH", "Side", "diff", "diff_sides", "cache_clear", "cache_folder", "cache_info",
-    "cache_prune", "describe_nodes", "estimate", "export_comfyui", "import_comfyui", "load", "lock_files", "plan", "pull_models", "registry",
-    "reproduce", "run", "run_tests", "schema_is_current", "schema_text", "write_schema",
+    "cache_prune", "describe_nodes", "estimate", "export_comfyui", "import_comfyui", "load", "lock_files", "plan", "pull_models", "rank",
+    "registry", "reproduce", "run", "run_tests", "schema_is_current", "schema_text", "write_schema",
 ]
 
 
@@ -59,6 +60,18 @@ def reproduce(image: str | os.PathLike, settings: Settings | None = None,
     from flowrun.interop.reproduce import reproduce as reproduce_image
 
     return reproduce_image(Path(image), settings or Settings(), Path(workflow_dir) if workflow_dir else None)
+
+
+def rank(run_dir: str | os.PathLike, by: str, top: int | None = None,
+         copy_to: str | os.PathLike | None = None) -> list["RankedCell"]:
+    """The cells of a finished run ordered by the score `by` names (a metric such as clip_score, or a
+    scoring node's id), best first, at most `top`; with `copy_to`, their files are copied there too."""
+    from flowrun.execute.ranking import copy_ranked, rank as rank_cells
+
+    ranked = rank_cells(run_dir, by, top)
+    if copy_to is not None:
+        copy_ranked(run_dir, ranked, copy_to)
+    return ranked
 
 
 def run_tests(paths: Iterable[str | os.PathLike] = (), settings: Settings | None = None,

@@ -188,6 +188,28 @@ def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--by", required=True, metavar="SCORE", help="A score the run recorded: clip_score, clip_similarity, "
+              "or the id of a scoring node.")
+@click.option("--top", type=click.IntRange(min=1), metavar="N", help="Only the N best cells.")
+@click.option("--copy", "copy_to", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Copy the ranked cells' files into DIR, named <rank>-<file>.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
+def rank(run_dir, by, top, copy_to, as_json):
+    """List a run's cells by a score its scoring nodes recorded (CLIPScore...), best first."""
+    ranked = api.rank(run_dir, by, top, copy_to)
+    if as_json:
+        click.echo(json.dumps([{"rank": r.rank, "cell": r.label, "score": r.score, "files": list(r.files)}
+                               for r in ranked], indent=2))
+        return 0
+    for r in ranked:
+        click.echo(f"{r.rank:>3}  {r.score:8.4f}  {r.label}  {' '.join(r.files)}")
+    if copy_to is not None:
+        click.echo(f"copied the files of {len(ranked)} cell(s) to {copy_to}")
+    return 0
+
+
+@cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @sweep_options
 @lookup_options

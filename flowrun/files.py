@@ -30,7 +30,10 @@ SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CONFIG_SUFFIXES = (".yaml",)  # configs/: LDM model configs (CheckpointLoader's config_name)
 # kinds ComfyUI reads from two folders, the current name first
-FOLDERS = {"text_encoders": ("text_encoders", "clip"), "diffusion_models": ("diffusion_models", "unet")}
+FOLDERS = {"text_encoders": ("text_encoders", "clip"), "diffusion_models": ("diffusion_models", "unet"),
+           "clip_score": ("clip_score", "clip_vision")}  # a full CLIPModel may sit in clip_vision/ too
+# kinds whose models may be transformers folders (config.json + weights) rather than diffusers folders
+TRANSFORMERS_FOLDER_KINDS = ("clip_score",)
 
 
 def folders(kind: str) -> tuple[str, ...]:
@@ -111,12 +114,17 @@ def locate(name: str, kind: str, roots: list[Path]) -> Path:
             continue
         for candidate in _candidates(name, kind):
             path = folder / candidate
-            if path.is_file() or (path.is_dir() and (path / "model_index.json").is_file()):
+            if path.is_file() or (path.is_dir() and (path / _folder_marker(kind)).is_file()):
                 return path
     available = sorted(set(available_names(kind, roots)))
     listing = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "") if available else "none"
     where = ", ".join(str(r / sub) for r in roots for sub in folders(kind))
     raise FileNotFoundError(f"no {kind[:-1] if kind.endswith('s') else kind} named '{name}' in {where}; available: {listing}")
+
+
+def _folder_marker(kind: str) -> str:
+    """The file that makes a folder one model: a diffusers pipeline's index, or a transformers config."""
+    return "config.json" if kind in TRANSFORMERS_FOLDER_KINDS else "model_index.json"
 
 
 def _walk(folder: Path):
@@ -137,7 +145,7 @@ def available_names(kind: str, roots: list[Path]) -> list[str]:
     names = []
     for folder in (root / sub for root in roots for sub in folders(kind)):
         for here, dirnames, filenames in _walk(folder):
-            if here != folder and "model_index.json" in filenames:
+            if here != folder and _folder_marker(kind) in filenames:
                 names.append(here.relative_to(folder).as_posix())
                 dirnames.clear()  # its component files are not models of their own
                 continue

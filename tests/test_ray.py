@@ -195,3 +195,22 @@ def test_a_worker_with_other_library_versions_is_refused():
     other = {**expected, "versions": {**expected["versions"], "torch": "2.4.0"}}
     message = _environment_mismatch(other, None)
     assert "torch" in message and "(driver: 2.4.0)" in message and "install the driver's versions" in message
+
+
+def test_scores_recorded_on_workers_reach_the_manifest(cluster, workflow, tmp_path):
+    wf = workflow("""
+        version: 1
+        params: {color: 0xFF0000}
+        sweep: {grid: {color: [0xFF0000, 0x00FF00, 0x0000FF]}}
+        nodes:
+          image: {type: EmptyImage, with: {width: 32, height: 32, color: "{{ color }}"}}
+          judge: {type: CLIPScoreModelLoader, with: {clip_name: flowrun-tiny-clip}}
+          score: {type: CLIPScore, in: {clip_score_model: judge, images: image}, with: {text: a red square}}
+          save: {type: SaveImage, in: {images: image}, with: {filename_prefix: "c{{ cell.index }}"}}
+        """)
+    local = api.run(api.load(wf), Settings(out_dir=tmp_path / "local", use_cache=False)).manifest
+    settings = Settings(out_dir=tmp_path / "ray", use_cache=False, executor="ray",
+                        ray_options=RayOptions(workers=2))
+    remote = api.run(api.load(wf), settings).manifest
+    assert [c["scores"] for c in remote["cells"]] == [c["scores"] for c in local["cells"]]
+    assert len({c["scores"]["score"] for c in remote["cells"]}) == 3

@@ -1,6 +1,7 @@
 """Contact sheets of a sweep: one labelled grid image per output node, and an HTML page of the run.
 
-The first swept axis runs along the columns, the second down the rows, and any further axes make a
+When the workflow scores its cells (CLIPScore and other scoring nodes), each thumbnail carries its cell's
+scores beneath it, on the sheet and on the page. The first swept axis runs along the columns, the second down the rows, and any further axes make a
 column of sub-grids, each titled with its values. Labels use Pillow's built-in font (present on a bare
 machine). Thumbnails shrink so that a sheet stays within MAX_SIDE pixels; past MAX_CELLS cells no sheet
 is drawn (the page still lists every cell). The page shows the same grid, each image linking to its file.
@@ -54,7 +55,22 @@ def _layout(cells, axes):
     return col, row, subs, sub_keys, where
 
 
-def draw_sheet(files: dict[str, Path], cells: list[dict[str, Any]], title: str, path: Path) -> Path | None:
+def score_captions(manifest: dict[str, Any]) -> dict[str, str]:
+    """Per cell label, its recorded scores as a short caption ("clip_score 0.712"), for cells that have any."""
+    metric = {n["id"]: n["metric"] for n in manifest["nodes"] if n.get("metric")}
+    several = len(set(metric.values())) < len(metric)  # two nodes record the same metric: name them by id
+    captions = {}
+    for c in manifest["cells"]:
+        parts = [f"{nid if several else metric.get(nid, nid)} {value:.3f}" for nid, value in c.get("scores", {}).items()]
+        if parts:
+            captions[c["label"]] = ", ".join(parts)
+    return captions
+
+
+def draw_sheet(files: dict[str, Path], cells: list[dict[str, Any]], title: str, path: Path,
+               captions: dict[str, str] | None = None) -> Path | None:
+    """The grid image of one output node's files (None: too many cells, or no files); `captions` (per
+    cell label) are written under the thumbnails."""
     from PIL import Image, ImageDraw, ImageFont
 
     axes = swept_axes(cells)
@@ -67,12 +83,15 @@ def draw_sheet(files: dict[str, Path], cells: list[dict[str, Any]], title: str, 
     font = ImageFont.load_default()
     row_label_w = 8 + max((int(font.getlength(_fmt(row[0], v))) for v in row[1]), default=0) if row[0] else 0
     col_label_w = max((int(font.getlength(_fmt(col[0], v))) for v in col[1]), default=0) if col[0] else 0
+    captions = captions or {}
+    caption_h = LABEL_H if captions else 0
+    col_label_w = max([col_label_w] + [int(font.getlength(t)) for t in captions.values()])
     scale = 1.0
     while True:
         cw, ch = max(1, int(tw * scale)), max(1, int(th * scale))
         pitch = max(cw, col_label_w) + PAD  # a column is as wide as its thumbnail or its label
         width = row_label_w + ncol * pitch + PAD
-        block_h = LABEL_H + nrow * (ch + PAD)
+        block_h = LABEL_H + nrow * (ch + caption_h + PAD)
         height = LABEL_H + len(sub_keys) * (block_h + (LABEL_H if subs else 0)) + PAD
         if max(width, height) <= MAX_SIDE or scale < 0.05:
             break
@@ -91,7 +110,8 @@ def draw_sheet(files: dict[str, Path], cells: list[dict[str, Any]], title: str, 
         y += LABEL_H
         for ri, rv in enumerate(row[1]):
             if row[0]:
-                draw.text((4, y + ri * (ch + PAD) + ch // 2 - 6), _fmt(row[0], rv), fill=(0, 0, 0), font=font)
+                draw.text((4, y + ri * (ch + caption_h + PAD) + ch // 2 - 6), _fmt(row[0], rv), fill=(0, 0, 0),
+                          font=font)
             for ci, cv in enumerate(col[1]):
                 label = where.get((sk, rv if row[0] else None, cv if col[0] else None))
                 if label is None or label not in files:
@@ -99,8 +119,11 @@ def draw_sheet(files: dict[str, Path], cells: list[dict[str, Any]], title: str, 
                 im = Image.open(files[label]).convert("RGB")
                 if (cw, ch) != im.size:
                     im = im.resize((cw, ch), Image.Resampling.LANCZOS)
-                sheet.paste(im, (row_label_w + PAD + ci * pitch, y + ri * (ch + PAD)))
-        y += nrow * (ch + PAD)
+                x0, y0 = row_label_w + PAD + ci * pitch, y + ri * (ch + caption_h + PAD)
+                sheet.paste(im, (x0, y0))
+                if label in captions:
+                    draw.text((x0, y0 + ch + 2), captions[label], fill=(120, 0, 0), font=font)
+        y += nrow * (ch + caption_h + PAD)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", compress_level=6)
     write_atomic(path, buf.getvalue())  # a run killed here leaves the old sheet or none, never half of one
@@ -120,16 +143,17 @@ def write_sheets(manifest: dict[str, Any], out_dir: Path) -> list[str]:
         for label in n["cells"]:
             by_node.setdefault(n["id"], {}).setdefault(label, out_dir / pngs[0])
     written = []
+    captions = score_captions(manifest)
     for node_id, files in by_node.items():
         sheet = draw_sheet(files, cells, f"{manifest['workflow']['name'] or ''} {node_id}".strip(),
-                           out_dir / f"contact-{node_id}.png")
+                           out_dir / f"contact-{node_id}.png", captions)
         if sheet is not None:
             written.append(sheet.name)
-    _write_page(manifest, by_node, written, out_dir / "index.html")
+    _write_page(manifest, by_node, written, out_dir / "index.html", captions)
     return written + ["index.html"]
 
 
-def _write_page(manifest, by_node, sheets, path: Path) -> None:
+def _write_page(manifest, by_node, sheets, path: Path, captions: dict[str, str]) -> None:
     cells = manifest["cells"]
     axes = swept_axes(cells)
     col, row, subs, sub_keys, where = _layout(cells, axes)
@@ -152,13 +176,16 @@ def _write_page(manifest, by_node, sheets, path: Path) -> None:
                 for cv in col[1]:
                     label = where.get((sk, rv if row[0] else None, cv if col[0] else None))
                     f = files.get(label) if label else None
+                    caption = f"<br><small class='score'>{html.escape(captions[label])}</small>" if label in captions else ""
                     parts.append(f"<td><a href='{html.escape(f.name)}'><img src='{html.escape(f.name)}' "
-                                 f"title='{html.escape(label)}'></a></td>" if f else "<td></td>")
+                                 f"title='{html.escape(label)}'></a>{caption}</td>" if f else "<td></td>")
                 parts.append("</tr>")
             parts.append("</table>")
-    parts.append("<h2>cells</h2><table class='cells'><tr><th>#</th><th>label</th><th>params</th></tr>")
+    score_head = "<th>scores</th>" if captions else ""
+    parts.append(f"<h2>cells</h2><table class='cells'><tr><th>#</th><th>label</th>{score_head}<th>params</th></tr>")
     for c in cells:
-        parts.append(f"<tr><td>{c['index']}</td><td>{html.escape(c['label'])}</td>"
+        score = f"<td>{html.escape(captions.get(c['label'], ''))}</td>" if captions else ""
+        parts.append(f"<tr><td>{c['index']}</td><td>{html.escape(c['label'])}</td>{score}"
                      f"<td><code>{html.escape(json.dumps(c['params'], sort_keys=True))}</code></td></tr>")
     parts.append("</table></body></html>")
     write_atomic(path, "".join(parts).encode())

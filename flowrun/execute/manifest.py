@@ -23,6 +23,7 @@ def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str,
     """`cells`: per cell index, where it was rendered (worker, seconds of its unit), from a cluster run."""
     resolved = graph.resolved
     cells = cells or {}
+    scores = cell_scores(graph, records)
     return {
         "flowrun_version": __version__,
         "python": platform.python_version(),
@@ -37,6 +38,7 @@ def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str,
         "seconds": round(seconds, 4),
         "executor": executor,
         "cells": [{"index": c.index, "label": c.label, "values": c.values, "params": c.params,
+                   **({"scores": scores[c.label]} if c.label in scores else {}),
                    **cells.get(c.index, {})}
                   for c in resolved.cells],
         "nodes": [
@@ -51,6 +53,7 @@ def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str,
                 "outputs": [] if r.task.node_def.preview else r.files,
                 **({"previews": r.files} if r.task.node_def.preview else {}),
                 **({"batched": r.batched} if r.batched > 1 else {}),
+                **({"metric": r.task.node_def.metric, "score": r.score} if r.task.node_def.metric else {}),
                 **({"error": r.error} if r.error else {}),
                 **({"worker": r.worker} if r.worker else {}),
             }
@@ -61,6 +64,16 @@ def build_manifest(graph: Graph, records: dict[str, NodeRecord], *, status: str,
             for r in records.values() if r.status == "failed"
         ],
     }
+
+
+def cell_scores(graph: Graph, records: dict[str, NodeRecord]) -> dict[str, dict[str, float]]:
+    """Per cell label, the score of each scoring node (node id -> score) that ran or came from the cache."""
+    scores: dict[str, dict[str, float]] = {}
+    for r in records.values():
+        if r.task.node_def.metric and r.score is not None:
+            for label in graph.cell_labels(r.task):
+                scores.setdefault(label, {})[r.task.node_id] = r.score
+    return scores
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:

@@ -27,7 +27,7 @@ class Unit:
 
 
 def partition(graph: Graph, steps: list[Step], *, batch: bool = True, max_batch: int | None = None) -> list[Unit]:
-    outputs = [s.task for s in steps if s.task.node_def.output and s.action != SKIP]
+    outputs = [s.task for s in steps if s.task.node_def.sink and s.action != SKIP]
     parent = {c: c for t in outputs for c in t.cells}
 
     def find(c: int) -> int:

@@ -154,6 +154,7 @@ class RayExecutor:
             record.status, record.seconds, record.batched = rec["status"], rec["seconds"], rec["batched"]
             record.error = rec["error"]
             record.worker = result["worker"]
+            record.score = rec.get("score")
             if rec["files"]:
                 record.files = rec["files"]
         for name, data in result["files"].items():

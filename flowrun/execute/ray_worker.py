@@ -76,7 +76,7 @@ class CellWorker:
                 pass  # each failure is in runner.failures, sent back below
             files = {name: (Path(tmp) / name).read_bytes() for r in runner.records.values() for name in r.files}
         records = {key: {"status": r.status, "seconds": r.seconds, "files": r.files, "batched": r.batched,
-                         "error": r.error}
+                         "error": r.error, "score": r.score}
                    for key, r in runner.records.items() if r.status != SKIPPED}
         failures = [(f.node, f.node_type, list(f.cells), f.message) for f in runner.failures]
         return {"worker": self.name, "seconds": time.perf_counter() - started, "records": records, "files": files,

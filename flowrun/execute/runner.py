@@ -34,6 +34,7 @@ class NodeRecord:
     batched: int = 1  # cells computed together in one batched call
     error: str | None = None
     worker: str | None = None  # which cluster worker ran it (the Ray executor)
+    score: float | None = None  # a scoring node's `score` (NodeDef.metric), recorded in run.json
 
 
 class Runner:
@@ -66,7 +67,7 @@ class Runner:
         recorded, what depends on it is marked blocked, the rest finishes, and RunFailed lists them all."""
         self.events.run_start(self.steps)
         for step in self.steps:
-            if step.action == RUN or (step.task.node_def.output and step.action != SKIP_STEP):
+            if step.action == RUN or (step.task.node_def.sink and step.action != SKIP_STEP):
                 try:
                     self._ensure(step.task.key)
                 except RunFailed:
@@ -135,6 +136,8 @@ class Runner:
             record.files = self._publish(task, value[FILES])
         elif self.pending.get(key, 0) > 0:
             self.live[key] = value
+        if task.node_def.metric:
+            record.score = float(value["score"])
         record.seconds = time.perf_counter() - started
         self.events.node_end(task, record.status, record.seconds)
         return value

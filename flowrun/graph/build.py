@@ -117,7 +117,7 @@ def build(resolved: Resolved, lookup: FileLookup, device: str | None = None) -> 
     tasks: dict[str, Task] = {}
     position = {nid: i for i, nid in enumerate(spec.nodes)}
     uses = {nid: referenced_names(ns.with_) for nid, ns in spec.nodes.items()}
-    output_ids = [nid for nid in resolved.order if resolved.registry.get(spec.nodes[nid].type).output]
+    output_ids = [nid for nid in resolved.order if resolved.registry.get(spec.nodes[nid].type).sink]
     ancestors_of: dict[str, list[str]] = {}
     static = nx.DiGraph()
     static.add_nodes_from(resolved.order)
@@ -140,7 +140,7 @@ def build(resolved: Resolved, lookup: FileLookup, device: str | None = None) -> 
             inputs = {name: (keys[l.node], l.output) for name, l in inst.links.items()}
             prints = prints_by_cell[ci].get(nid, {})
             provenance = None
-            if nd.output:
+            if nd.output:  # files carry their provenance (a score is recorded in run.json, which has its own)
                 sub = ancestors_of[nid]
                 used = set().union(*(uses[n] for n in sub))
                 files = {f"{t.node_id}.{k}": v for t in _upstream_tasks(tasks, keys, sub)

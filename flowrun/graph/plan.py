@@ -25,7 +25,7 @@ def plan(graph: Graph, cache: NodeCache | None, targets: set[str] | None = None)
     steps: dict[str, Step] = {}
     for key in reversed(graph.order):
         task = graph.tasks[key]
-        wanted = task.node_def.output and (targets is None or key in targets)
+        wanted = task.node_def.sink and (targets is None or key in targets)
         if not (wanted or key in demanded):
             steps[key] = Step(task, SKIP, "not needed: what it feeds is cached")
             continue

@@ -112,7 +112,7 @@ def _check_structure(spec: WorkflowSpec, source: Source, registry: Registry) -> 
                                         hint=f"add it under 'in:', e.g. in: {{{name}: some_node}}"))
         links[nid] = node_links
 
-    if spec.nodes and all(d is not None and not d.output for d in defs.values()):
+    if spec.nodes and all(d is not None and not d.sink for d in defs.values()):
         problems.append(Problem("no-output", "no node writes an output, so nothing would run",
                                 source.where(("nodes",), key=True), field="nodes",
                                 hint="add an output node such as SaveImage"))

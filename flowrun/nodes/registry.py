@@ -35,6 +35,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.model_patches",
     "flowrun.nodes.model_merging",
     "flowrun.nodes.custom_sampling",
+    "flowrun.nodes.clip_judge",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
 ENTRY_POINT_GROUP = "flowrun.nodes"
@@ -94,10 +95,18 @@ class NodeDef:
     # cells that differ only in these fields may run as one call; the function then takes and returns lists
     batch_fields: tuple[str, ...] = ()
     preview: bool = False  # an output node whose files are previews: under previews/, never cached
+    # a scoring node: its FLOAT output `score` is recorded per cell in run.json under this metric's name
+    # (sweeps show it on the contact sheet, `flowrun rank` sorts by it); the graph runs it like an output
+    metric: str = ""
 
     @property
     def batch(self) -> bool:
         return bool(self.batch_fields)
+
+    @property
+    def sink(self) -> bool:
+        """Whether the graph runs this node for its own sake: it writes files, or records a score."""
+        return self.output or bool(self.metric)
 
     def widget_type(self, name: str) -> str | None:
         """The port type of literal field `name` when a link feeds it, or None if there is no such field."""
@@ -124,7 +133,7 @@ class NodeDef:
 
 
 def node(type_name: str, *, outputs: Mapping[str, str] | None = None, version: int = 1, output: bool = False,
-         preview: bool = False,
+         preview: bool = False, metric: str = "",
          category: str = "", files: Mapping[str, str] | None = None,
          batch: tuple[str, ...] = ()) -> Callable[[Callable], NodeDef]:
     """Declare a node from its function, which is the one place its interface is written:
@@ -150,10 +159,12 @@ def node(type_name: str, *, outputs: Mapping[str, str] | None = None, version: i
             raise DeclarationError(f"node {type_name}: an output node writes files and has no outputs")
         if preview and not output:
             raise DeclarationError(f"node {type_name}: a preview node is an output node (output=True)")
+        if metric and outs.get("score") != ports.FLOAT:
+            raise DeclarationError(f"node {type_name}: a scoring node (metric={metric!r}) has a FLOAT output 'score'")
         _check_return(type_name, fn, outs, tuple(batch))
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         return NodeDef(type_name, fn, params, MappingProxyType(inputs), MappingProxyType(outs), version, output,
-                       category, doc, MappingProxyType(dict(files or {})), tuple(batch), preview)
+                       category, doc, MappingProxyType(dict(files or {})), tuple(batch), preview, metric)
 
     return wrap
 

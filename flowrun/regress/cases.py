@@ -85,6 +85,7 @@ class Outcome:
     message: str
     graph_key: str = ""
     cause: str | None = None  # why a render differs from its golden (flowrun.regress.provenance)
+    semantic: dict[str, float] | None = None  # the semantic checks' measures (flowrun.regress.semantic)
 
     @property
     def accept_token(self) -> str:
@@ -99,7 +100,8 @@ class Outcome:
                 "params": self.params, "grade": self.grade, "message": self.message, "cause": self.cause,
                 "accept": self.accept_token if self.grade != PASS else None,
                 "golden": str(self.golden) if self.golden else None, "new": str(self.new),
-                "metrics": self.comparison.as_json() if self.comparison else None}
+                "metrics": self.comparison.as_json() if self.comparison else None,
+                **({"semantic": self.semantic} if self.semantic is not None else {})}
 
 
 @dataclass
@@ -122,10 +124,14 @@ def thresholds_of(resolved: Any) -> Thresholds:
 
 
 def judge(workflow: Path, manifest: dict[str, Any], out_dir: Path, backend: str, thresholds: Thresholds,
-          update_cmd: str, env: dict[str, Any] | None = None) -> list[Outcome]:
+          update_cmd: str, env: dict[str, Any] | None = None, semantic: Any = None) -> list[Outcome]:
     """Each PNG the run wrote against its golden; a render that is not identical is classified against
-    the golden's record (provenance.classify) when `env`, the current environment, is given."""
+    the golden's record (provenance.classify) when `env`, the current environment, is given. With
+    `semantic` (a flowrun.regress.semantic.SemanticJudge), the semantic checks grade too: besides the
+    pixels (the worse grade counts), or instead of them when the thresholds say `pixels: false`."""
     cells = {c["label"]: c["params"] for c in manifest["cells"]}
+    scores = {c["label"]: c.get("scores", {}) for c in manifest["cells"]}
+    metric_of = {n["id"]: n["metric"] for n in manifest["nodes"] if n.get("metric")}
     gdir = golden_dir(workflow, backend)
     outcomes = []
     for node in manifest["nodes"]:
@@ -141,11 +147,19 @@ def judge(workflow: Path, manifest: dict[str, Any], out_dir: Path, backend: str,
                                         f"no golden {golden}; create it with: {update_cmd}", graph_key))
                 continue
             result = compare(load_rgb(new), load_rgb(golden), thresholds)
-            outcome = Outcome(workflow.stem, workflow, name, node["cells"], params, new, golden, result.grade,
-                              result, result.reason, graph_key)
+            grade = result.grade if thresholds.pixels else PASS
+            reason = result.reason if thresholds.pixels else f"pixels not graded ({result.reason})"
+            outcome = Outcome(workflow.stem, workflow, name, node["cells"], params, new, golden, grade,
+                              result, reason, graph_key)
+            if semantic is not None:
+                cell_scores = scores.get(node["cells"][0], {}) if node["cells"] else {}
+                checked = semantic.check(new, golden, cell_scores, metric_of)
+                outcome.semantic = checked.metrics
+                outcome.grade = max(grade, checked.grade, key=GRADE_ORDER.__getitem__)
+                outcome.message = f"{reason}; {checked.reason}"
             if env is not None and not result.identical:
                 outcome.cause, why = provenance.classify(gdir, name, graph_key, env)
-                outcome.message = f"{result.reason}; {outcome.cause}: {why}"
+                outcome.message = f"{outcome.message}; {outcome.cause}: {why}"
             outcomes.append(outcome)
     return outcomes
 

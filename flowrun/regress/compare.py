@@ -1,5 +1,6 @@
 """Compare a render with its golden: identical pixels pass at once; otherwise max absolute difference,
-PSNR and SSIM (scikit-image) decide between pass, warn and fail."""
+PSNR and SSIM (scikit-image) decide between pass, warn and fail. (Semantic checks with CLIP, which a case
+may ask for besides or instead of these, are in flowrun.regress.semantic.)"""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ class Thresholds:
     pass_max_diff: int = 2  # every pixel within this many 8-bit levels: pass (numerical noise)
     warn_min_psnr: float = 30.0  # otherwise: warn while PSNR and SSIM stay at or above these, else fail
     warn_min_ssim: float = 0.95
+    pixels: bool = True  # false: only the semantic checks grade (flowrun.regress.semantic)
+    min_clip_score: float | None = None
+    clip_text: str | None = None
+    min_similarity_to_golden: float | None = None
+    clip_model: str = "flowrun-tiny-clip"
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from flowrun import pipeline
-from flowrun.errors import FlowrunError, WorkflowInvalid
-from flowrun.regress import provenance, report
+from flowrun.diffusion.detect import CheckpointError
+from flowrun.errors import FlowrunError, Problem, WorkflowInvalid
+from flowrun.files import FileLookup
+from flowrun.regress import provenance, report, semantic
 from flowrun.regress.cases import PASS, CaseResult, current_backend, discover, judge, thresholds_of, update_goldens
 from flowrun.settings import Settings
 
@@ -37,21 +39,42 @@ def run_case(workflow: Path, settings: Settings, out_dir: Path, backend: str, up
     except WorkflowInvalid as exc:
         result.error, result.exit_code = exc.render(), 2
         return result, []
+    thresholds = thresholds_of(resolved)
     try:
+        judge_semantics = semantic_judge(resolved, thresholds, settings)
         run = pipeline.run(resolved, replace(settings, out_dir=out_dir))
     except FlowrunError as exc:
         result.error, result.exit_code = exc.render(), exc.exit_code
         return result, []
     cmd = f"flowrun test {workflow} --update"
     env = provenance.environment(backend)
-    result.outcomes = judge(workflow, run.manifest, out_dir, backend, thresholds_of(resolved), cmd, env)
+    try:
+        result.outcomes = judge(workflow, run.manifest, out_dir, backend, thresholds, cmd, env, judge_semantics)
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:  # the semantic checks' CLIP model
+        result.error, result.exit_code = f"error: {workflow}: test.clip_model: {exc}", 1
+        return result, []
     changes: list[str] = []
     only = [o for o in result.outcomes if o.grade != PASS and (
         o.accepted_by(accept) or (accept_env_drift and o.cause == provenance.ENVIRONMENT))]
     if update or only:
         changes = update_goldens(workflow, result.outcomes, backend, env, None if update else only)
-        result.outcomes = judge(workflow, run.manifest, out_dir, backend, thresholds_of(resolved), cmd, env)
+        result.outcomes = judge(workflow, run.manifest, out_dir, backend, thresholds, cmd, env, judge_semantics)
     return result, changes
+
+
+def semantic_judge(resolved, thresholds, settings: Settings) -> "semantic.SemanticJudge | None":
+    """The judge of the case's semantic checks, if it asks for any; WorkflowInvalid (at the `test:` block's
+    line) when min_clip_score has nothing to score against."""
+    if not semantic.wanted(thresholds):
+        return None
+    metrics = {resolved.registry.get(n.type).metric for n in resolved.spec.nodes.values()
+               if resolved.registry.get(n.type) is not None}
+    if semantic.missing_text(thresholds, metrics):
+        where = resolved.source.where(("test", "min_clip_score"), key=True)
+        raise WorkflowInvalid([Problem("semantic-check", "min_clip_score needs a text to score against",
+                                       where, field="min_clip_score",
+                                       hint="add clip_text to the test block, or a CLIPScore node to the workflow")])
+    return semantic.SemanticJudge(thresholds, FileLookup.for_workflow(resolved.file, settings))
 
 
 def run_cases(paths: list[Path], settings: Settings, out_root: Path, *, update: bool = False,

@@ -47,6 +47,15 @@ class TestSpec(_Strict):
     pass_max_diff: int = Field(2, ge=0, le=255, description="Pass when no pixel differs by more than this (8-bit levels).")
     warn_min_psnr: float = Field(30.0, ge=0.0, description="Otherwise warn while PSNR (dB) is at least this...")
     warn_min_ssim: float = Field(0.95, ge=-1.0, le=1.0, description="...and SSIM at least this; else fail.")
+    pixels: bool = Field(True, description="Grade the pixels (above); false: only the semantic checks below grade.")
+    min_clip_score: float | None = Field(None, ge=0.0, le=2.5, description="Fail when an output's CLIPScore is "
+                                         "below this: against clip_text, else the cell's CLIPScore node value.")
+    clip_text: str | None = Field(None, min_length=1, description="The text min_clip_score scores each output against.")
+    min_similarity_to_golden: float | None = Field(None, ge=-1.0, le=1.0, description="Fail when the cosine "
+                                                   "similarity of an output's CLIP image embedding to its golden's "
+                                                   "is below this.")
+    clip_model: str = Field("flowrun-tiny-clip", min_length=1, description="The CLIP model of the semantic checks, "
+                            "by name under clip_score/ (or clip_vision/).")
 
 
 class WorkflowSpec(_Strict):

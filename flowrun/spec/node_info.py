@@ -25,6 +25,7 @@ def describe_node(nd: NodeDef) -> dict[str, Any]:
     return {
         "type": nd.type_name, "category": nd.category, "description": nd.description, "version": nd.version,
         "output_node": nd.output,
+        **({"metric": nd.metric} if nd.metric else {}),  # a scoring node: its score is recorded per cell
         "inputs": {n: {"type": i.type, "optional": i.optional} for n, i in nd.inputs.items()},
         "fields": fields, "outputs": dict(nd.outputs),
     }
