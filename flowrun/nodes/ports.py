@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from flowrun.values import Conditioning, Guider, Latent, Noise, Sampler
+from flowrun.values import ClipVisionOutput, Conditioning, Guider, Latent, Noise, Sampler
 
 MODEL = "MODEL"
 CLIP = "CLIP"
@@ -30,14 +30,17 @@ SAMPLER = "SAMPLER"
 SIGMAS = "SIGMAS"
 NOISE = "NOISE"
 GUIDER = "GUIDER"
+CLIP_VISION = "CLIP_VISION"
+CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
+STYLE_MODEL = "STYLE_MODEL"
 ANY = "*"
 
 ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, BOOLEAN, SAMPLER, SIGMAS, NOISE,
-       GUIDER)
+       GUIDER, CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL)
 
 # Loaded models are large and process-bound: they stay in memory and never go to the disk cache; so does
 # a GUIDER, which holds a model.
-MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER})
+MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_VISION, STYLE_MODEL})
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,11 @@ Clip = Annotated[Any, Port(CLIP)]  # flowrun.diffusion.model.TextEncoder
 Vae = Annotated[Any, Port(VAE)]  # flowrun.diffusion.model.Vae
 Image = Annotated[Any, Port(IMAGE)]  # float32 numpy [batch, height, width, channels] in 0..1
 Mask = Annotated[Any, Port(MASK)]  # float32 numpy [batch, height, width] in 0..1
+ClipVision = Annotated[Any, Port(CLIP_VISION)]  # flowrun.diffusion.clip_vision.ClipVision
+StyleModel = Annotated[Any, Port(STYLE_MODEL)]  # flowrun.diffusion.style_model.StyleModel
 Sigmas = Annotated[Any, Port(SIGMAS)]  # 1-D float32 torch tensor, decreasing to 0 (empty: nothing to do)
 
-_BY_CLASS = {Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}
+_BY_CLASS = {ClipVisionOutput: CLIP_VISION_OUTPUT, Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}
 
 
 def compatible(source: str, target: str) -> bool:
