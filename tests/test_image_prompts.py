@@ -20,7 +20,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unclip_bundle(models):
-    from flowrun.diffusion.unclip import load_bundle
+    from flowrun.diffusion.unclip_checkpoint import load_bundle
 
     return load_bundle(models / "checkpoints" / "tiny-unclip.safetensors", "tiny-unclip")
 
@@ -173,6 +173,14 @@ def test_unclip_checkpoint_loads_with_its_clip_vision(unclip_bundle, models):
     got = vision.model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in expected.items() if not k.endswith("position_ids"))
     assert from_openai_layout({}, "embedder.model.visual.") == {}
+
+
+def test_unclip_loader_refuses_a_checkpoint_without_clip_vision(tiny_models):
+    from flowrun.diffusion.detect import CheckpointError
+    from flowrun.diffusion.unclip_checkpoint import load_bundle
+
+    with pytest.raises(CheckpointError, match=r"no CLIP vision model in this checkpoint .*CheckpointLoaderSimple"):
+        load_bundle(tiny_models / "checkpoints" / "tiny.safetensors", "t")
 
 
 def _render(bundle, positive, seed=3, cells=None):

@@ -17,65 +17,14 @@ LDM UNet's label_emb).
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from flowrun.diffusion.export import CONFIG_KEY
-from flowrun.files import SAFE_SUFFIXES
 
 NOISE_LEVELS = 1000
 MERGE_AUGMENTATION = 0.05
 SEED_OFFSET = -10
-VISUAL_PREFIX = "embedder.model.visual."  # where SD 2.1 unCLIP checkpoints keep their image encoder
-
-
-def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False) -> tuple:
-    """MODEL, CLIP, VAE and CLIP_VISION of an SD 2.1 unCLIP checkpoint: a single file with the image
-    encoder under `embedder.model.visual.` (OpenAI / OpenCLIP layout), or a diffusers folder with
-    image_encoder/. The CLIP vision model stays on the CPU, as the text encoders do."""
-    from flowrun.diffusion import checkpoint, clip_vision
-    from flowrun.diffusion.determinism import configure
-    from flowrun.diffusion.detect import CheckpointError, read_header
-
-    configure()
-    if path.is_dir():
-        model, clip, vae = checkpoint.load_bundle(path, fingerprint, device=device)
-        vision = _diffusers_image_encoder(path / "image_encoder", fingerprint)
-    else:
-        side = checkpoint.sidecar(path)
-        embedded = None
-        if side is None and path.suffix in SAFE_SUFFIXES:
-            embedded = read_header(path).metadata.get(CONFIG_KEY)
-        state = checkpoint.read_state_dict(path, allow_pickle)
-        config, unet, texts, vae_module = checkpoint.load_state(state, path, side, embedded)
-        model, clip, vae = checkpoint.bundle(config, unet, texts, vae_module, fingerprint, device)
-        visual = clip_vision.from_openai_layout(state, VISUAL_PREFIX)
-        if not visual:
-            raise CheckpointError(f"{path}: no CLIP vision model in this checkpoint (expected weights under "
-                                  f"'{VISUAL_PREFIX}*', as SD 2.1 unCLIP checkpoints have); for a plain checkpoint use "
-                                  "CheckpointLoaderSimple, and CLIPVisionLoader for a CLIP vision model")
-        vision = clip_vision.build(visual, fingerprint, str(path), config.extra.get("clip_vision"))
-    if not is_unclip(model):
-        raise CheckpointError(f"{path}: its UNet takes no image embedding (no class-label input): not an unCLIP model")
-    if vision.embed_dim != embed_dim(model):
-        raise CheckpointError(f"{path}: its CLIP vision model embeds to width {vision.embed_dim}, its UNet takes "
-                              f"{embed_dim(model)}")
-    return model, clip, vae, vision
-
-
-def _diffusers_image_encoder(folder: Path, fingerprint: str):
-    from transformers import CLIPVisionModelWithProjection
-
-    from flowrun.diffusion.clip_vision import ClipVision
-    from flowrun.diffusion.detect import CheckpointError
-
-    try:
-        model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder.parent}: an unCLIP pipeline folder needs a readable image_encoder/ ({exc})") from None
-    return ClipVision(model.float().eval().requires_grad_(False), fingerprint)
 
 
 def is_unclip(model: Any) -> bool:

@@ -74,7 +74,7 @@ class UnclipCheckpointParams(NodeParams):
 def unclip_checkpoint_loader(p: UnclipCheckpointParams, ctx) -> dict:
     """Load an unCLIP checkpoint: the model, its text encoder, VAE and the CLIP vision model whose image
     embeddings its UNet takes (unCLIPConditioning)."""
-    from flowrun.diffusion.unclip import load_bundle
+    from flowrun.diffusion.unclip_checkpoint import load_bundle
 
     fingerprint, device = ctx.files.fingerprint("ckpt_name"), ctx.device.device
     path = _loading(lambda: ctx.files.path("checkpoints", p.ckpt_name))
