@@ -358,3 +358,46 @@ def test_bad_image_prompts_name_node_and_field(cli, workflow, models, tmp_path):
     r = cli("run", on_sd1, "--models-dir", models, "--out", tmp_path / "o")
     assert r.code == 1 and "Traceback" not in r.err, r.err
     assert "sample" in r.err and "input 'positive': a conditioning carries an image prompt (unCLIPConditioning)" in r.err
+
+
+# --- GLIGEN ---------------------------------------------------------------------------------------------
+
+def test_gligen_text_box_equals_diffusers_gated_unet(tiny_bundle, tmp_path):
+    from flowrun.diffusion.clip import encode
+    from flowrun.diffusion.gligen import load, pooled_unprojected
+    from flowrun.diffusion.unet_inputs import for_entry
+    from flowrun.nodes.gligen import TextBoxParams, gligen_text_box_apply
+
+    model, clip = tiny_bundle[0], tiny_bundle[1]
+    gated = toys.gated_unet(model.unet.state_dict())
+    gligen = load(toys.write_gligen(tmp_path, gated), "g")
+    assert len(gligen.fusers) == 4 and gligen.key_dim == 32  # one per transformer block: down, middle, 2 up
+    text = encode(clip, "a picture")
+    boxed = gligen_text_box_apply(TextBoxParams(text="a red circle", width=16, height=16, x=8, y=8), None,
+                                  conditioning_to=text, clip=clip, gligen_textbox_model=gligen)
+    pooled = pooled_unprojected(clip, "a red circle")
+    with torch.no_grad():
+        ids = clip.tokenizer("a red circle", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        assert torch.allclose(pooled, clip.models[0](input_ids=ids).pooler_output, atol=1e-6)
+    (box,) = boxed[0].gligen.boxes
+    assert box[1:] == (2, 2, 1, 1) and torch.equal(box[0], pooled)  # ComfyUI's (h, w, y, x) in latent pixels
+
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    sigma = torch.tensor([2.0])
+    entry = boxed[0]
+    with torch.no_grad():
+        got = model(x, sigma, entry.embedding, inputs=for_entry(model, entry, x, None))
+        plain = model(x, sigma, entry.embedding, inputs=for_entry(model, text[0], x, None))
+        boxes = torch.zeros(1, 30, 4)
+        boxes[0, 0] = torch.tensor([0.25, 0.25, 0.75, 0.75])
+        masks = torch.zeros(1, 30)
+        masks[0, 0] = 1.0
+        phrases = torch.zeros(1, 30, 32)
+        phrases[0, 0] = pooled[0]
+        t = model.sampling.timestep(sigma).float()
+        out = gated(model.sampling.calculate_input(sigma, x), t, encoder_hidden_states=entry.embedding,
+                    cross_attention_kwargs={"gligen": {"boxes": boxes, "masks": masks,
+                                                       "positive_embeddings": phrases}}).sample
+    assert torch.allclose(got, model.sampling.calculate_denoised(sigma, out, x), atol=1e-5)
+    assert (got - plain).abs().max() > 1e-2
+    assert not any(hasattr(m, "fuser") for m in model.unet.modules()) and not hasattr(model.unet, "position_net")

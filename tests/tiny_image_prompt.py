@@ -135,3 +135,42 @@ def write_all(models_dir: Path) -> Path:
     write_unclip(models_dir)
     write_style(models_dir)
     return Path(models_dir)
+
+
+def gated_unet(base_state: dict, seed: int = 6):
+    """diffusers' GLIGEN UNet (attention_type "gated") shaped as the tiny SD1 model, with its weights and
+    seeded fusers and position net, each fuser with the heads flowrun gives it (the weights cannot tell)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention import GatedSelfAttentionDense
+
+    from flowrun.diffusion.gligen import _heads
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_UNET, attention_type="gated").eval()
+    unet.load_state_dict(base_state, strict=False)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if ".fuser." in name or name.startswith("position_net."):
+                p.normal_(0.0, 0.2) if p.ndim else p.fill_(0.8)  # alpha gates open (tanh(0) would shut them)
+        for block in [m for m in unet.modules() if hasattr(m, "fuser")]:
+            dim, key_dim = block.fuser.linear.out_features, block.fuser.linear.in_features
+            fuser = GatedSelfAttentionDense(dim, key_dim, *_heads(dim, key_dim))
+            fuser.load_state_dict(block.fuser.state_dict())
+            block.fuser = fuser.eval()
+    return unet
+
+
+def write_gligen(models_dir: Path, gated, name: str = "tiny-gligen") -> Path:
+    """gligen/{name}.safetensors: a gated UNet's fusers (LDM block names) and position net."""
+    from safetensors.torch import save_file
+
+    from flowrun.diffusion.ldm_layout import unet_to_ldm
+
+    ldm = unet_to_ldm({k: v for k, v in gated.state_dict().items() if not k.startswith("position_net.")}, TINY_UNET)
+    state = {k.replace("model.diffusion_model.", ""): v for k, v in ldm.items() if ".fuser." in k}
+    state.update({k: v for k, v in gated.state_dict().items() if k.startswith("position_net.")})
+    path = Path(models_dir) / "gligen" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

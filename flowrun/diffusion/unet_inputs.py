@@ -71,8 +71,9 @@ def for_entry(model: Any, cond: Any, latent: torch.Tensor, denoise_mask: torch.T
     resized to it ([rows, channels, h, w]) or None; `seeds`: the sampler's seed of each cell (unCLIP's
     image-embedding noise is drawn from it)."""
     from flowrun.diffusion.concat import concat_channels
+    from flowrun.diffusion.gligen import unet_patches
     from flowrun.diffusion.unclip import class_labels
 
     concat = concat_channels(model, cond, latent, denoise_mask)
     labels = class_labels(model, cond, latent.shape[0] // max(1, len(seeds)), seeds)
-    return UNetInputs(concat=concat, control=cond.control, class_labels=labels)
+    return UNetInputs(concat=concat, control=cond.control, class_labels=labels, patches=unet_patches(cond))

@@ -40,7 +40,7 @@ CORE_NODES = frozenset({
     "CheckpointLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "UNETLoader",
     # image prompts (nodes.py)
     "CLIPVisionLoader", "CLIPVisionEncode", "unCLIPCheckpointLoader", "unCLIPConditioning", "StyleModelLoader",
-    "StyleModelApply",
+    "StyleModelApply", "GLIGENLoader", "GLIGENTextBoxApply",
     "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "HypernetworkLoader",
     # model merging (comfy_extras/nodes_model_merging.py)
     "ModelMergeSimple", "ModelMergeBlocks", "CheckpointSave",

@@ -33,14 +33,15 @@ GUIDER = "GUIDER"
 CLIP_VISION = "CLIP_VISION"
 CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
 STYLE_MODEL = "STYLE_MODEL"
+GLIGEN = "GLIGEN"
 ANY = "*"
 
 ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, BOOLEAN, SAMPLER, SIGMAS, NOISE,
-       GUIDER, CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL)
+       GUIDER, CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL, GLIGEN)
 
 # Loaded models are large and process-bound: they stay in memory and never go to the disk cache; so does
 # a GUIDER, which holds a model.
-MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_VISION, STYLE_MODEL})
+MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_VISION, STYLE_MODEL, GLIGEN})
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ Image = Annotated[Any, Port(IMAGE)]  # float32 numpy [batch, height, width, chan
 Mask = Annotated[Any, Port(MASK)]  # float32 numpy [batch, height, width] in 0..1
 ClipVision = Annotated[Any, Port(CLIP_VISION)]  # flowrun.diffusion.clip_vision.ClipVision
 StyleModel = Annotated[Any, Port(STYLE_MODEL)]  # flowrun.diffusion.style_model.StyleModel
+Gligen = Annotated[Any, Port(GLIGEN)]  # flowrun.diffusion.gligen.Gligen
 Sigmas = Annotated[Any, Port(SIGMAS)]  # 1-D float32 torch tensor, decreasing to 0 (empty: nothing to do)
 
 _BY_CLASS = {ClipVisionOutput: CLIP_VISION_OUTPUT, Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}
