@@ -71,7 +71,7 @@ def for_entry(model: Any, cond: Any, latent: torch.Tensor, denoise_mask: torch.T
     resized to it ([rows, channels, h, w]) or None; `seeds`: the sampler's seed of each cell (unCLIP's
     image-embedding noise is drawn from it)."""
     from flowrun.diffusion.concat import concat_channels
-    from flowrun.diffusion.gligen import unet_patches
+    from flowrun.diffusion.gligen_patch import unet_patches
     from flowrun.diffusion.unclip import class_labels
 
     concat = concat_channels(model, cond, latent, denoise_mask)

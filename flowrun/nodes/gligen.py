@@ -46,7 +46,8 @@ class TextBoxParams(NodeParams):  # ComfyUI's field order
 def gligen_text_box_apply(p: TextBoxParams, ctx, *, conditioning_to: Conditioning, clip: ports.Clip,
                           gligen_textbox_model: ports.Gligen) -> Conditioning:
     """Ask for `text` inside a box (pixels) of the image: adds the box to every entry's GLIGEN boxes."""
-    from flowrun.diffusion.gligen import Boxes, pooled_unprojected
+    from flowrun.diffusion.gligen import pooled_unprojected
+    from flowrun.diffusion.gligen_patch import Boxes
 
     pooled = pooled_unprojected(clip, p.text)
     if pooled.shape[-1] != gligen_textbox_model.key_dim:
