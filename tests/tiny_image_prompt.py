@@ -137,7 +137,7 @@ def write_all(models_dir: Path) -> Path:
     return Path(models_dir)
 
 
-def gated_unet(base_state: dict, seed: int = 6):
+def gated_unet(base_state: dict | None, seed: int = 6, config: dict | None = None):
     """diffusers' GLIGEN UNet (attention_type "gated") shaped as the tiny SD1 model, with its weights and
     seeded fusers and position net, each fuser with the heads flowrun gives it (the weights cannot tell)."""
     import torch
@@ -147,8 +147,9 @@ def gated_unet(base_state: dict, seed: int = 6):
     from flowrun.diffusion.gligen import _heads
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_UNET, attention_type="gated").eval()
-    unet.load_state_dict(base_state, strict=False)
+    unet = UNet2DConditionModel(**(config or TINY_UNET), attention_type="gated").eval()
+    if base_state is not None:
+        unet.load_state_dict(base_state, strict=False)
     with torch.no_grad():
         for name, p in unet.named_parameters():
             if ".fuser." in name or name.startswith("position_net."):
@@ -161,16 +162,25 @@ def gated_unet(base_state: dict, seed: int = 6):
     return unet
 
 
-def write_gligen(models_dir: Path, gated, name: str = "tiny-gligen") -> Path:
+def write_gligen(models_dir: Path, gated, name: str = "tiny-gligen", config: dict | None = None) -> Path:
     """gligen/{name}.safetensors: a gated UNet's fusers (LDM block names) and position net."""
     from safetensors.torch import save_file
 
     from flowrun.diffusion.ldm_layout import unet_to_ldm
 
-    ldm = unet_to_ldm({k: v for k, v in gated.state_dict().items() if not k.startswith("position_net.")}, TINY_UNET)
+    ldm = unet_to_ldm({k: v for k, v in gated.state_dict().items() if not k.startswith("position_net.")},
+                      config or TINY_UNET)
     state = {k.replace("model.diffusion_model.", ""): v for k, v in ldm.items() if ".fuser." in k}
     state.update({k: v for k, v in gated.state_dict().items() if k.startswith("position_net.")})
     path = Path(models_dir) / "gligen" / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+def write_bundled_gligen(models_dir: Path, name: str = "flowrun-tiny-gligen") -> Path:
+    """gligen/{name}.safetensors shaped for the bundled flowrun-tiny model (its configs from its sidecar)."""
+    from flowrun.files import BUNDLED
+
+    config = json.loads((BUNDLED / "checkpoints" / "flowrun-tiny.json").read_text())["unet"]
+    return write_gligen(models_dir, gated_unet(None, config=config), name, config)
