@@ -122,7 +122,6 @@ def build(state: dict[str, torch.Tensor], fingerprint: str, file: str, given: di
     from flowrun.diffusion.checkpoint import _instantiate
 
     config = config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, file, given)
-    expected = None
     with torch.device("meta"):
         probe = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
         expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
