@@ -1,4 +1,4 @@
-"""The structured values that travel on LATENT, CONDITIONING, SAMPLER, NOISE and GUIDER edges, with
+"""The structured values that travel on LATENT, CONDITIONING, SAMPLER, NOISE, GUIDER and CLIP_VISION_OUTPUT edges, with
 ComfyUI's fields by name.
 
 ComfyUI passes these as dicts (`{"samples": ...}`) and lists of `[tensor, {extras}]`; here they are
@@ -102,5 +102,14 @@ class Guider:
     style: str = "cfg"
 
 
+@dataclass(frozen=True)
+class ClipVisionOutput:
+    """A CLIP_VISION_OUTPUT: what a CLIP vision model made of an image batch (ComfyUI's fields)."""
+
+    image_embeds: Any  # [batch, projection_dim]: the projected embedding of the class token
+    last_hidden_state: Any  # [batch, 1 + patches, width]: the last layer's output, before the final norm
+    penultimate_hidden_states: Any  # [batch, 1 + patches, width]: the second-to-last layer's output
+
+
 # classes the disk cache may rebuild from stored fields (cache/codecs.py)
-STRUCTURED = {cls.__name__: cls for cls in (Latent, CondEntry, Sampler, Noise)}
+STRUCTURED = {cls.__name__: cls for cls in (Latent, CondEntry, Sampler, Noise, ClipVisionOutput)}

@@ -137,7 +137,8 @@ def test_import_ui_format_with_muted_bypassed_primitive_and_reroute(cli, tmp_pat
 
 
 @pytest.mark.parametrize("name", ["txt2img-api", "img2img-api", "hires-lora-api", "sdxl-refiner-api", "regional-api",
-                                  "custom-sampling-api", "sdxl-split-api", "sdxl-refiner-nodes-api"])
+                                  "custom-sampling-api", "sdxl-split-api", "sdxl-refiner-nodes-api",
+                                  "unclip-style-api", "gligen-api"])
 def test_hand_written_api_graphs_round_trip(name, cli, tmp_path):
     source = ROOT / "tests" / "comfyui" / f"{name}.json"
     assert cli("import", source, "--out", tmp_path / "wf.yaml").code == 0
@@ -163,7 +164,8 @@ def test_import_from_png_chunks(cli, tmp_path):
     assert "seed: 123" in (tmp_path / "from-ui-png.yaml").read_text()
 
 
-@pytest.mark.parametrize("shape", ["img2img", "hires-lora", "sdxl-refiner", "regional", "custom-sampling"])
+@pytest.mark.parametrize("shape", ["img2img", "hires-lora", "sdxl-refiner", "regional", "custom-sampling",
+                                   "unclip-style", "gligen"])
 def test_ui_format_graphs_equal_their_api_twins(shape, cli, tmp_path):
     """Each UI-format graph imports to the same graph as the API-format one beside it, and round-trips."""
     from flowrun import api
@@ -175,3 +177,35 @@ def test_ui_format_graphs_equal_their_api_twins(shape, cli, tmp_path):
     assert cli("import", ROOT / "tests" / "comfyui" / f"{shape}-ui.json", "--out", tmp_path / "wf.yaml").code == 0
     assert cli("export", tmp_path / "wf.yaml", "--out", tmp_path / "e").code == 0
     assert _shape(json.loads((tmp_path / "e" / "wf.json").read_text())) == _shape(twin)
+
+
+def test_image_prompt_graphs_import_validate_and_run(cli, tmp_path):
+    """unCLIP and style-model graphs (UI and API format) on toy models beside the imported workflow."""
+    import tiny_image_prompt
+
+    tiny_image_prompt.write_all(tmp_path / "models")
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "red-circle.png").write_bytes((ROOT / "workflows" / "inputs" / "red-circle.png").read_bytes())
+    for form in ("api", "ui"):
+        assert cli("import", ROOT / "tests" / "comfyui" / f"unclip-style-{form}.json", "--out",
+                   tmp_path / f"{form}.yaml").code == 0
+        r = cli("validate", tmp_path / f"{form}.yaml")
+        assert r.code == 0, r.err
+    r = cli("run", tmp_path / "api.yaml", "--out", tmp_path / "o")
+    assert r.code == 0, r.err
+    image = np.asarray(Image.open(tmp_path / "o" / "unclip-style.png"))
+    assert image.shape == (32, 32, 3) and image.std() > 1.0
+
+
+def test_gligen_graphs_import_validate_and_run(cli, tmp_path):
+    """A GLIGEN text box on the bundled tiny model, its GLIGEN file written beside the imported workflow."""
+    import tiny_image_prompt
+
+    tiny_image_prompt.write_bundled_gligen(tmp_path / "models")
+    for form in ("api", "ui"):
+        assert cli("import", ROOT / "tests" / "comfyui" / f"gligen-{form}.json", "--out", tmp_path / f"{form}.yaml").code == 0
+        r = cli("validate", tmp_path / f"{form}.yaml")
+        assert r.code == 0, r.err
+    r = cli("run", tmp_path / "ui.yaml", "--out", tmp_path / "o")
+    assert r.code == 0, r.err
+    assert np.asarray(Image.open(tmp_path / "o" / "gligen.png")).shape == (64, 64, 3)

@@ -116,6 +116,7 @@ BY_PORT: dict[str, Codec] = {
     ports.SIGMAS: TORCH,  # a 1-D float tensor
     ports.SAMPLER: TORCH,  # flowrun.values.Sampler (no tensors: its fields ride in the metadata)
     ports.NOISE: TORCH,  # flowrun.values.Noise
+    ports.CLIP_VISION_OUTPUT: TORCH,  # flowrun.values.ClipVisionOutput
 }
 
 

@@ -25,6 +25,7 @@ import torch
 TOKENIZER_DIR = Path(__file__).resolve().parent / "clip_tokenizer"
 # ComfyUI's heuristic for SD2 768-v checkpoints: this norm's bias spreads wider in v-prediction models.
 _V_PRED_PROBE = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+UNCLIP_LABELS = "model.diffusion_model.label_emb.0.0.weight"  # an SD2 UNet with class labels: unCLIP
 
 
 @functools.lru_cache(maxsize=1)
@@ -154,6 +155,13 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
         probe = state.get(_V_PRED_PROBE)
         if found.family == SD2 and probe is not None and not probe.is_meta and probe.float().std() <= 0.09:
             config.prediction_type = "epsilon"  # SD 2.x 512-base; the 768 models predict v
+    label = state.get(UNCLIP_LABELS)
+    if found.family == SD2 and label is not None and "class_embed_type" not in config.unet:
+        # SD 2.1 unCLIP: the UNet takes an image embedding and its noise level as class labels (the LDM's
+        # label_emb, diffusers' "projection" class embedding); ComfyUI reads these models as v-prediction
+        config.unet.update(class_embed_type="projection", projection_class_embeddings_input_dim=int(label.shape[1]))
+        if side is None and embedded is None:
+            config.prediction_type = "v_prediction"
     unet_state = convert_ldm_unet_checkpoint(state, config.unet)
     unet = _instantiate(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path)
     vae_state = convert_ldm_vae_checkpoint(state, config.vae)
@@ -250,6 +258,12 @@ def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pick
         config, unet, texts, vae = load_diffusers_folder(path)
     else:
         config, unet, texts, vae = load_single_file(path, allow_pickle)
+    return bundle(config, unet, texts, vae, fingerprint, device)
+
+
+def bundle(config: ModelConfig, unet, texts: list, vae, fingerprint: str, device: str = "cpu"
+           ) -> tuple[DiffusionModel, TextEncoder, Vae]:
+    """MODEL, CLIP and VAE values of loaded components; the UNet and VAE moved to `device`."""
     unet.to(device)
     vae.to(device)
     model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)

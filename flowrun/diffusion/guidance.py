@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -66,9 +67,9 @@ def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Tensor, positive: bool,
-            denoise_mask: torch.Tensor | None = None) -> list[Entry]:
+            denoise_mask: torch.Tensor | None = None, seeds: Sequence[int] = (0,)) -> list[Entry]:
     """The entries of a conditioning, resolved against the scaled start latent (and the sampler's noise
-    mask, resized to it, which inpainting models also take as input)."""
+    mask, resized to it, which inpainting models also take as input); `seeds`: each cell's sampler seed."""
     h, w = latent.shape[2], latent.shape[3]
     entries = []
     for cond in conditioning:
@@ -106,8 +107,11 @@ def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Ten
         if cond.timestep_range is not None:
             start, end = cond.timestep_range
             sigmas = (model.sampling.percent_to_sigma(start), model.sampling.percent_to_sigma(end))
-        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive, mask, sigmas,
-                             for_entry(model, cond, latent, denoise_mask)))
+        try:
+            inputs = for_entry(model, cond, latent, denoise_mask, seeds)
+        except ValueError as exc:  # say which conditioning input it came from
+            raise ValueError(f"input '{'positive' if positive else 'negative'}': {exc}") from None
+        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive, mask, sigmas, inputs))
     return entries
 
 

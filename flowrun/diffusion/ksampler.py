@@ -13,7 +13,7 @@ the prediction there is the original latent (ComfyUI's KSamplerX0Inpaint).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -23,9 +23,9 @@ from flowrun.diffusion.model import DiffusionModel
 from flowrun.diffusion.noise import SeedNoise
 from flowrun.values import Conditioning, Guider, Latent
 
-# builds the guided denoiser D(x, sigma) once the scaled start latent (cells stacked) and the noise mask
-# resized to it (or None) are known
-GuideBuilder = Callable[[torch.Tensor, "torch.Tensor | None"], samplers.Denoiser]
+# builds the guided denoiser D(x, sigma) once the scaled start latent (cells stacked), the noise mask
+# resized to it (or None) and the cells' seeds (unCLIP's embedding noise is drawn from them) are known
+GuideBuilder = Callable[[torch.Tensor, "torch.Tensor | None", Sequence[int]], samplers.Denoiser]
 
 
 @dataclass
@@ -75,9 +75,9 @@ def cfg_guide(model: DiffusionModel, positive: Conditioning, negative: Condition
     """Classifier-free guidance with one scale per cell (each cell `rows` rows of the batch)."""
     cfg = cfgs[0] if len(set(cfgs)) == 1 else [c for c in cfgs for _ in range(rows)]
 
-    def build(start: torch.Tensor, mask: torch.Tensor | None) -> samplers.Denoiser:
-        pos = guidance.prepare(model, positive, start, True, mask)
-        neg = guidance.prepare(model, negative, start, False, mask) if negative is not None else []
+    def build(start: torch.Tensor, mask: torch.Tensor | None, seeds: Sequence[int] = (0,)) -> samplers.Denoiser:
+        pos = guidance.prepare(model, positive, start, True, mask, seeds)
+        neg = guidance.prepare(model, negative, start, False, mask, seeds) if negative is not None else []
         return guidance.denoiser(model, pos, neg, cfg)
 
     return build
@@ -91,9 +91,9 @@ def guider_guide(guider: Guider) -> GuideBuilder:
     if guider.style not in ("dual", "dual_nested"):
         raise ValueError(f"unknown guider style {guider.style!r}")
 
-    def build(start: torch.Tensor, mask: torch.Tensor | None) -> samplers.Denoiser:
+    def build(start: torch.Tensor, mask: torch.Tensor | None, seeds: Sequence[int] = (0,)) -> samplers.Denoiser:
         def alone(cond: Conditioning) -> samplers.Denoiser:
-            return guidance.denoiser(model, guidance.prepare(model, cond, start, True, mask), [], 1.0,
+            return guidance.denoiser(model, guidance.prepare(model, cond, start, True, mask, seeds), [], 1.0,
                                      post_cfg=False)
 
         pos, mid, neg = alone(guider.positive), alone(guider.middle), alone(guider.negative)
@@ -137,7 +137,7 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
     mask = None
     if latent.noise_mask is not None:
         mask = torch.cat([_prepare_mask(latent.noise_mask, latent_image.shape).to(device)] * len(seeds))
-    denoiser = guide(start, mask)
+    denoiser = guide(start, mask, seeds)
     if mask is not None:
         denoiser = _masked(denoiser, mask, start, start_noise, model)
     denoiser, last_denoised = _recording_first_call(denoiser)

@@ -13,7 +13,7 @@ ControlNets is one Control that sums its members' residuals.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 
@@ -64,11 +64,16 @@ class UNetInputs:
 NONE = UNetInputs()
 
 
-def for_entry(model: Any, cond: Any, latent: torch.Tensor, denoise_mask: torch.Tensor | None) -> UNetInputs:
+def for_entry(model: Any, cond: Any, latent: torch.Tensor, denoise_mask: torch.Tensor | None,
+              seeds: Sequence[int] = (0,)) -> UNetInputs:
     """The UNet inputs a conditioning entry (flowrun.values.CondEntry) gives `model` while sampling
     `latent` (the model's scaled start latent, cells stacked); `denoise_mask` is the latent's noise mask
-    resized to it ([rows, channels, h, w]) or None."""
+    resized to it ([rows, channels, h, w]) or None; `seeds`: the sampler's seed of each cell (unCLIP's
+    image-embedding noise is drawn from it)."""
     from flowrun.diffusion.concat import concat_channels
+    from flowrun.diffusion.gligen_patch import unet_patches
+    from flowrun.diffusion.unclip import class_labels
 
     concat = concat_channels(model, cond, latent, denoise_mask)
-    return UNetInputs(concat=concat, control=cond.control)
+    labels = class_labels(model, cond, latent.shape[0] // max(1, len(seeds)), seeds)
+    return UNetInputs(concat=concat, control=cond.control, class_labels=labels, patches=unet_patches(cond))

@@ -38,6 +38,9 @@ CORE_NODES = frozenset({
     "CFGGuider", "BasicGuider", "DualCFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "SamplerEulerAncestral",
     "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE", "SamplerLMS", "ModelSamplingDiscrete",
     "CheckpointLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "UNETLoader",
+    # image prompts (nodes.py)
+    "CLIPVisionLoader", "CLIPVisionEncode", "unCLIPCheckpointLoader", "unCLIPConditioning", "StyleModelLoader",
+    "StyleModelApply", "GLIGENLoader", "GLIGENTextBoxApply",
     "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "HypernetworkLoader",
     # model merging (comfy_extras/nodes_model_merging.py)
     "ModelMergeSimple", "ModelMergeBlocks", "CheckpointSave",

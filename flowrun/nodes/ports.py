@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from flowrun.values import Conditioning, Guider, Latent, Noise, Sampler
+from flowrun.values import ClipVisionOutput, Conditioning, Guider, Latent, Noise, Sampler
 
 MODEL = "MODEL"
 CLIP = "CLIP"
@@ -31,14 +31,18 @@ SIGMAS = "SIGMAS"
 NOISE = "NOISE"
 GUIDER = "GUIDER"
 CLIP_SCORE_MODEL = "CLIP_SCORE_MODEL"  # a full CLIPModel used as a judge (flowrun's own type; ComfyUI has none)
+CLIP_VISION = "CLIP_VISION"
+CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
+STYLE_MODEL = "STYLE_MODEL"
+GLIGEN = "GLIGEN"
 ANY = "*"
 
 ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, BOOLEAN, SAMPLER, SIGMAS, NOISE,
-       GUIDER, CLIP_SCORE_MODEL)
+       GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL, GLIGEN)
 
 # Loaded models are large and process-bound: they stay in memory and never go to the disk cache; so does
 # a GUIDER, which holds a model.
-MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_SCORE_MODEL})
+MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, STYLE_MODEL, GLIGEN})
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,12 @@ Vae = Annotated[Any, Port(VAE)]  # flowrun.diffusion.model.Vae
 Image = Annotated[Any, Port(IMAGE)]  # float32 numpy [batch, height, width, channels] in 0..1
 Mask = Annotated[Any, Port(MASK)]  # float32 numpy [batch, height, width] in 0..1
 ClipScoreModel = Annotated[Any, Port(CLIP_SCORE_MODEL)]  # flowrun.diffusion.clip_judge.ClipJudge
+ClipVision = Annotated[Any, Port(CLIP_VISION)]  # flowrun.diffusion.clip_vision.ClipVision
+StyleModel = Annotated[Any, Port(STYLE_MODEL)]  # flowrun.diffusion.style_model.StyleModel
+Gligen = Annotated[Any, Port(GLIGEN)]  # flowrun.diffusion.gligen.Gligen
 Sigmas = Annotated[Any, Port(SIGMAS)]  # 1-D float32 torch tensor, decreasing to 0 (empty: nothing to do)
 
-_BY_CLASS = {Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}
+_BY_CLASS = {ClipVisionOutput: CLIP_VISION_OUTPUT, Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}
 
 
 def compatible(source: str, target: str) -> bool:

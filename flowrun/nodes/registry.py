@@ -29,6 +29,8 @@ BUILTIN_MODULES = (
     "flowrun.nodes.loaders",
     "flowrun.nodes.model_loaders",
     "flowrun.nodes.conditioning",
+    "flowrun.nodes.clip_vision",
+    "flowrun.nodes.gligen",
     "flowrun.nodes.latent",
     "flowrun.nodes.latent_ops",
     "flowrun.nodes.sampling",
