@@ -132,6 +132,25 @@ def test_rf_ancestral_step_follows_its_formula():
     assert float(snr.offset_first(torch.tensor([1.0, 0.5, 0.0]))[0]) == pytest.approx(sd3(1 - 1e-4, 3.0))
 
 
+def test_flow_midpoints_are_taken_in_log_snr():
+    """The second-order samplers' midpoints on a flow, worked out by hand: log((1 - s) / s) is -ln 4 at 0.8 and
+    ln 4 at 0.2, so the half-way point in it is sigma 0.5 (dpmpp_sde from 0.8 to 0.2; dpmpp_2s_ancestral from
+    0.8 towards 0.4, which at eta 1 steps down to 0.2 first)."""
+    from flowrun.diffusion.noise import SeedNoise
+
+    ms = FlowSampling(3.0)
+    for name, sigmas in (("dpmpp_sde", [0.8, 0.2, 0.0]), ("dpmpp_2s_ancestral", [0.8, 0.4, 0.0])):
+        seen, d = [], torch.randn(1, 4, 2, 2)
+
+        def const(x, sigma):
+            seen.append(round(float(sigma[0]), 6))
+            return d
+
+        out = samplers.get(name, ms)(const, torch.randn(1, 4, 2, 2), torch.tensor(sigmas), SeedNoise([1]),
+                                     lambda i: None)
+        assert seen[:2] == [0.8, 0.5] and torch.allclose(out, d, atol=1e-6), (name, seen)
+
+
 class _PointMass(torch.nn.Module):
     """A 'UNet' that knows the data is one latent L: its velocity noise - L = (x - L) / sigma, given the
     timestep 1000 sigma. On a flow every step's prediction is then L exactly."""
