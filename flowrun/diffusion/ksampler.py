@@ -150,8 +150,8 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
             progress(i + 1, total)
 
     with torch.no_grad(), patched(model.unet, model.patches):
-        out = samplers.get(sampler_name)(denoiser, x, sigmas, noise, step, **(sampler_options or {}))
-    out = model.latent_out(out).float().cpu()
+        out = samplers.get(sampler_name, model.sampling)(denoiser, x, sigmas, noise, step, **(sampler_options or {}))
+    out = model.latent_out(model.sampling.inverse_noise_scaling(sigmas[-1], out)).float().cpu()
     x0 = out if last_denoised.value is None else model.latent_out(last_denoised.value).float().cpu()
     return [Sampled(latent.replace(samples=out[i * rows:(i + 1) * rows]),
                     latent.replace(samples=x0[i * rows:(i + 1) * rows])) for i in range(len(seeds))]

@@ -26,6 +26,8 @@ class ModelSampling:
     """Discrete DDPM schedule as sigmas (sqrt((1 - alphas_cumprod) / alphas_cumprod)); with `zsnr`, rescaled
     to zero terminal SNR (Lin et al. 2023). The model predicts the noise (epsilon), v, or the clean latent (x0)."""
 
+    flow = False  # a rectified flow (flowrun.diffusion.flow_sampling) is sampled with the flow forms of samplers
+
     def __init__(self, prediction_type: str = "epsilon", linear_start: float = 0.00085, linear_end: float = 0.012,
                  timesteps: int = 1000, zsnr: bool = False):
         if prediction_type not in PREDICTION_TYPES:
@@ -91,6 +93,10 @@ class ModelSampling:
         """The starting point: pure noise scaled to sqrt(1 + sigma^2) at full denoise, else latent + noise*sigma."""
         noise = noise * torch.sqrt(1.0 + sigma ** 2.0) if max_denoise else noise * sigma
         return noise + latent
+
+    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """The sampler's result as the latent it stands for (unchanged here; a flow rescales it)."""
+        return latent
 
     def is_max_denoise(self, sigmas: torch.Tensor) -> bool:
         first, top = float(sigmas[0]), float(self.sigma_max)

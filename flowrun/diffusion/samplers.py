@@ -37,6 +37,40 @@ def _ones(x):
     return x.new_ones([x.shape[0]])
 
 
+class Snr:
+    """How the DPM-Solver++ SDE samplers read a sigma: lam(sigma) = log(alpha / sigma), its inverse, and the
+    first sigma moved off where lam is infinite. This one: variance-exploding sigmas (alpha 1)."""
+
+    def lam(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.log().neg()
+
+    def sigma(self, lam: torch.Tensor) -> torch.Tensor:
+        return lam.neg().exp()
+
+    def offset_first(self, sigmas: torch.Tensor) -> torch.Tensor:
+        return sigmas
+
+
+class FlowSnr(Snr):
+    """A rectified flow's (alpha = 1 - sigma): lam = log((1 - sigma) / sigma); a first sigma of 1 becomes
+    the sigma at 0.01 % of the schedule (ComfyUI's offset_first_sigma_for_snr)."""
+
+    def __init__(self, percent_to_sigma: Callable[[float], float]):
+        self.percent_to_sigma = percent_to_sigma
+
+    def lam(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.logit().neg()
+
+    def sigma(self, lam: torch.Tensor) -> torch.Tensor:
+        return lam.neg().sigmoid()
+
+    def offset_first(self, sigmas: torch.Tensor) -> torch.Tensor:
+        if len(sigmas) > 1 and sigmas[0] >= 1:
+            sigmas = sigmas.clone()
+            sigmas[0] = self.percent_to_sigma(1e-4)
+        return sigmas
+
+
 def sample_euler(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
@@ -166,21 +200,23 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x, sigmas, seed_noise: SeedNoise,
 
 
 def sample_dpmpp_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0,
-                     s_noise: float = 1.0, r: float = 0.5):
+                     s_noise: float = 1.0, r: float = 0.5, snr: "Snr | None" = None):
     if len(sigmas) <= 1:
         return x
+    snr = snr or Snr()
     noise = seed_noise.brownian(x, sigmas)
+    sigmas = snr.offset_first(sigmas)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
+            lam_s, lam_t = snr.lam(sigmas[i]), snr.lam(sigmas[i + 1])
             h = lam_t - lam_s
             lam_s1 = lam_s + r * h
             fac = 1 / (2 * r)
-            sigma_s1 = (-lam_s1).exp()
+            sigma_s1 = snr.sigma(lam_s1)
             alpha_s = sigmas[i] * lam_s.exp()
             alpha_s1 = sigma_s1 * lam_s1.exp()
             alpha_t = sigmas[i + 1] * lam_t.exp()
@@ -219,13 +255,15 @@ def sample_dpmpp_2m(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback:
 
 
 def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0,
-                        s_noise: float = 1.0, solver_type: str = "midpoint"):
+                        s_noise: float = 1.0, solver_type: str = "midpoint", snr: "Snr | None" = None):
     """DPM-Solver++(2M) SDE; the second-order correction by the midpoint rule (the default) or Heun's."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"unknown solver_type {solver_type!r}; known: midpoint, heun")
     if len(sigmas) <= 1:
         return x
+    snr = snr or Snr()
     noise = seed_noise.brownian(x, sigmas)
+    sigmas = snr.offset_first(sigmas)
     s_in = _ones(x)
     old, h_last = None, None
     for i in range(len(sigmas) - 1):
@@ -234,7 +272,7 @@ def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callb
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
+            lam_s, lam_t = snr.lam(sigmas[i]), snr.lam(sigmas[i + 1])
             h = lam_t - lam_s
             h_eta = h * (eta + 1)
             alpha_t = sigmas[i + 1] * lam_t.exp()
@@ -252,10 +290,13 @@ def sample_dpmpp_2m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callb
     return x
 
 
-def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0):
+def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, eta: float = 1.0,
+                        snr: "Snr | None" = None):
     if len(sigmas) <= 1:
         return x
+    snr = snr or Snr()
     noise = seed_noise.brownian(x, sigmas)
+    sigmas = snr.offset_first(sigmas)
     s_in = _ones(x)
     d1_prev, d2_prev = None, None
     h, h1, h2 = None, None, None
@@ -264,7 +305,7 @@ def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callb
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
+            lam_s, lam_t = snr.lam(sigmas[i]), snr.lam(sigmas[i + 1])
             h = lam_t - lam_s
             h_eta = h * (eta + 1)
             alpha_t = sigmas[i + 1] * lam_t.exp()
@@ -289,20 +330,41 @@ def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callb
     return x
 
 
-def sample_lcm(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
+def sample_lcm(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback, noise_scaling=None):
+    """LCM: jump to the prediction, then noise it to the next sigma (as the model's sampling does:
+    `noise_scaling(sigma, noise, latent)`, latent + noise * sigma unless given)."""
     noise = seed_noise.gaussian(x)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         x = model(x, sigmas[i] * s_in)
         if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+            fresh = noise(sigmas[i], sigmas[i + 1])
+            x = noise_scaling(sigmas[i + 1], fresh, x) if noise_scaling else x + fresh * sigmas[i + 1]
         callback(i)
     return x
 
 
-def get(name: str):
-    """The sampling function for a ComfyUI sampler name."""
+def get(name: str, sampling=None):
+    """The sampling function for a ComfyUI sampler name; for a model whose `sampling` is a rectified flow,
+    the flow forms ComfyUI runs for it (ancestral steps, the SDE solvers' log-SNR, LCM's renoising)."""
+    import functools
+
     from flowrun.diffusion import unipc
+
+    if getattr(sampling, "flow", False):
+        from flowrun.diffusion import flow_samplers
+
+        flow_table = {
+            "euler_ancestral": flow_samplers.sample_euler_ancestral,
+            "dpm_2_ancestral": flow_samplers.sample_dpm_2_ancestral,
+            "dpmpp_2s_ancestral": flow_samplers.sample_dpmpp_2s_ancestral,
+            "dpmpp_sde": functools.partial(sample_dpmpp_sde, snr=FlowSnr(sampling.percent_to_sigma)),
+            "dpmpp_2m_sde": functools.partial(sample_dpmpp_2m_sde, snr=FlowSnr(sampling.percent_to_sigma)),
+            "dpmpp_3m_sde": functools.partial(sample_dpmpp_3m_sde, snr=FlowSnr(sampling.percent_to_sigma)),
+            "lcm": functools.partial(sample_lcm, noise_scaling=sampling.noise_scaling),
+        }
+        if name in flow_table:
+            return flow_table[name]
 
     table = {
         "euler": sample_euler, "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (with random noise for inpainting)

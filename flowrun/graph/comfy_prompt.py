@@ -48,6 +48,8 @@ CORE_NODES = frozenset({
     # nodes_pag.py, nodes_sag.py)
     "FreeU", "FreeU_V2", "PatchModelAddDownscale", "ModelSamplingContinuousEDM", "PerturbedAttentionGuidance",
     "SelfAttentionGuidance",
+    # flow models (comfy_extras/nodes_model_advanced.py, nodes_sd3.py)
+    "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux", "EmptySD3LatentImage",
 })
 
 

@@ -38,6 +38,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.model_merging",
     "flowrun.nodes.custom_sampling",
     "flowrun.nodes.clip_judge",
+    "flowrun.nodes.flow_models",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
 ENTRY_POINT_GROUP = "flowrun.nodes"
