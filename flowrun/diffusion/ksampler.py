@@ -139,7 +139,7 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
         mask = torch.cat([_prepare_mask(latent.noise_mask, latent_image.shape).to(device)] * len(seeds))
     denoiser = guide(start, mask)
     if mask is not None:
-        denoiser = _masked(denoiser, mask, start, start_noise, model)
+        denoiser = _masked(denoiser, mask, start, start_noise, model, sigmas)
     denoiser, last_denoised = _recording_first_call(denoiser)
     x = model.sampling.noise_scaling(sigmas[0], start_noise, start, model.sampling.is_max_denoise(sigmas))
     total = len(sigmas) - 1
@@ -169,15 +169,19 @@ def _prepare_mask(mask, shape) -> torch.Tensor:
 
 
 def _masked(denoiser: samplers.Denoiser, mask: torch.Tensor, latent: torch.Tensor, noise: torch.Tensor,
-            model: DiffusionModel) -> samplers.Denoiser:
+            model: DiffusionModel, sigmas: torch.Tensor) -> samplers.Denoiser:
     """Sampling only where `mask` is 1: elsewhere x is the original latent noised to the current sigma,
-    and the prediction is the original latent."""
-    keep = 1.0 - mask
+    and the prediction is the original latent. A model's denoise_mask_function changes the mask per call."""
+    fixed_keep = 1.0 - mask
 
     def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        now, keep = mask, fixed_keep
+        if model.denoise_mask_function is not None:
+            now = model.denoise_mask_function(sigma, mask, model, sigmas)
+            keep = 1.0 - now
         level = sigma.view(sigma.shape[:1] + (1,) * (x.ndim - 1))
-        x = x * mask + model.sampling.noise_scaling(level, noise, latent) * keep
-        return denoiser(x, sigma) * mask + latent * keep
+        x = x * now + model.sampling.noise_scaling(level, noise, latent) * keep
+        return denoiser(x, sigma) * now + latent * keep
 
     return run
 

@@ -45,6 +45,8 @@ CORE_NODES = frozenset({
     # nodes_pag.py, nodes_sag.py)
     "FreeU", "FreeU_V2", "PatchModelAddDownscale", "ModelSamplingContinuousEDM", "PerturbedAttentionGuidance",
     "SelfAttentionGuidance",
+    # inpainting and edit conditioning (nodes.py, comfy_extras/nodes_ip2p.py, nodes_differential_diffusion.py)
+    "VAEEncodeForInpaint", "InpaintModelConditioning", "InstructPixToPixConditioning", "DifferentialDiffusion",
 })
 
 

@@ -34,6 +34,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.sampling",
     "flowrun.nodes.model_patches",
     "flowrun.nodes.model_merging",
+    "flowrun.nodes.inpaint",
     "flowrun.nodes.custom_sampling",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
