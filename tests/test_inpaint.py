@@ -52,7 +52,7 @@ def test_masked_pixels_are_grey_and_the_mask_is_stretched_and_cropped():
     assert torch.equal(cropped, torch.from_numpy(pixels[:, 2:18, 2:18, :3]))
     grey = inpaint.grey_masked(cropped, m)
     assert torch.all(grey[0, :7] == 0.5) and torch.equal(grey[0, 9:], cropped[0, 9:])
-    with pytest.raises(ValueError, match="3 masks for 2 images"):
+    with pytest.raises(ValueError, match=r"3 masks for 2 image\(s\); give 1 or 2 masks"):
         inpaint.check_mask_batch(torch.zeros(3, 1, 4, 4), 2)
 
 
@@ -118,7 +118,7 @@ def test_vae_encode_for_inpaint(tiny_bundle):
     assert out.noise_mask.shape == (1, 1, 64, 64)
     rows = torch.nonzero(out.noise_mask[0, 0].sum(1)).flatten()
     assert (rows.min().item(), rows.max().item()) == (14, 50)  # 16..47 grown 2 up, 3 down (the even box)
-    with pytest.raises(NodeError, match="2 masks for 1 images"):
+    with pytest.raises(NodeError, match=r"2 masks for 1 image\(s\); give one mask"):
         vae_encode_for_inpaint(EncodeForInpaintParams(), None, pixels=pixels, vae=vae, mask=np.zeros((2, 64, 64)))
 
 
@@ -305,3 +305,26 @@ def test_comfyui_graphs_import_validate_and_run(shape, cli, tiny_models, tmp_pat
             pixels.append(np.asarray(im))
     assert pixels[0].shape == ((64, 96, 3) if shape == "outpainting" else (64, 64, 3))
     assert np.array_equal(*pixels)
+
+
+def test_a_mask_batch_that_cannot_pair_with_the_images_names_node_and_field(cli, workflow, tiny_models, tmp_path):
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "red-circle.png").write_bytes(CIRCLE.read_bytes())
+    wf = workflow("""
+        version: 1
+        name: bad-mask
+        nodes:
+          ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: flowrun-tiny}}
+          image: {type: LoadImage, with: {image: inputs/red-circle.png}}
+          two: {type: ImageBatch, in: {image1: image.image, image2: image.image}}
+          masks: {type: ImageToMask, in: {image: two}, with: {channel: red}}
+          encode:
+            type: VAEEncodeForInpaint
+            in: {pixels: image.image, vae: ckpt.vae, mask: masks}
+          decode: {type: VAEDecode, in: {samples: encode, vae: ckpt.vae}}
+          save: {type: SaveImage, in: {images: decode}}
+        """)
+    r = cli("run", wf, "--models-dir", tiny_models, "--out", tmp_path / "o", "--device", "cpu", "--no-cache")
+    assert r.code == 1 and "Traceback" not in r.err, r.err
+    # batch sizes are known only while running: flowrun's run-time errors name the node, not a line
+    assert "node 'encode' (VAEEncodeForInpaint) failed: input 'mask': 2 masks for 1 image(s); give one mask" in r.err

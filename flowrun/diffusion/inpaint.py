@@ -50,4 +50,5 @@ def grow(mask: torch.Tensor, by: int) -> torch.Tensor:
 def check_mask_batch(mask: torch.Tensor, images: int) -> None:
     """One mask for all images or one per image: any other count cannot be paired."""
     if mask.shape[0] not in (1, images):
-        raise ValueError(f"input 'mask': {mask.shape[0]} masks for {images} images; give 1 or {images}")
+        choices = "one mask" if images == 1 else f"1 or {images} masks"
+        raise ValueError(f"input 'mask': {mask.shape[0]} masks for {images} image(s); give {choices}")
