@@ -328,3 +328,27 @@ def test_a_mask_batch_that_cannot_pair_with_the_images_names_node_and_field(cli,
     assert r.code == 1 and "Traceback" not in r.err, r.err
     # batch sizes are known only while running: flowrun's run-time errors name the node, not a line
     assert "node 'encode' (VAEEncodeForInpaint) failed: input 'mask': 2 masks for 1 image(s); give one mask" in r.err
+
+
+def test_ddim_blends_the_kept_region_with_noise_of_seed_plus_one(tiny_bundle):
+    """ComfyUI's ddim is Euler whose inpainting blend draws its own noise (CPU randn of seed + 1): the same
+    as euler without a mask, another render with one, and the kept region comes out unchanged either way."""
+    from flowrun.diffusion.clip import encode as encode_text
+    from flowrun.diffusion.ksampler import ksample
+    from flowrun.values import Latent
+
+    model, clip = tiny_bundle[0], tiny_bundle[1]
+    pos, neg = encode_text(clip, "a blue square"), encode_text(clip, "")
+    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1
+
+    def run(sampler, noise_mask):
+        return ksample(model, seed=4, steps=3, cfg=5.0, sampler_name=sampler, scheduler="normal", positive=pos,
+                       negative=neg, latent=Latent(start, noise_mask=noise_mask)).samples
+
+    assert torch.equal(run("ddim", None), run("euler", None))
+    ddim, euler = run("ddim", mask), run("euler", mask)
+    assert not torch.allclose(ddim[..., 2:6, 2:6], euler[..., 2:6, 2:6])
+    for out in (ddim, euler):
+        assert torch.allclose(out[..., :2, :], start[..., :2, :], atol=1e-6)

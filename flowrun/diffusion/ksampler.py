@@ -139,7 +139,8 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
         mask = torch.cat([_prepare_mask(latent.noise_mask, latent_image.shape).to(device)] * len(seeds))
     denoiser = guide(start, mask)
     if mask is not None:
-        denoiser = _masked(denoiser, mask, start, start_noise, model, sigmas)
+        denoiser = _masked(denoiser, mask, start, _blend_noise(sampler_name, seeds, latent_image, start_noise), model,
+                           sigmas)
     denoiser, last_denoised = _recording_first_call(denoiser)
     x = model.sampling.noise_scaling(sigmas[0], start_noise, start, model.sampling.is_max_denoise(sigmas))
     total = len(sigmas) - 1
@@ -155,6 +156,16 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
     x0 = out if last_denoised.value is None else model.latent_out(last_denoised.value).float().cpu()
     return [Sampled(latent.replace(samples=out[i * rows:(i + 1) * rows]),
                     latent.replace(samples=x0[i * rows:(i + 1) * rows])) for i in range(len(seeds))]
+
+
+def _blend_noise(sampler_name: str, seeds, latent_image: torch.Tensor, start_noise: torch.Tensor) -> torch.Tensor:
+    """The noise that brings the kept region to each sigma: the initial noise, except for "ddim", which
+    ComfyUI runs as Euler with inpaint_options random: CPU randn of seed + 1 per cell."""
+    if sampler_name != "ddim":
+        return start_noise
+    draws = [torch.randn(latent_image.shape, generator=torch.Generator("cpu").manual_seed((s + 1) % 2 ** 64))
+             for s in seeds]
+    return torch.cat(draws).to(start_noise.device)
 
 
 def _prepare_mask(mask, shape) -> torch.Tensor:
