@@ -291,7 +291,8 @@ def test_an_8_channel_checkpoint_matches_diffusers_instruct_pix2pix_pipeline(tmp
 
 @pytest.mark.parametrize("shape", ["inpainting", "outpainting"])
 def test_comfyui_graphs_import_validate_and_run(shape, cli, tiny_models, tmp_path):
-    """Both forms of each hand-written graph import, validate and render the same pixels."""
+    """Both forms of each hand-written graph import, validate and render the same pixels (the second from the
+    disk cache the first wrote)."""
     (tmp_path / "inputs").mkdir()
     (tmp_path / "inputs" / "red-circle.png").write_bytes(CIRCLE.read_bytes())
     pixels = []
@@ -299,7 +300,9 @@ def test_comfyui_graphs_import_validate_and_run(shape, cli, tiny_models, tmp_pat
         wf = tmp_path / f"{shape}-{form}.yaml"
         assert cli("import", ROOT / "tests" / "comfyui" / f"{shape}-{form}.json", "--out", wf).code == 0
         assert cli("validate", wf, "--models-dir", tiny_models).code == 0
-        r = cli("run", wf, "--models-dir", tiny_models, "--out", tmp_path / form, "--device", "cpu", "--no-cache")
+        # one disk cache: the second form's run reads what the first wrote (conditionings with latents too)
+        r = cli("run", wf, "--models-dir", tiny_models, "--out", tmp_path / form, "--device", "cpu", "--cache-dir",
+                tmp_path / "cache")
         assert r.code == 0, r.err
         with Image.open(tmp_path / form / f"{shape}.png") as im:
             pixels.append(np.asarray(im))
