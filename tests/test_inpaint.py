@@ -141,6 +141,14 @@ def test_inpaint_model_conditioning_and_pix2pix_carry_latents(tiny_bundle):
     with_mask = inpaint_model_conditioning(InpaintConditioningParams(), None, positive=cond, negative=cond, vae=vae,
                                            pixels=pixels, mask=mask)
     assert torch.equal(with_mask["latent"].noise_mask[0], torch.from_numpy(mask))
+    small = mask[:, ::2, ::2]  # half the image's size: stretched to it (bilinear), as ComfyUI does
+    stretched = inpaint_model_conditioning(InpaintConditioningParams(), None, positive=cond, negative=cond, vae=vae,
+                                           pixels=pixels, mask=small)
+    assert torch.equal(stretched["positive"][0].concat_mask, inpaint.mask_to_image(small, 64, 64))
+    assert stretched["positive"][0].concat_mask.shape == (1, 1, 64, 64)
+    with pytest.raises(NodeError, match=r"input 'mask': 3 masks for 1 image\(s\)"):
+        inpaint_model_conditioning(InpaintConditioningParams(), None, positive=cond, negative=cond, vae=vae,
+                                   pixels=pixels, mask=np.zeros((3, 64, 64), np.float32))
     edit = instruct_pix_to_pix_conditioning(NoParams(), None, positive=cond, negative=cond, vae=vae, pixels=pixels)
     assert torch.equal(edit["negative"][0].concat_latent, encode(vae, pixels))
     assert torch.equal(edit["latent"].samples, torch.zeros(1, 4, 8, 8))
