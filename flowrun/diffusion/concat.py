@@ -40,6 +40,22 @@ def resize_to_batch_size(t: torch.Tensor, rows: int) -> torch.Tensor:
     return t[index]
 
 
+def per_cell(conditioning: Any, rows: int, cells: int) -> Any:
+    """`conditioning` for `cells` cells of `rows` rows sampled in one batch: each entry's concat latent and
+    mask (of more than one row) resized to one cell's rows as ComfyUI does, then repeated for every cell,
+    so that each cell's rows meet their own images."""
+    if cells <= 1:
+        return conditioning
+
+    def spread(t: Any) -> Any:
+        if t is None or torch.as_tensor(t).shape[0] <= 1:
+            return t
+        t = resize_to_batch_size(torch.as_tensor(t), rows)
+        return t.repeat(cells, *([1] * (t.ndim - 1)))
+
+    return conditioning.map(lambda e: e.replace(concat_latent=spread(e.concat_latent), concat_mask=spread(e.concat_mask)))
+
+
 def _fit(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """[b, c, h, w] at the latent's size: common_upscale(..., "bilinear", "center") when it differs."""
     t = torch.as_tensor(t).float()

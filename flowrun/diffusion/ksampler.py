@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from flowrun.diffusion import guidance, samplers, schedules
+from flowrun.diffusion.concat import per_cell
 from flowrun.diffusion.lora import patched
 from flowrun.diffusion.model import DiffusionModel
 from flowrun.diffusion.noise import SeedNoise
@@ -71,13 +72,15 @@ def ksample_batch(model: DiffusionModel, *, noise: SeedNoise, cfgs: list[float],
 
 
 def cfg_guide(model: DiffusionModel, positive: Conditioning, negative: Conditioning | None, cfgs: list[float],
-              rows: int) -> GuideBuilder:
-    """Classifier-free guidance with one scale per cell (each cell `rows` rows of the batch)."""
+              rows: int | None) -> GuideBuilder:
+    """Classifier-free guidance with one scale per cell (each cell `rows` rows of the batch; None: one cell)."""
     cfg = cfgs[0] if len(set(cfgs)) == 1 else [c for c in cfgs for _ in range(rows)]
 
     def build(start: torch.Tensor, mask: torch.Tensor | None) -> samplers.Denoiser:
-        pos = guidance.prepare(model, positive, start, True, mask)
-        neg = guidance.prepare(model, negative, start, False, mask) if negative is not None else []
+        cells = start.shape[0] // rows if rows else 1
+        pos = guidance.prepare(model, per_cell(positive, rows, cells), start, True, mask)
+        neg = (guidance.prepare(model, per_cell(negative, rows, cells), start, False, mask)
+               if negative is not None else [])
         return guidance.denoiser(model, pos, neg, cfg)
 
     return build
@@ -87,7 +90,7 @@ def guider_guide(guider: Guider) -> GuideBuilder:
     """The guided denoiser a GUIDER value describes (CFGGuider, BasicGuider, DualCFGGuider)."""
     model = guider.model
     if guider.style == "cfg":
-        return cfg_guide(model, guider.positive, guider.negative, [guider.cfg], 1)
+        return cfg_guide(model, guider.positive, guider.negative, [guider.cfg], None)
     if guider.style not in ("dual", "dual_nested"):
         raise ValueError(f"unknown guider style {guider.style!r}")
 
