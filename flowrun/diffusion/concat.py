@@ -44,7 +44,7 @@ def per_cell(conditioning: Any, rows: int, cells: int) -> Any:
     """`conditioning` for `cells` cells of `rows` rows sampled in one batch: each entry's concat latent and
     mask (of more than one row) resized to one cell's rows as ComfyUI does, then repeated for every cell,
     so that each cell's rows meet their own images."""
-    if cells <= 1:
+    if cells <= 1 or all(e.concat_latent is None and e.concat_mask is None for e in conditioning):
         return conditioning
 
     def spread(t: Any) -> Any:
