@@ -22,21 +22,23 @@ TINY_CLIP = {
 }
 
 
-def build(seed: int = 0):
-    """(config, unet, vae, text_encoder) with weights drawn from `seed`."""
+def build(seed: int = 0, in_channels: int = 4):
+    """(config, unet, vae, text_encoder) with weights drawn from `seed`; `in_channels` 9 makes an inpainting
+    UNet (mask and masked image beside the latent), 8 an instruct-pix2pix one."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from flowrun.diffusion.configs import ModelConfig
 
+    unet_config = {**TINY_UNET, "in_channels": in_channels}
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_UNET).eval()
+    unet = UNet2DConditionModel(**unet_config).eval()
     vae = AutoencoderKL(**TINY_VAE).eval()
     text = CLIPTextModel(CLIPTextConfig(**TINY_CLIP)).eval()
     with torch.no_grad():  # random init leaves the output near zero; make the model do visible work
         unet.conv_out.weight.mul_(4.0)
-    config = ModelConfig("sd1", TINY_UNET, TINY_VAE, [TINY_CLIP], "epsilon", "tiny")
+    config = ModelConfig("sd1", unet_config, TINY_VAE, [TINY_CLIP], "epsilon", "tiny")
     return config, unet, vae, text
 
 
@@ -57,6 +59,15 @@ def write(models_dir: Path, name: str = "tiny", seed: int = 0) -> dict[str, Path
         folder / "scheduler")
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}\n')
     return {"single": single, "folder": folder}
+
+
+def write_inpaint(models_dir: Path, name: str = "tiny-inpainting", seed: int = 0, in_channels: int = 9) -> Path:
+    """models_dir/checkpoints/{name}.safetensors: the tiny model with a 9-channel (inpainting) or 8-channel
+    (instruct-pix2pix) UNet, in the original layout."""
+    from flowrun.diffusion.export import save_single_file
+
+    config, unet, vae, text = build(seed, in_channels)
+    return save_single_file(Path(models_dir) / "checkpoints" / f"{name}.safetensors", config, unet, vae, text)
 
 
 def write_lora(models_dir: Path, name: str, seed: int = 1, rank: int = 4, scale: float = 0.5) -> Path:

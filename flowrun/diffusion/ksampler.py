@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from flowrun.diffusion import guidance, samplers, schedules
+from flowrun.diffusion.concat import per_cell
 from flowrun.diffusion.lora import patched
 from flowrun.diffusion.model import DiffusionModel
 from flowrun.diffusion.noise import SeedNoise
@@ -71,13 +72,15 @@ def ksample_batch(model: DiffusionModel, *, noise: SeedNoise, cfgs: list[float],
 
 
 def cfg_guide(model: DiffusionModel, positive: Conditioning, negative: Conditioning | None, cfgs: list[float],
-              rows: int) -> GuideBuilder:
-    """Classifier-free guidance with one scale per cell (each cell `rows` rows of the batch)."""
+              rows: int | None) -> GuideBuilder:
+    """Classifier-free guidance with one scale per cell (each cell `rows` rows of the batch; None: one cell)."""
     cfg = cfgs[0] if len(set(cfgs)) == 1 else [c for c in cfgs for _ in range(rows)]
 
     def build(start: torch.Tensor, mask: torch.Tensor | None, seeds: Sequence[int] = (0,)) -> samplers.Denoiser:
-        pos = guidance.prepare(model, positive, start, True, mask, seeds)
-        neg = guidance.prepare(model, negative, start, False, mask, seeds) if negative is not None else []
+        cells = start.shape[0] // rows if rows else 1
+        pos = guidance.prepare(model, per_cell(positive, rows, cells), start, True, mask, seeds)
+        neg = (guidance.prepare(model, per_cell(negative, rows, cells), start, False, mask, seeds)
+               if negative is not None else [])
         return guidance.denoiser(model, pos, neg, cfg)
 
     return build
@@ -87,7 +90,7 @@ def guider_guide(guider: Guider) -> GuideBuilder:
     """The guided denoiser a GUIDER value describes (CFGGuider, BasicGuider, DualCFGGuider)."""
     model = guider.model
     if guider.style == "cfg":
-        return cfg_guide(model, guider.positive, guider.negative, [guider.cfg], 1)
+        return cfg_guide(model, guider.positive, guider.negative, [guider.cfg], None)
     if guider.style not in ("dual", "dual_nested"):
         raise ValueError(f"unknown guider style {guider.style!r}")
 
@@ -139,7 +142,8 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
         mask = torch.cat([_prepare_mask(latent.noise_mask, latent_image.shape).to(device)] * len(seeds))
     denoiser = guide(start, mask, seeds)
     if mask is not None:
-        denoiser = _masked(denoiser, mask, start, start_noise, model)
+        denoiser = _masked(denoiser, mask, start, _blend_noise(sampler_name, seeds, latent_image, start_noise), model,
+                           sigmas)
     denoiser, last_denoised = _recording_first_call(denoiser)
     x = model.sampling.noise_scaling(sigmas[0], start_noise, start, model.sampling.is_max_denoise(sigmas))
     total = len(sigmas) - 1
@@ -157,6 +161,16 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
                     latent.replace(samples=x0[i * rows:(i + 1) * rows])) for i in range(len(seeds))]
 
 
+def _blend_noise(sampler_name: str, seeds, latent_image: torch.Tensor, start_noise: torch.Tensor) -> torch.Tensor:
+    """The noise that brings the kept region to each sigma: the initial noise, except for "ddim", which
+    ComfyUI runs as Euler with inpaint_options random: CPU randn of seed + 1 per cell."""
+    if sampler_name != "ddim":
+        return start_noise
+    draws = [torch.randn(latent_image.shape, generator=torch.Generator("cpu").manual_seed((s + 1) % 2 ** 64))
+             for s in seeds]
+    return torch.cat(draws).to(start_noise.device)
+
+
 def _prepare_mask(mask, shape) -> torch.Tensor:
     """A noise mask [b or 1, 1 or more, h, w] resized to the latent (bilinear), one per channel and row."""
     mask = torch.as_tensor(mask).float()
@@ -169,15 +183,19 @@ def _prepare_mask(mask, shape) -> torch.Tensor:
 
 
 def _masked(denoiser: samplers.Denoiser, mask: torch.Tensor, latent: torch.Tensor, noise: torch.Tensor,
-            model: DiffusionModel) -> samplers.Denoiser:
+            model: DiffusionModel, sigmas: torch.Tensor) -> samplers.Denoiser:
     """Sampling only where `mask` is 1: elsewhere x is the original latent noised to the current sigma,
-    and the prediction is the original latent."""
-    keep = 1.0 - mask
+    and the prediction is the original latent. A model's denoise_mask_function changes the mask per call."""
+    fixed_keep = 1.0 - mask
 
     def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        now, keep = mask, fixed_keep
+        if model.denoise_mask_function is not None:
+            now = model.denoise_mask_function(sigma, mask, model, sigmas)
+            keep = 1.0 - now
         level = sigma.view(sigma.shape[:1] + (1,) * (x.ndim - 1))
-        x = x * mask + model.sampling.noise_scaling(level, noise, latent) * keep
-        return denoiser(x, sigma) * mask + latent * keep
+        x = x * now + model.sampling.noise_scaling(level, noise, latent) * keep
+        return denoiser(x, sigma) * now + latent * keep
 
     return run
 

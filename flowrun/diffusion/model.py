@@ -187,6 +187,8 @@ class DiffusionModel:
     post_cfg_functions: tuple = ()
     # (mean, std, scale) per latent channel where the model expects normalised latents (Playground v2.5)
     latent_format: tuple | None = None
+    # f(sigma, noise mask, model, the walk's sigmas) -> the mask for this step (DifferentialDiffusion)
+    denoise_mask_function: Any = None
 
     @property
     def family(self) -> str:
@@ -227,6 +229,10 @@ class DiffusionModel:
     def with_unet_patch(self, patch) -> "DiffusionModel":
         """The same model with one more patch inside its forward pass (after those it has)."""
         return replace(self, unet_patches=self.unet_patches + (patch,))
+
+    def with_denoise_mask_function(self, fn) -> "DiffusionModel":
+        """The same model whose sampler changes the noise mask per step with `fn` (the last one set wins)."""
+        return replace(self, denoise_mask_function=fn)
 
     def with_post_cfg_function(self, fn) -> "DiffusionModel":
         """The same model with one more function applied after guidance (after those it has)."""

@@ -50,6 +50,8 @@ CORE_NODES = frozenset({
     "SelfAttentionGuidance",
     # flow models (comfy_extras/nodes_model_advanced.py, nodes_sd3.py)
     "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux", "EmptySD3LatentImage",
+    # inpainting and edit conditioning (nodes.py, comfy_extras/nodes_ip2p.py, nodes_differential_diffusion.py)
+    "VAEEncodeForInpaint", "InpaintModelConditioning", "InstructPixToPixConditioning", "DifferentialDiffusion",
 })
 
 

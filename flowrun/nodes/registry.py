@@ -36,6 +36,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.sampling",
     "flowrun.nodes.model_patches",
     "flowrun.nodes.model_merging",
+    "flowrun.nodes.inpaint",
     "flowrun.nodes.custom_sampling",
     "flowrun.nodes.clip_judge",
     "flowrun.nodes.flow_models",
