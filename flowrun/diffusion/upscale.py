@@ -59,8 +59,9 @@ def load(path: Path, device: str, allow_pickle: bool):
     except (KeyError, RuntimeError, ValueError, AssertionError) as exc:  # a known architecture, wrong weights
         raise CheckpointError(f"{path}: spandrel cannot load it: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, ImageModelDescriptor):
-        raise CheckpointError(f"{path}: {model.architecture.name} is a {model.purpose.lower()} model "
-                              f"({type(model).__name__}); an upscale model must take one image to one image")
+        raise CheckpointError(f"{path}: {model.architecture.name} is not an image-to-image model (spandrel: "
+                              f"{type(model).__name__}, purpose {model.purpose}); an upscale model takes one image "
+                              f"and gives one image")
     return model.to(device).eval()
 
 
