@@ -175,3 +175,24 @@ def test_ui_format_graphs_equal_their_api_twins(shape, cli, tmp_path):
     assert cli("import", ROOT / "tests" / "comfyui" / f"{shape}-ui.json", "--out", tmp_path / "wf.yaml").code == 0
     assert cli("export", tmp_path / "wf.yaml", "--out", tmp_path / "e").code == 0
     assert _shape(json.loads((tmp_path / "e" / "wf.json").read_text())) == _shape(twin)
+
+
+def test_upscale_graphs_import_validate_run_and_round_trip(cli, tmp_path):
+    """The hand-written upscale graph (ComfyUI's hires fix with an upscale model), in both formats: they
+    import to the same graph, which validates, runs on the bundled models and exports back to itself."""
+    pytest.importorskip("spandrel", reason="needs the upscale extra: pip install 'flowrun[upscale]'")
+    from flowrun import api
+    from flowrun.interop.comfy_import import load_graph
+
+    source = ROOT / "tests" / "comfyui" / "upscale-api.json"
+    twin = json.loads(source.read_text())
+    assert _shape(load_graph(ROOT / "tests" / "comfyui" / "upscale-ui.json", api.registry())) == _shape(twin)
+    for fmt in ("api", "ui"):
+        assert cli("import", ROOT / "tests" / "comfyui" / f"upscale-{fmt}.json", "--out", tmp_path / f"{fmt}.yaml").code == 0
+        assert cli("validate", tmp_path / f"{fmt}.yaml").code == 0
+        assert cli("export", tmp_path / f"{fmt}.yaml", "--out", tmp_path / f"e-{fmt}").code == 0
+        assert _shape(json.loads((tmp_path / f"e-{fmt}" / f"{fmt}.json").read_text())) == _shape(twin)
+    assert cli("run", tmp_path / "api.yaml", "--out", tmp_path / "o").code == 0
+    out = Image.open(tmp_path / "o" / "upscaled.png")
+    assert out.size == (96, 96) and np.asarray(out).std() > 0
+    assert "UpscaleModelLoader" in {n["class_type"] for n in json.loads(out.info["prompt"]).values()}  # opens in ComfyUI

@@ -14,12 +14,11 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from flowrun.nodes import ports
 
 from conftest import ROOT, TESTS
-
-torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,8 @@ CORE_NODES = frozenset({
     # nodes_pag.py, nodes_sag.py)
     "FreeU", "FreeU_V2", "PatchModelAddDownscale", "ModelSamplingContinuousEDM", "PerturbedAttentionGuidance",
     "SelfAttentionGuidance",
+    # upscale models (comfy_extras/nodes_upscale_model.py)
+    "UpscaleModelLoader", "ImageUpscaleWithModel",
 })
 
 
