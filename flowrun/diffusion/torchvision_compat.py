@@ -55,8 +55,8 @@ def make_importable() -> bool:
     try:
         torch.ops.load_library(str(path))  # what torchvision's import does first; loading twice is harmless
         return False
-    except OSError:  # built for another torch (the CUDA build beside the CPU torch): undefined symbols
-        pass
+    except (ImportError, OSError):  # what torchvision's own loader catches, then carries on without its ops;
+        pass  # e.g. the CUDA build beside the CPU torch: libtorch_cuda missing, undefined symbols
     library = torch.library.Library("torchvision", "DEF")
     for schema in _SCHEMAS:
         library.define(schema)
