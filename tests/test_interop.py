@@ -100,11 +100,11 @@ def test_import_every_example_round_trips(cli, tmp_path):
 
 def test_import_reports_unknown_nodes_together(cli, tmp_path):
     graph = json.loads((ROOT / "tests" / "comfyui" / "txt2img-api.json").read_text())
-    graph["10"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "x"}}
+    graph["10"] = {"class_type": "UltimateSDUpscale", "inputs": {"upscale_by": 2}}
     graph["11"] = {"class_type": "FaceDetailer", "inputs": {}}
     (tmp_path / "g.json").write_text(json.dumps(graph))
     r = cli("import", tmp_path / "g.json")
-    assert r.code == 2 and "ComfyUI nodes flowrun does not implement: FaceDetailer, UpscaleModelLoader" in r.err
+    assert r.code == 2 and "ComfyUI nodes flowrun does not implement: FaceDetailer, UltimateSDUpscale" in r.err
     ui = json.loads((ROOT / "tests" / "comfyui" / "txt2img-ui.json").read_text())
     ui["nodes"].append({"id": 20, "type": "IPAdapterApply", "mode": 0, "inputs": [], "outputs": []})
     ui["nodes"].append({"id": 21, "type": "FaceDetailer", "mode": 2, "inputs": [], "outputs": []})  # muted: fine
