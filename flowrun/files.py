@@ -50,7 +50,8 @@ def search_roots(models_dirs: Iterable[str | os.PathLike] = (), workflow_dir: st
     return list(dict.fromkeys(roots))
 
 
-PICKLE_KINDS = ("checkpoints", "embeddings", "hypernetworks")  # bare names may also be pickles (.pt, A1111's)
+# bare names may also be pickles (.pt, A1111's; most upscale models are .pth)
+PICKLE_KINDS = ("checkpoints", "embeddings", "hypernetworks", "upscale_models")
 
 
 def _candidates(name: str, kind: str) -> list[str]:

@@ -11,9 +11,24 @@ from pathlib import Path
 
 import pytest
 
+from flowrun.diffusion import offline  # noqa: F401  (before any test imports transformers: see torchvision_compat)
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 os.environ["FLOWRUN_PLUGINS"] = "engine_nodes"  # tests/engine_nodes.py: small pure-Python nodes
+
+
+# optional extras: a workflow using one of these nodes needs the module (pip install 'flowrun[extra]')
+EXTRA_NODES = {"UpscaleModelLoader": "spandrel"}
+
+
+def missing_extra(workflow: Path) -> str | None:
+    """The module a workflow needs that is not installed (its nodes come from an optional extra), or None."""
+    import importlib.util
+
+    text = Path(workflow).read_text()
+    return next((module for node_type, module in EXTRA_NODES.items()
+                 if f"type: {node_type}" in text and importlib.util.find_spec(module) is None), None)
 
 
 @dataclass
@@ -67,7 +82,7 @@ def flowrun_process(*args: str, cwd: Path, env: dict | None = None, timeout: flo
 def tiny_models(tmp_path_factory) -> Path:
     """A models folder with the tiny SD1-shaped checkpoint, as `tiny` and as `flowrun-tiny` (the name the
     examples use), each a single file in the original layout, plus `tiny-diffusers` (a diffusers folder),
-    and the examples' LoRA and embedding made for it."""
+    and the examples' LoRA, embedding and x2 upscale model made for it."""
     import tiny_model
 
     root = tmp_path_factory.mktemp("models")
@@ -77,6 +92,7 @@ def tiny_models(tmp_path_factory) -> Path:
         (ckpts / f"flowrun-tiny{suffix}").write_bytes((ckpts / f"tiny{suffix}").read_bytes())
     tiny_model.write_lora(root, "flowrun-tiny-night")
     tiny_model.write_embedding(root, "flowrun-tiny-sun")
+    tiny_model.write_upscale_model(root, "flowrun-tiny-x2")
     return root
 
 

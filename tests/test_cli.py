@@ -9,7 +9,7 @@ import sys
 from flowrun.nodes.registry import default_registry
 from flowrun.spec.schema import schema_text
 
-from conftest import ROOT, TESTS, flowrun_process
+from conftest import ROOT, TESTS, flowrun_process, missing_extra
 
 OK = """\
 version: 1
@@ -172,7 +172,7 @@ except SystemExit as exc:
 
 
 def test_validate_imports_no_heavy_library(tmp_path):
-    files = [str(p) for p in sorted((ROOT / "workflows").glob("*.yaml"))]
+    files = [str(p) for p in sorted((ROOT / "workflows").glob("*.yaml")) if not missing_extra(p)]
     env = {"PYTHONPATH": f"{TESTS}:{ROOT}", "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-c", BLOCK_HEAVY, "validate", *files], capture_output=True, text=True,
                        env=env, cwd=tmp_path)

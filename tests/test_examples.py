@@ -12,7 +12,7 @@ from PIL import Image
 from flowrun import api
 from flowrun.settings import Settings
 
-from conftest import ROOT
+from conftest import ROOT, missing_extra
 
 EXAMPLES = sorted((ROOT / "workflows").glob("*.yaml"))
 
@@ -23,6 +23,8 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_validates_and_runs(path, tmp_path, tiny_models):
+    if missing_extra(path):
+        pytest.skip(f"needs {missing_extra(path)}, an optional extra")
     resolved = api.load(path)
     result = api.run(resolved, Settings(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
                                         models_dirs=(str(tiny_models),), device="cpu"))

@@ -100,11 +100,11 @@ def test_import_every_example_round_trips(cli, tmp_path):
 
 def test_import_reports_unknown_nodes_together(cli, tmp_path):
     graph = json.loads((ROOT / "tests" / "comfyui" / "txt2img-api.json").read_text())
-    graph["10"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "x"}}
+    graph["10"] = {"class_type": "UltimateSDUpscale", "inputs": {"upscale_by": 2}}
     graph["11"] = {"class_type": "FaceDetailer", "inputs": {}}
     (tmp_path / "g.json").write_text(json.dumps(graph))
     r = cli("import", tmp_path / "g.json")
-    assert r.code == 2 and "ComfyUI nodes flowrun does not implement: FaceDetailer, UpscaleModelLoader" in r.err
+    assert r.code == 2 and "ComfyUI nodes flowrun does not implement: FaceDetailer, UltimateSDUpscale" in r.err
     ui = json.loads((ROOT / "tests" / "comfyui" / "txt2img-ui.json").read_text())
     ui["nodes"].append({"id": 20, "type": "IPAdapterApply", "mode": 0, "inputs": [], "outputs": []})
     ui["nodes"].append({"id": 21, "type": "FaceDetailer", "mode": 2, "inputs": [], "outputs": []})  # muted: fine
@@ -210,3 +210,24 @@ def test_gligen_graphs_import_validate_and_run(cli, tmp_path):
     r = cli("run", tmp_path / "ui.yaml", "--out", tmp_path / "o")
     assert r.code == 0, r.err
     assert np.asarray(Image.open(tmp_path / "o" / "gligen.png")).shape == (64, 64, 3)
+
+
+def test_upscale_graphs_import_validate_run_and_round_trip(cli, tmp_path):
+    """The hand-written upscale graph (ComfyUI's hires fix with an upscale model), in both formats: they
+    import to the same graph, which validates, runs on the bundled models and exports back to itself."""
+    pytest.importorskip("spandrel", reason="needs the upscale extra: pip install 'flowrun[upscale]'")
+    from flowrun import api
+    from flowrun.interop.comfy_import import load_graph
+
+    source = ROOT / "tests" / "comfyui" / "upscale-api.json"
+    twin = json.loads(source.read_text())
+    assert _shape(load_graph(ROOT / "tests" / "comfyui" / "upscale-ui.json", api.registry())) == _shape(twin)
+    for fmt in ("api", "ui"):
+        assert cli("import", ROOT / "tests" / "comfyui" / f"upscale-{fmt}.json", "--out", tmp_path / f"{fmt}.yaml").code == 0
+        assert cli("validate", tmp_path / f"{fmt}.yaml").code == 0
+        assert cli("export", tmp_path / f"{fmt}.yaml", "--out", tmp_path / f"e-{fmt}").code == 0
+        assert _shape(json.loads((tmp_path / f"e-{fmt}" / f"{fmt}.json").read_text())) == _shape(twin)
+    assert cli("run", tmp_path / "api.yaml", "--out", tmp_path / "o").code == 0
+    out = Image.open(tmp_path / "o" / "upscaled.png")
+    assert out.size == (96, 96) and np.asarray(out).std() > 0
+    assert "UpscaleModelLoader" in {n["class_type"] for n in json.loads(out.info["prompt"]).values()}  # opens in ComfyUI

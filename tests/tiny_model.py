@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flowrun.diffusion import offline  # noqa: F401  (before diffusers and transformers: see torchvision_compat)
+
 TINY_UNET = {
     "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
     "block_out_channels": [32, 64], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
@@ -102,6 +104,27 @@ def write_embedding(models_dir: Path, name: str, seed: int = 2, vectors: int = 2
     path = Path(models_dir) / "embeddings" / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"emb_params": torch.randn(vectors, TINY_CLIP["hidden_size"], generator=generator) * 0.02}, str(path))
+    return path
+
+
+def write_upscale_model(models_dir: Path, name: str, seed: int = 3, features: int = 4, convs: int = 1,
+                        scale: int = 2) -> Path:
+    """A toy upscale model in RealESRGAN's compact layout (SRVGGNetCompact's `body.N` convolutions and
+    PReLUs), which spandrel detects; written with plain torch, so the fixture needs no spandrel."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    widths = [(3, features)] + [(features, features)] * convs + [(features, 3 * scale * scale)]
+    state = {}
+    for i, (cin, cout) in enumerate(widths):
+        state[f"body.{2 * i}.weight"] = torch.randn(cout, cin, 3, 3, generator=generator) * 0.1
+        state[f"body.{2 * i}.bias"] = torch.randn(cout, generator=generator) * 0.01
+        if i < len(widths) - 1:
+            state[f"body.{2 * i + 1}.weight"] = torch.full((cout,), 0.25)  # PReLU slopes, torch's default
+    path = Path(models_dir) / "upscale_models" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
     return path
 
 

@@ -1,9 +1,13 @@
-"""Keep the model-hub libraries offline. Must run before diffusers, transformers or huggingface_hub are
-imported: a hub call made without these variables can hang for minutes on a network that does not answer."""
+"""Keep the model-hub libraries offline, and let them import. Must run before diffusers, transformers,
+huggingface_hub or spandrel are imported: a hub call made without these variables can hang for minutes on a
+network that does not answer, and a torchvision whose compiled extension does not fit this torch would
+break their import (see torchvision_compat)."""
 
 from __future__ import annotations
 
 import os
+
+from flowrun.diffusion import torchvision_compat
 
 _OFFLINE = {
     "HF_HUB_OFFLINE": "1",
@@ -24,3 +28,4 @@ def go_offline() -> None:
 
 
 go_offline()
+torchvision_compat.make_importable()

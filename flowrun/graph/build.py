@@ -97,9 +97,10 @@ def environment_info(device: str | None) -> dict[str, Any]:
 
     versions = {}
     # every library whose numbers reach outputs: tokenizers splits prompts, torchsde draws SDE noise,
-    # scipy integrates LMS coefficients and the beta schedule (scikit-image only compares regression renders)
+    # scipy integrates LMS coefficients and the beta schedule, spandrel builds the upscale models
+    # (scikit-image only compares regression renders)
     for dist in ("torch", "diffusers", "transformers", "tokenizers", "numpy", "pillow", "safetensors", "torchsde",
-                 "scipy"):
+                 "scipy", "spandrel"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -52,6 +52,8 @@ CORE_NODES = frozenset({
     "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux", "EmptySD3LatentImage",
     # inpainting and edit conditioning (nodes.py, comfy_extras/nodes_ip2p.py, nodes_differential_diffusion.py)
     "VAEEncodeForInpaint", "InpaintModelConditioning", "InstructPixToPixConditioning", "DifferentialDiffusion",
+    # upscale models (comfy_extras/nodes_upscale_model.py)
+    "UpscaleModelLoader", "ImageUpscaleWithModel",
 })
 
 

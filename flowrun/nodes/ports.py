@@ -35,14 +35,15 @@ CLIP_VISION = "CLIP_VISION"
 CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
 STYLE_MODEL = "STYLE_MODEL"
 GLIGEN = "GLIGEN"
+UPSCALE_MODEL = "UPSCALE_MODEL"
 ANY = "*"
 
 ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, BOOLEAN, SAMPLER, SIGMAS, NOISE,
-       GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL, GLIGEN)
+       GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL, GLIGEN, UPSCALE_MODEL)
 
 # Loaded models are large and process-bound: they stay in memory and never go to the disk cache; so does
 # a GUIDER, which holds a model.
-MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, STYLE_MODEL, GLIGEN})
+MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, STYLE_MODEL, GLIGEN, UPSCALE_MODEL})
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ ClipScoreModel = Annotated[Any, Port(CLIP_SCORE_MODEL)]  # flowrun.diffusion.cli
 ClipVision = Annotated[Any, Port(CLIP_VISION)]  # flowrun.diffusion.clip_vision.ClipVision
 StyleModel = Annotated[Any, Port(STYLE_MODEL)]  # flowrun.diffusion.style_model.StyleModel
 Gligen = Annotated[Any, Port(GLIGEN)]  # flowrun.diffusion.gligen.Gligen
+UpscaleModel = Annotated[Any, Port(UPSCALE_MODEL)]  # spandrel.ImageModelDescriptor
 Sigmas = Annotated[Any, Port(SIGMAS)]  # 1-D float32 torch tensor, decreasing to 0 (empty: nothing to do)
 
 _BY_CLASS = {ClipVisionOutput: CLIP_VISION_OUTPUT, Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}

@@ -40,6 +40,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.custom_sampling",
     "flowrun.nodes.clip_judge",
     "flowrun.nodes.flow_models",
+    "flowrun.nodes.upscale_models",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
 ENTRY_POINT_GROUP = "flowrun.nodes"
