@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.conditioning",
     "flowrun.nodes.latent",
     "flowrun.nodes.latent_ops",
+    "flowrun.nodes.latent_moves",
     "flowrun.nodes.sampling",
     "flowrun.nodes.model_patches",
     "flowrun.nodes.model_merging",
