@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.primitives",
     "flowrun.nodes.image",
     "flowrun.nodes.image_ops",
+    "flowrun.nodes.animation",
     "flowrun.nodes.mask",
     "flowrun.nodes.loaders",
     "flowrun.nodes.model_loaders",
