@@ -38,7 +38,7 @@ def read_frames(data: bytes) -> tuple[list[np.ndarray], list[int], dict]:
         pictures, durations = [], []
         for frame in ImageSequence.Iterator(im):
             pictures.append(np.asarray(frame.convert("RGB")))
-            durations.append(frame.info["duration"])
+            durations.append(frame.info.get("duration"))
     return pictures, durations, info
 
 
@@ -103,3 +103,48 @@ def test_regress_compares_every_frame_of_an_animated_png(tmp_path):
     stacked = load_rgb(path)
     assert stacked.shape == (48, 16, 3)  # the frames one above the other
     assert np.array_equal(stacked[32:], (images[2] * 255).astype(np.uint8))
+
+
+# --- flowrun run --animate ------------------------------------------------------------------------------------------
+
+def test_run_animate_writes_one_animation_per_node_and_other_axes(cli, tmp_path):
+    from conftest import ROOT
+
+    r = cli("run", ROOT / "workflows" / "swatches.yaml", "--out", tmp_path / "o", "--animate", "colour", "--fps", "4")
+    assert r.code == 0, r.err
+    out = tmp_path / "o"
+    manifest = json.loads((out / "run.json").read_text())
+    names = sorted(manifest["animations"])
+    assert names == sorted(f"animation-{n}_size-{s}.png" for n in ("save_swatch", "save_inverse", "save_tint")
+                           for s in (32, 64))
+    pictures, durations, _ = read_frames((out / "animation-save_swatch_size-32.png").read_bytes())
+    assert durations == [250, 250, 250]  # --fps 4
+    # frames in the zip axis's order (red, blue, yellow), each the cell's own PNG
+    for picture, colour in zip(pictures, ("red", "blue", "yellow")):
+        with Image.open(out / f"swatch-{colour}-32.png") as im:
+            assert np.array_equal(picture, np.asarray(im.convert("RGB")))
+    assert [tuple(p[0, 0]) for p in pictures] == [(0xE0, 0x40, 0x2A), (0x2A, 0xA0, 0xE0), (0xF0, 0xC0, 0x20)]
+    first = (out / "animation-save_swatch_size-32.png").read_bytes()
+    assert cli("run", ROOT / "workflows" / "swatches.yaml", "--out", tmp_path / "p", "--animate", "colour",
+               "--fps", "4").code == 0
+    assert (tmp_path / "p" / "animation-save_swatch_size-32.png").read_bytes() == first  # the same bytes
+
+
+def test_run_animate_over_a_grid_axis_resizes_to_the_first_frame(cli, tmp_path):
+    from conftest import ROOT
+
+    r = cli("run", ROOT / "workflows" / "swatches.yaml", "--out", tmp_path / "o", "--animate", "size")
+    assert r.code == 0, r.err
+    pictures, durations, _ = read_frames((tmp_path / "o" / "animation-save_tint_colour-blue_color-2793696.png")
+                                         .read_bytes())
+    # the 64-pixel swatch shrunk to 32 is the 32-pixel one, so the two frames merge into one (Pillow's APNG)
+    assert [p.shape for p in pictures] == [(32, 32, 3)]
+
+
+def test_run_animate_names_the_axes_when_the_axis_is_unknown(cli, tmp_path):
+    from conftest import ROOT
+
+    r = cli("run", ROOT / "workflows" / "swatches.yaml", "--out", tmp_path / "o", "--animate", "colours")
+    assert r.code == 2 and "Traceback" not in r.err
+    assert "--animate colours: not a sweep axis of this run; its axes are: colour, color, size" in r.err
+    assert not (tmp_path / "o").exists()
