@@ -148,3 +148,29 @@ def test_run_animate_names_the_axes_when_the_axis_is_unknown(cli, tmp_path):
     assert r.code == 2 and "Traceback" not in r.err
     assert "--animate colours: not a sweep axis of this run; its axes are: colour, color, size" in r.err
     assert not (tmp_path / "o").exists()
+
+
+# --- ComfyUI's graphs of it -----------------------------------------------------------------------------------------
+
+def test_comfyui_graphs_import_run_and_export(cli, tiny_models, tmp_path):
+    from conftest import ROOT
+    from test_interop import _shape
+
+    source = ROOT / "tests" / "comfyui" / "animation-api.json"
+    assert cli("import", source, "--out", tmp_path / "wf.yaml").code == 0
+    r = cli("run", tmp_path / "wf.yaml", "--models-dir", tiny_models, "--out", tmp_path / "o", "--device", "cpu")
+    assert r.code == 0, r.err
+    pictures, durations, info = read_frames((tmp_path / "o" / "ComfyUI.png").read_bytes())
+    assert len(pictures) == 3 and durations == [83] * 3 and pictures[0].shape == (32, 32, 3)
+    full = json.loads(source.read_text())  # the prompt chunk holds the nodes that lead to this output
+    assert _shape(json.loads(info["prompt"])) == _shape({k: v for k, v in full.items() if k != "9"})
+    webp, webp_durations, _ = read_frames((tmp_path / "o" / "ComfyUI.webp").read_bytes())
+    assert len(webp) == 3 and webp_durations == [166] * 3
+    assert cli("export", tmp_path / "wf.yaml", "--out", tmp_path / "x").code == 0
+    exported = json.loads(next((tmp_path / "x").glob("*.json")).read_text())
+    assert _shape(exported) == _shape(json.loads(source.read_text()))
+    ui = ROOT / "tests" / "comfyui" / "animation-ui.json"
+    assert cli("import", ui, "--out", tmp_path / "ui.yaml").code == 0
+    assert cli("validate", tmp_path / "ui.yaml", "--models-dir", tiny_models).code == 0
+    text = (tmp_path / "ui.yaml").read_text()
+    assert "type: SaveAnimatedWEBP" in text and "lossless: false" in text and "compress_level: 4" in text
