@@ -23,7 +23,7 @@ class RangeAxis(_Strict):
 class InterpolateAxis(_Strict):
     """`steps` evenly spaced numbers from a to b, both included: {interpolate: [a, b], steps: N}."""
 
-    interpolate: list[Union[StrictInt, StrictFloat]] = Field(min_length=2, max_length=2)
+    interpolate: list[StrictFloat] = Field(min_length=2, max_length=2)
     steps: StrictInt = Field(ge=2)
 
 
