@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from flowrun.cache import codecs
 from flowrun.diffusion.noise import SeedNoise, initial_noise
 from flowrun.diffusion.slerp import slerp
 from flowrun.execute.context import RunContext
+from flowrun.nodes import ports
 from flowrun.nodes.registry import default_registry
 from flowrun.values import CondEntry, Conditioning, Latent, Noise
 
@@ -119,7 +121,8 @@ def test_ksampler_variation_batches_strengths_as_single_cells(tiny):
     batched = nd.call_batch(params, RunContext(), **tiny)
     for p, out in zip(params, batched):
         alone = nd(p, RunContext(), **tiny).samples
-        assert torch.allclose(out.samples, alone, rtol=1e-5, atol=1e-3)  # the toy latents run to ~300
+        # up to float rounding of batched passes: within 1e-5 of the largest value (README, seed batching)
+        assert (out.samples - alone).abs().max() <= 1e-5 * alone.abs().max()
     assert not torch.allclose(batched[1].samples, batched[0].samples, atol=1e-3)
 
 
@@ -130,6 +133,8 @@ def test_random_noise_variation_in_the_custom_sampling_graph(tiny):
                   latent_image=tiny["latent_image"])
     noise = call("RandomNoiseVariation", noise_seed=5, variation_seed=9, variation_strength=0.0)
     assert noise == Noise(5, (9, 0.0))
+    codec = codecs.for_port(ports.NOISE)  # cached as RandomNoise's value is
+    assert codec.decode(codec.encode(noise)) == noise
     plain = call("SamplerCustomAdvanced", noise=call("RandomNoise", noise_seed=5), **pieces)["output"].samples
     assert torch.equal(call("SamplerCustomAdvanced", noise=noise, **pieces)["output"].samples, plain)
     half = call("RandomNoiseVariation", noise_seed=5, variation_seed=9, variation_strength=0.5)
