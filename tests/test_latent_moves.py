@@ -243,3 +243,14 @@ def test_an_interpolated_integer_param_is_refused_by_value(workflow):
     text = SWEPT.replace("AXIS", "{interpolate: [0, 1], steps: 3}").replace("grid: {strength", "grid: {seed")
     with pytest.raises(WorkflowInvalid, match=r"value for 'seed': expected integer \(the type of the default 1\), got 0.5"):
         api.load(workflow(text))
+
+
+def test_a_strength_out_of_range_names_node_field_and_line(cli, workflow):
+    from conftest import ROOT
+
+    text = (ROOT / "workflows" / "variation-seeds.yaml").read_text()
+    wf = workflow(text.replace('variation_strength: "{{ variation_strength }}"', "variation_strength: 1.5"), "v.yaml")
+    r = cli("validate", wf, "--no-file-check")
+    assert r.code == 2 and "Traceback" not in r.err
+    assert "v.yaml:32:51" in r.err and "node 'sample', field 'variation_strength'" in r.err
+    assert "less than or equal to 1" in r.err
