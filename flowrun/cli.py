@@ -162,8 +162,13 @@ class ConsoleEvents(Events):
               help="Batch at most N cells in one sampler call (default: all that can batch together).")
 @click.option("--keep-going", is_flag=True,
               help="When a node fails, finish the other cells; the manifest lists every failure (exit 1).")
+@click.option("--animate", metavar="AXIS",
+              help="Also write the cells along sweep axis AXIS as one animated PNG per output node and per "
+                   "combination of the other axes (animation-<node>[_<others>].png), frames in axis order.")
+@click.option("--fps", type=click.FloatRange(min=0.01, max=1000.0), default=6.0, show_default=True,
+              help="Frames per second of --animate's animations.")
 def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, out, as_json,
-        quiet, no_batch, executor, address, workers, gpus_per_worker, max_batch, keep_going):
+        quiet, no_batch, executor, address, workers, gpus_per_worker, max_batch, keep_going, animate, fps):
     """Run a workflow: every cell of its sweep, reusing cached nodes."""
     resolved = api.load(file, _overrides(sets, sweeps, max_cells), plugins=plugins)
     settings = _settings(cache_dir, no_cache, out, plugins, models_dirs, allow_pickle, device)
@@ -171,6 +176,7 @@ def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs
     settings.keep_going = keep_going
     settings.max_batch = max_batch
     settings.executor = executor
+    settings.animate, settings.animate_fps = animate, fps
     if executor == "ray":
         settings.ray_options = api.RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     elif address or workers or gpus_per_worker:

@@ -263,6 +263,12 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     from flowrun.graph.plan import plan as make_plan
 
     settings = settings or Settings()
+    if settings.animate is not None:
+        from flowrun.execute.animate import axis_problem
+
+        problem = axis_problem(settings.animate, resolved.cells)
+        if problem:
+            raise UsageError(problem)
     out_dir = Path(settings.out_dir or default_out_dir(resolved.file))
     cache = open_cache(settings, memory)
     shared = services(resolved.file, settings)
@@ -289,6 +295,13 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
             from flowrun.execute.contact_sheet import write_sheets
 
             manifest["sheets"] = write_sheets(manifest, out_dir)
+        if status == "ok" and settings.animate:
+            from flowrun.execute.animate import write_animations
+
+            zipped = set(resolved.spec.sweep.zip) if resolved.spec.sweep else set()
+            partners = frozenset(zipped - {settings.animate}) if settings.animate in zipped else frozenset()
+            manifest["animations"] = write_animations(manifest, out_dir, settings.animate, settings.animate_fps,
+                                                      partners)
         with _ignoring_interrupts():
             if out_dir.is_dir():
                 path = write_manifest(out_dir, manifest)

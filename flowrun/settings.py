@@ -48,6 +48,8 @@ class Settings:
     ray_options: RayOptions | None = None  # None: RayOptions() (a local cluster, one worker per CPU)
     batch: bool = True  # cells differing only in seed/cfg sample in one batched call (see README)
     contact_sheets: bool = True  # sweeps write contact-<node>.png and index.html into the output folder
+    animate: str | None = None  # a sweep axis: its cells as animated PNGs per output node (execute/animate.py)
+    animate_fps: float = 6.0
     # the lock the files a run reads must match: "auto" the nearest flowrun.lock (flowrun/lockfile.py),
     # a path, or None for none
     lock: str | Path | None = "auto"

@@ -78,9 +78,11 @@ class Sampler:
 @dataclass(frozen=True)
 class Noise:
     """A NOISE: the initial noise a custom sampler starts from. `seed` None: none is added (DisableNoise);
-    per-step noise then comes from seed 0, as in ComfyUI."""
+    per-step noise then comes from seed 0, as in ComfyUI. `variation` (variation_seed, strength): the
+    initial noise slerped towards another seed's (RandomNoiseVariation; flowrun.diffusion.noise)."""
 
     seed: int | None
+    variation: tuple[int, float] | None = None
 
     @property
     def step_seed(self) -> int:

@@ -8,6 +8,12 @@ gives the same image on any device and a cell gives the same image batched with 
 - SDE samplers: a Brownian tree (torchsde) over [sigma_min, sigma_max] seeded with the seed.
 
 A `SeedNoise` holds one seed per cell of a batched call; each cell's rows draw from their own seed.
+
+Variation seeds (AUTOMATIC1111's): a cell may carry a (variation_seed, strength); its initial noise is then
+slerp(strength, seed's noise, variation seed's noise) (flowrun.diffusion.slerp), row by row, both drawn
+as above (so strength 0 is the seed's noise and strength 1 the variation seed's, exactly). Like A1111,
+the result is not rescaled: a slerp between two Gaussian draws of one size keeps their length. Only the
+initial noise varies; per-step noise of ancestral and SDE samplers stays the seed's.
 """
 
 from __future__ import annotations
@@ -32,17 +38,39 @@ def initial_noise(latent: torch.Tensor, seed: int, batch_index: Sequence[int] | 
     return torch.cat([draws[i] for i in batch_index])
 
 
+Variation = tuple[int, float]  # (variation_seed, strength 0..1)
+
+
+def _cell_noise(latent: torch.Tensor, seed: int, variation: Variation | None,
+                batch_index: Sequence[int] | None) -> torch.Tensor:
+    from flowrun.diffusion.slerp import slerp
+
+    noise = initial_noise(latent, seed, batch_index)
+    if variation is None:
+        return noise
+    variation_seed, strength = variation
+    return slerp(strength, noise, initial_noise(latent, variation_seed, batch_index))
+
+
 class SeedNoise:
     """The noise of a sampler call over several cells, one seed each, the cells' rows in seed order."""
 
-    def __init__(self, seeds: Sequence[int]):
+    def __init__(self, seeds: Sequence[int], variations: Sequence[Variation | None] | None = None):
         if not seeds:
             raise ValueError("at least one seed")
         self.seeds = [int(s) for s in seeds]
+        self.variations = list(variations) if variations is not None else [None] * len(self.seeds)
+        if len(self.variations) != len(self.seeds):
+            raise ValueError(f"{len(self.variations)} variations for {len(self.seeds)} seeds")
+
+    def varied(self, variations: Sequence[Variation | None]) -> "SeedNoise":
+        """The same seeds, each cell's initial noise moved towards its variation seed's."""
+        return SeedNoise(self.seeds, variations)
 
     def initial(self, latent: torch.Tensor, batch_index: Sequence[int] | None = None) -> torch.Tensor:
-        """Starting noise for every cell: each cell's latent rows from its seed, cells stacked in order."""
-        return torch.cat([initial_noise(latent, s, batch_index) for s in self.seeds])
+        """Starting noise for every cell: each cell's latent rows from its seed (slerped towards its
+        variation seed's), cells stacked in order."""
+        return torch.cat([_cell_noise(latent, s, v, batch_index) for s, v in zip(self.seeds, self.variations)])
 
     def chunks(self, x: torch.Tensor) -> list[tuple[int, int]]:
         """[(seed, rows)]: the rows of the batch `x` that draw from each seed."""

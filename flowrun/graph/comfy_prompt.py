@@ -31,6 +31,8 @@ CORE_NODES = frozenset({
     # image_ops
     "ImageSharpen", "ImageBlur", "ImageQuantize", "ImageScaleBy", "ImageScaleToTotalPixels", "ImageCrop",
     "ImageBatch", "ImageCompositeMasked", "ImagePadForOutpaint",
+    # animation (comfy_extras/nodes_images.py)
+    "SaveAnimatedWEBP", "SaveAnimatedPNG",
     "SetLatentNoiseMask",
     # custom sampling (comfy_extras/nodes_custom_sampler.py, nodes_model_advanced.py)
     "KSamplerSelect", "BasicScheduler", "KarrasScheduler", "ExponentialScheduler", "PolyexponentialScheduler",

@@ -10,6 +10,16 @@ from typing import Any
 
 from flowrun.graph.comfy_prompt import CORE_NODES, api_prompt
 
+# flowrun's own nodes with no ComfyUI core counterpart: what the person exporting can do instead
+NEAREST = {
+    "KSamplerVariation": "ComfyUI core has no variation seed; at variation_strength 0 it renders as KSampler with "
+                         "the same seed, so export that, or keep the variation in flowrun",
+    "RandomNoiseVariation": "ComfyUI core has no variation seed; at variation_strength 0 it renders as RandomNoise "
+                            "with the same noise_seed, so export that, or keep the variation in flowrun",
+    "LatentSlerp": "ComfyUI core has no spherical interpolation; LatentInterpolate (same inputs and ratio) blends "
+                   "per pixel instead, and gives other latents between the ends",
+}
+
 
 def export_cells(resolved: Any, cell_label: str | None = None) -> dict[str, dict[str, Any]]:
     """ComfyUI API-format graphs of the workflow, one per cell (or only `cell_label`), keyed by cell label.
@@ -26,7 +36,8 @@ def export_cells(resolved: Any, cell_label: str | None = None) -> dict[str, dict
         prompt = api_prompt(resolved.instances[i], needed)
         if prompt is None:
             missing = sorted({resolved.instances[i][n].node_def.type_name for n in needed} - CORE_NODES)
-            raise ValueError(f"no ComfyUI counterpart for node type(s): {', '.join(missing)}")
+            hints = "".join(f"; {name}: {NEAREST[name]}" for name in missing if name in NEAREST)
+            raise ValueError(f"no ComfyUI counterpart for node type(s): {', '.join(missing)}{hints}")
         out[cell.label] = prompt
     return out
 

@@ -259,7 +259,8 @@ def _run(ctx, model, guide, sampler: Sampler, sigmas, noise: Noise, latent: Late
     from flowrun.diffusion.ksampler import sample
 
     try:
-        out = sample(model, guide, sampler.name, sigmas, ctx.noise(noise.step_seed), latent,
+        seed_noise = ctx.noise(noise.step_seed).varied([noise.variation])
+        out = sample(model, guide, sampler.name, sigmas, seed_noise, latent,
                      add_noise=noise.seed is not None, sampler_options=sampler.kwargs(), progress=ctx.progress)[0]
     except ValueError as exc:
         raise NodeError(str(exc)) from None

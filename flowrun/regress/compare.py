@@ -41,10 +41,13 @@ class Comparison:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
+    """The image's pixels as RGB; an animated PNG's frames one above the other, so that every frame is
+    compared (and a different frame count shows as a different size)."""
+    from PIL import Image, ImageSequence
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(im)]
+    return frames[0] if len(frames) == 1 else np.concatenate(frames, axis=0)
 
 
 def compare(new: np.ndarray, golden: np.ndarray, t: Thresholds) -> Comparison:

@@ -48,17 +48,42 @@ def _allowed_keys(path: tuple) -> tuple[str, ...]:
     return ()
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _interpolate_problem(axis: str, path: tuple, value: dict, source: Source) -> Problem:
+    """The one problem of an axis written as {interpolate: [a, b], steps: N}, at the part that is wrong."""
+    form = "{interpolate: [a, b], steps: N}"
+    ends, steps = value.get("interpolate"), value.get("steps")
+    extra = sorted(set(value) - {"interpolate", "steps"})
+    if extra:
+        return Problem("sweep", f"axis '{axis}': unknown key '{extra[0]}' in {form}", source.where(path + (extra[0],), key=True),
+                       field=axis)
+    if not (isinstance(ends, list) and len(ends) == 2 and all(_is_number(v) for v in ends)):
+        return Problem("sweep", f"axis '{axis}': interpolate takes two numbers [a, b], got {describe(ends)}",
+                       source.where(path + ("interpolate",)), field=axis)
+    if steps is None:
+        return Problem("sweep", f"axis '{axis}': an interpolation needs steps (how many values, at least 2): {form}",
+                       source.where(path), field=axis)
+    return Problem("sweep", f"axis '{axis}': steps is how many values from a to b, a whole number of at least 2, "
+                            f"got {describe(steps)}", source.where(path + ("steps",)), field=axis)
+
+
 def problem_from_pydantic(err: dict, source: Source) -> Problem:
     loc = tuple(err["loc"])
     kind, value = err["type"], err.get("input")
     if loc[:1] == ("sweep",) and len(loc) > 3 and loc[1] in ("grid", "zip"):
         path = loc[:3]
         value = source_value(source, path)
+        if isinstance(value, dict) and "interpolate" in value:
+            return _interpolate_problem(str(loc[2]), path, value, source)
         if isinstance(value, dict) and set(value) == {"range"}:
             return Problem("sweep", f"axis '{loc[2]}': a range is [start, stop] or [start, stop, step] of numbers, "
                                     f"got {describe(value['range'])}", source.where(path + ("range",)),
                            field=str(loc[2]))
-        return Problem("sweep", f"axis '{loc[2]}' must be a list of values or {{range: [start, stop, step]}}, "
+        return Problem("sweep", f"axis '{loc[2]}' must be a list of values or {{range: [start, stop, step]}} or "
+                                f"{{interpolate: [a, b], steps: N}}, "
                                 f"got {describe(value)}", source.where(path), field=str(loc[2]))
     path = loc
     node, field = _subject(path)

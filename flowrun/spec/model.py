@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 LINK_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
@@ -20,7 +20,14 @@ class RangeAxis(_Strict):
     range: list[Union[int, float]] = Field(min_length=2, max_length=3)
 
 
-AxisValues = Union[list[Any], RangeAxis]
+class InterpolateAxis(_Strict):
+    """`steps` evenly spaced numbers from a to b, both included: {interpolate: [a, b], steps: N}."""
+
+    interpolate: list[StrictFloat] = Field(min_length=2, max_length=2)
+    steps: StrictInt = Field(ge=2)
+
+
+AxisValues = Union[list[Any], RangeAxis, InterpolateAxis]
 
 
 class SweepSpec(_Strict):

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import yaml
 
 from flowrun.errors import Location, Problem, WorkflowInvalid
-from flowrun.spec.model import RangeAxis, WorkflowSpec
+from flowrun.spec.model import InterpolateAxis, RangeAxis, WorkflowSpec
 from flowrun.spec.source import Source
 
 DEFAULT_MAX_CELLS = 1024
@@ -112,6 +112,24 @@ def range_values(axis: RangeAxis) -> list[Any]:
     return [round(start + i * step, 12) for i in range(n)]
 
 
+def interpolate_values(axis: InterpolateAxis) -> list[float]:
+    """`steps` evenly spaced numbers from a to b, both ends included and exact; always floats."""
+    (a, b), n = axis.interpolate, axis.steps
+    if n > MAX_RANGE_VALUES:
+        raise ValueError(f"interpolation has {n:,} steps, more than {MAX_RANGE_VALUES:,}")
+    # from the index, so the last value is b itself and the steps do not drift
+    return [float(a)] + [round(a + (b - a) * i / (n - 1), 12) for i in range(1, n - 1)] + [float(b)]
+
+
+def axis_values(raw: Any) -> list[Any]:
+    """The values of one sweep axis as written: a list, a range or an interpolation."""
+    if isinstance(raw, RangeAxis):
+        return range_values(raw)
+    if isinstance(raw, InterpolateAxis):
+        return interpolate_values(raw)
+    return list(raw)
+
+
 def _slug(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -143,7 +161,7 @@ def expand(spec: WorkflowSpec, source: Source, overrides: Overrides | None = Non
     for kind in ("zip", "grid"):
         for name, raw_values in (getattr(sweep, kind) if sweep else {}).items():
             try:
-                values = range_values(raw_values) if isinstance(raw_values, RangeAxis) else list(raw_values)
+                values = axis_values(raw_values)
             except ValueError as exc:
                 problems.append(Problem("sweep", str(exc), here("sweep", kind, name), field=name))
                 continue
