@@ -28,7 +28,8 @@ SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CONFIG_SUFFIXES = (".yaml",)  # configs/: LDM model configs (CheckpointLoader's config_name)
 # kinds ComfyUI reads from two folders, the current name first
-FOLDERS = {"text_encoders": ("text_encoders", "clip"), "diffusion_models": ("diffusion_models", "unet")}
+FOLDERS = {"text_encoders": ("text_encoders", "clip"), "diffusion_models": ("diffusion_models", "unet"),
+           "controlnet": ("controlnet", "t2i_adapter")}
 
 
 def folders(kind: str) -> tuple[str, ...]:

@@ -106,8 +106,11 @@ def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Ten
         if cond.timestep_range is not None:
             start, end = cond.timestep_range
             sigmas = (model.sampling.percent_to_sigma(start), model.sampling.percent_to_sigma(end))
-        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive, mask, sigmas,
-                             for_entry(model, cond, latent, denoise_mask)))
+        try:
+            inputs = for_entry(model, cond, latent, denoise_mask)
+        except ValueError as exc:  # a ControlNet for another model: say which conditioning carries it
+            raise ValueError(f"{'positive' if positive else 'negative'}: {exc}") from None
+        entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive, mask, sigmas, inputs))
     return entries
 
 

@@ -71,4 +71,7 @@ def for_entry(model: Any, cond: Any, latent: torch.Tensor, denoise_mask: torch.T
     from flowrun.diffusion.concat import concat_channels
 
     concat = concat_channels(model, cond, latent, denoise_mask)
-    return UNetInputs(concat=concat, control=cond.control)
+    control = cond.control
+    if control is not None and hasattr(control, "for_sampling"):  # an applied ControlNet (diffusion/control.py)
+        control = control.for_sampling(model, latent.shape[0])
+    return UNetInputs(concat=concat, control=control)

@@ -30,14 +30,15 @@ SAMPLER = "SAMPLER"
 SIGMAS = "SIGMAS"
 NOISE = "NOISE"
 GUIDER = "GUIDER"
+CONTROL_NET = "CONTROL_NET"
 ANY = "*"
 
 ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, BOOLEAN, SAMPLER, SIGMAS, NOISE,
-       GUIDER)
+       GUIDER, CONTROL_NET)
 
 # Loaded models are large and process-bound: they stay in memory and never go to the disk cache; so does
-# a GUIDER, which holds a model.
-MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER})
+# a GUIDER, which holds a model, and a CONTROL_NET.
+MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CONTROL_NET})
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ Clip = Annotated[Any, Port(CLIP)]  # flowrun.diffusion.model.TextEncoder
 Vae = Annotated[Any, Port(VAE)]  # flowrun.diffusion.model.Vae
 Image = Annotated[Any, Port(IMAGE)]  # float32 numpy [batch, height, width, channels] in 0..1
 Mask = Annotated[Any, Port(MASK)]  # float32 numpy [batch, height, width] in 0..1
+ControlNet = Annotated[Any, Port(CONTROL_NET)]  # flowrun.diffusion.controlnet_files.ControlFile
 Sigmas = Annotated[Any, Port(SIGMAS)]  # 1-D float32 torch tensor, decreasing to 0 (empty: nothing to do)
 
 _BY_CLASS = {Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}

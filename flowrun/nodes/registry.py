@@ -35,6 +35,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.model_patches",
     "flowrun.nodes.model_merging",
     "flowrun.nodes.custom_sampling",
+    "flowrun.nodes.controlnet",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
 ENTRY_POINT_GROUP = "flowrun.nodes"
