@@ -39,6 +39,8 @@ CORE_NODES = frozenset({
     "SamplerDPMPP_2M_SDE", "SamplerDPMPP_SDE", "SamplerLMS", "ModelSamplingDiscrete",
     "CheckpointLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "UNETLoader",
     "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "HypernetworkLoader",
+    # ControlNet (nodes.py; Canny: comfy_extras/nodes_canny.py)
+    "ControlNetLoader", "DiffControlNetLoader", "ControlNetApply", "ControlNetApplyAdvanced", "Canny",
     # model merging (comfy_extras/nodes_model_merging.py)
     "ModelMergeSimple", "ModelMergeBlocks", "CheckpointSave",
     # model patches (comfy_extras/nodes_freelunch.py, nodes_model_downscale.py, nodes_model_advanced.py,
