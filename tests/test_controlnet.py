@@ -328,3 +328,51 @@ def test_comfyui_controlnet_graph_imports_validates_and_runs(form, tiny_models, 
     r = cli("run", tmp_path / "wf.yaml", "--models-dir", tiny_models, "--out", tmp_path / "o")
     assert r.code == 0, r.err
     assert (tmp_path / "o" / "controlnet.png").is_file()
+
+
+OLD_STYLE = """
+version: 1
+name: cn-old
+nodes:
+  ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny}}
+  pos: {type: CLIPTextEncode, in: {clip: ckpt.clip}, with: {text: "%(prompt)s"}}
+  neg: {type: CLIPTextEncode, in: {clip: ckpt.clip}, with: {text: ""}}
+  hint: {type: LoadImage, with: {image: hint.png}}
+  cnet: {type: DiffControlNetLoader, in: {model: ckpt.model}, with: {control_net_name: diff}}
+  apply: {type: ControlNetApply, in: {conditioning: pos, control_net: cnet, image: hint.image}, with: {strength: %(s)s}}
+  latent: {type: EmptyLatentImage, with: {width: 64, height: 64}}
+  sample:
+    type: KSampler
+    in: {model: ckpt.model, positive: apply, negative: neg, latent_image: latent}
+    with: {seed: %(seed)d, steps: %(steps)d, cfg: %(cfg)s, sampler_name: euler, scheduler: normal}
+  decode: {type: VAEDecode, in: {samples: sample, vae: ckpt.vae}}
+  save: {type: SaveImage, in: {images: decode}, with: {filename_prefix: old}}
+"""
+
+
+def test_diff_loader_and_old_apply_render_as_the_advanced_node(tiny_models, tmp_path, workflow):
+    """DiffControlNetLoader with a diff file + ControlNetApply (whose control also steers the negative
+    prompt) renders the image of ControlNetLoader with the plain file + ControlNetApplyAdvanced (0 to 1)."""
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from flowrun import api
+    from flowrun.diffusion.detect import read_header
+    from flowrun.diffusion.export import CONFIG_KEY
+    from flowrun.settings import Settings
+
+    _hint_png(tmp_path)
+    extra = tmp_path / "extra"
+    plain = tiny_models / "controlnet" / "flowrun-tiny-canny.safetensors"
+    _, unet, _, _ = tiny_model.build(0)
+    base = unet.state_dict()
+    state = {k: (v - base[k] if k in base else v).contiguous() for k, v in load_file(str(plain)).items()}
+    (extra / "controlnet").mkdir(parents=True)
+    save_file({**state, "difference": torch.tensor([0.0])}, str(extra / "controlnet" / "diff.safetensors"),
+              metadata={CONFIG_KEY: read_header(plain).metadata[CONFIG_KEY]})
+    path = workflow(OLD_STYLE % {"prompt": PROMPT, "s": STRENGTH, "seed": SEED, "steps": 4, "cfg": CFG}, "old.yaml")
+    result = api.run(api.load(path), Settings(out_dir=tmp_path / "o", use_cache=False, device="cpu",
+                                              models_dirs=(str(tiny_models), str(extra))))
+    old = np.asarray(Image.open(result.files[-1])).astype(int)
+    advanced = _render(workflow, tmp_path, [tiny_models], sampler=KSAMPLER.replace(f"steps: {STEPS}", "steps: 4"))
+    assert np.abs(old - advanced).max() <= 1

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from flowrun.diffusion.configs import SD1, SD2
 from flowrun.diffusion.controlnet_files import CONTROLNET, FAMILY_NAMES, ControlFile
 from flowrun.diffusion.resize import upscale
 
@@ -43,7 +44,10 @@ class AppliedControl:
     def check(self, model: Any) -> None:
         """Raise ValueError naming both families where a control of the chain is for another model family."""
         for c in self.chain():
-            if c.file.family != model.family:
+            # an SD1 T2I-Adapter's features fit SD2's UNet too (same widths), as in ComfyUI; a ControlNet is
+            # a copy of its family's UNet encoder and fits that family only
+            fits = {c.file.family} | ({SD2} if c.file.kind != CONTROLNET and c.file.family == SD1 else set())
+            if model.family not in fits:
                 what = "ControlNet" if c.file.kind == CONTROLNET else "T2I-Adapter"
                 raise ValueError(f"the {what} '{c.file.name}' is for {FAMILY_NAMES.get(c.file.family, c.file.family)} "
                                  f"models, the model is {FAMILY_NAMES.get(model.family, model.family)}")
@@ -62,7 +66,7 @@ class AppliedControl:
             previous = self.previous.for_sampling(model, rows) if self.previous is not None else None
             sampling = model.sampling
             sigmas = (sampling.percent_to_sigma(self.percent[0]), sampling.percent_to_sigma(self.percent[1]))
-            self._bound = {key: SamplingControl(self, previous, sigmas, rows)}
+            self._bound = {key: SamplingControl(self, previous, sigmas, rows, model.dtype)}
         return self._bound[key]
 
 
@@ -95,8 +99,9 @@ class SamplingControl:
     """One applied control during one sampling run (unet_inputs.Control)."""
 
     def __init__(self, applied: AppliedControl, previous: "SamplingControl | None", sigmas: tuple[float, float],
-                 rows: int):
+                 rows: int, dtype: torch.dtype = torch.float32):
         self.applied, self.previous, self.rows = applied, previous, rows
+        self.dtype = dtype  # the UNet's: residuals are added to its activations
         self.sigma_start, self.sigma_end = sigmas
         self._hints: dict = {}
         self._features: dict = {}
@@ -135,15 +140,15 @@ class SamplingControl:
             kwargs = {} if added is None else {"added_cond_kwargs": {k: v.to(dtype) for k, v in added.items()}}
             down, mid = module(x.to(dtype), t, encoder_hidden_states=context.to(dtype), controlnet_cond=hint,
                                conditioning_scale=strength, return_dict=False, **kwargs)
-            mine = {"down_block_additional_residuals": [d.to(x.dtype) for d in down],
-                    "mid_block_additional_residual": mid.to(x.dtype)}
+            mine = {"down_block_additional_residuals": [d.to(self.dtype) for d in down],
+                    "mid_block_additional_residual": mid.to(self.dtype)}
         else:
             key = hint.data_ptr()
             if key not in self._features:  # once per hint, as ComfyUI: the adapter does not see the latent
                 with torch.no_grad():
                     self._features[key] = module(hint)
             mine = {"down_intrablock_additional_residuals": [
-                torch.cat([f] * per_pass).to(x.dtype) * strength for f in self._features[key]]}
+                torch.cat([f] * per_pass).to(self.dtype) * strength for f in self._features[key]]}
         return _summed(mine, previous)
 
 
