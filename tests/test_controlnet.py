@@ -376,3 +376,14 @@ def test_diff_loader_and_old_apply_render_as_the_advanced_node(tiny_models, tmp_
     old = np.asarray(Image.open(result.files[-1])).astype(int)
     advanced = _render(workflow, tmp_path, [tiny_models], sampler=KSAMPLER.replace(f"steps: {STEPS}", "steps: 4"))
     assert np.abs(old - advanced).max() <= 1
+
+
+def test_diffusers_folder_loads(tmp_path):
+    """A ControlNet saved by diffusers (a folder with config.json) loads by its folder name."""
+    _, unet, _, _ = tiny_model.build(0)
+    controlnet = tiny_model.build_controlnet(unet)
+    controlnet.save_pretrained(tmp_path / "controlnet" / "folder-net")
+    loaded = load_control_file(tmp_path / "controlnet" / "folder-net", "f")
+    assert (loaded.kind, loaded.family) == ("controlnet", "sd1")
+    ours, theirs = loaded.module.state_dict(), controlnet.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

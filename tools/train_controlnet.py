@@ -5,7 +5,9 @@ control to apply; it is saved in diffusers' layout with its config in the file's
 The ControlNet starts as a copy of the UNet's encoder (diffusers' ControlNetModel.from_unet) with its
 zero convolutions at zero; the UNet, VAE and text encoder stay frozen. The hint is flowrun's Canny (the
 Canny node's) of the training image at the example's thresholds. 10 % of captions are dropped, as the
-model's own training did, so classifier-free guidance still works with the control. CPU, deterministic.
+model's own training did, so classifier-free guidance still works with the control. The loss weighs each
+sample's noise error by sigma^2 (capped at 25): layout is decided at high noise, where the plain noise loss
+hardly counts. CPU, deterministic.
 
     flock /tmp/flowrun-cpu.lock python tools/train_controlnet.py [--steps 1500] [--out flowrun/models/controlnet]
 """
@@ -24,6 +26,7 @@ from flowrun.diffusion import shapes
 LOW, HIGH = 0.2, 0.5  # Canny thresholds of the hint (workflows/controlnet.yaml uses the same)
 HINT_CHANNELS = (16, 32, 64, 64)  # the hint embedding: 64x64 image -> 8x8 latent in three stride-2 convolutions
 DROP_CAPTION = 0.1
+MAX_WEIGHT = 25.0  # cap of the sigma^2 loss weight
 
 
 def hints(images: np.ndarray) -> torch.Tensor:
@@ -37,15 +40,14 @@ def hints(images: np.ndarray) -> torch.Tensor:
 def main() -> None:
     ap = arguments(__doc__, ROOT / "flowrun" / "models" / "controlnet", 1500)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--save-every", type=int, default=0, help="also save every N steps, under OUT/stepN/")
     args = ap.parse_args()
     deterministic(args.seed)
 
     from diffusers import ControlNetModel
-    from safetensors.torch import save_file
 
     from flowrun.diffusion.checkpoint import load_bundle
     from flowrun.diffusion.clip import END, tokenize
-    from flowrun.diffusion.export import CONFIG_KEY
 
     model, clip, vae = load_bundle(args.ckpt, "base")
     unet, text = model.unet, clip.models[0]
@@ -69,7 +71,11 @@ def main() -> None:
         down, mid = controlnet(zt, t, encoder_hidden_states=context, controlnet_cond=hints(images), return_dict=False)
         pred = unet(zt, t, encoder_hidden_states=context, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        # the noise-prediction error weighted by sigma^2 (capped): the error of the clean image it implies.
+        # Where and what the shape is gets decided at high noise, where the plain noise loss hardly counts.
+        sigma2 = (1 - noised.alphas_cumprod[t]) / noised.alphas_cumprod[t]
+        weight = sigma2.clamp(max=MAX_WEIGHT).float().view(-1, 1, 1, 1)
+        loss = (weight * (pred - noise) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -77,12 +83,24 @@ def main() -> None:
         if (step + 1) % 100 == 0:
             print(f"[{time.time() - start:6.1f}s] controlnet step {step + 1}/{args.steps}  "
                   f"loss {np.mean(running[-100:]):.4f}", flush=True)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save(controlnet, model.family, args.out / f"step{step + 1}")
+    path = save(controlnet, model.family, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {(time.time() - start) / 60:.1f} min")
+
+
+def save(controlnet, family: str, folder):
+    """folder/flowrun-tiny-canny.safetensors: float16 weights in diffusers' layout, the config in the metadata."""
+    from safetensors.torch import save_file
+
+    from flowrun.diffusion.export import CONFIG_KEY
+
     config = {k: v for k, v in dict(controlnet.config).items() if not k.startswith("_")}
     state = {k: v.detach().half().contiguous() for k, v in controlnet.state_dict().items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "flowrun-tiny-canny.safetensors"
-    save_file(state, str(path), metadata={CONFIG_KEY: json.dumps({"family": model.family, "controlnet": config})})
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {(time.time() - start) / 60:.1f} min")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "flowrun-tiny-canny.safetensors"
+    save_file(state, str(path), metadata={CONFIG_KEY: json.dumps({"family": family, "controlnet": config})})
+    return path
 
 
 if __name__ == "__main__":

@@ -168,6 +168,8 @@ def load_control_file(path: Path, fingerprint: str, *, allow_pickle: bool = Fals
     from flowrun.diffusion.determinism import configure
 
     configure()
+    if path.is_dir():
+        return _load_folder(path, fingerprint, device)
     state = read_state_dict(path, allow_pickle)
     stored = _stored_config(path)
     if "adapter" in state and not isinstance(state["adapter"], torch.Tensor):
@@ -188,6 +190,9 @@ def load_control_file(path: Path, fingerprint: str, *, allow_pickle: bool = Fals
     elif "adapter.conv_in.weight" in state:
         kind = T2I_ADAPTER
     elif "conv_in.weight" in state and "body.0.block1.weight" in state:
+        if any(k.endswith("down_opt.op.weight") for k in state):  # diffusers' adapter downsamples by pooling only
+            raise CheckpointError(f"{path.name}: a T2I-Adapter that downsamples with convolutions; flowrun reads "
+                                  "those that pool (TencentARC's and diffusers' released adapters)")
         state, kind = _original_adapter_to_diffusers(state), T2I_ADAPTER
     elif "body.0.in_conv.weight" in state:
         raise CheckpointError(f"{path.name}: a light T2I-Adapter (TencentARC's Adapter_light); flowrun reads "
@@ -237,3 +242,25 @@ def _shaped(state: dict, cls: Any, config: dict, path: Path) -> dict:
         raise CheckpointError(f"{path.name}: weight {k} has shape {got}, the config read for it expects {want} "
                               f"({len(wrong)} mismatches); give its config in {path.with_suffix('.json').name}")
     return state
+
+
+def _load_folder(path: Path, fingerprint: str, device: str) -> ControlFile:
+    """A diffusers folder (config.json and its weights), local files only."""
+    from diffusers import ControlNetModel, T2IAdapter
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: a folder without a readable config.json ({exc})") from None
+    cls = T2IAdapter if config.get("_class_name") == "T2IAdapter" else ControlNetModel
+    try:
+        module = cls.from_pretrained(path, local_files_only=True).float().eval().requires_grad_(False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot load diffusers folder: {exc}") from None
+    if cls is T2IAdapter:
+        kind, family = T2I_ADAPTER, SDXL if config.get("adapter_type") == "full_adapter_xl" else SD1
+    else:
+        kind = CONTROLNET
+        family = SDXL if config.get("addition_embed_type") == "text_time" else (
+            SD2 if config.get("use_linear_projection") else SD1)
+    return ControlFile(kind, module.to(device), family, path.name, fingerprint)
