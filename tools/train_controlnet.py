@@ -41,6 +41,7 @@ def main() -> None:
     ap = arguments(__doc__, ROOT / "flowrun" / "models" / "controlnet", 900)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--save-every", type=int, default=0, help="also save every N steps, under OUT/stepN/")
+    ap.set_defaults(batch=16)
     args = ap.parse_args()
     deterministic(args.seed)
     torch.set_num_threads(1)  # the two cores are shared with other work: two threads thrash when they are busy
