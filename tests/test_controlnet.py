@@ -387,3 +387,21 @@ def test_diffusers_folder_loads(tmp_path):
     assert (loaded.kind, loaded.family) == ("controlnet", "sd1")
     ours, theirs = loaded.module.state_dict(), controlnet.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_bundled_controlnet_is_small_float16_for_flowrun_tiny():
+    """flowrun-tiny-canny: float16, under 5 MB, an SD1 ControlNet whose config rides in its metadata and
+    whose UNet-side widths are flowrun-tiny's; the model card says how it was made and what it does."""
+    from flowrun.diffusion.detect import read_header
+    from flowrun.files import BUNDLED
+
+    path = BUNDLED / "controlnet" / "flowrun-tiny-canny.safetensors"
+    assert path.stat().st_size < 5 * 1024 * 1024
+    header = read_header(path)
+    assert set(header.dtypes.values()) == {"F16"}
+    loaded = load_control_file(path, "bundled")
+    unet_config = json.loads((BUNDLED / "checkpoints" / "flowrun-tiny.json").read_text())["unet"]
+    assert loaded.family == "sd1"
+    assert list(loaded.module.config.block_out_channels) == list(unet_config["block_out_channels"])
+    card = (BUNDLED / "README.md").read_text()
+    assert "tools/train_controlnet.py" in card and "tools/evaluate_controlnet.py" in card
