@@ -405,3 +405,30 @@ def test_bundled_controlnet_is_small_float16_for_flowrun_tiny():
     assert list(loaded.module.config.block_out_channels) == list(unet_config["block_out_channels"])
     card = (BUNDLED / "README.md").read_text()
     assert "tools/train_controlnet.py" in card and "tools/evaluate_controlnet.py" in card
+
+
+def test_sdxl_controlnet_steers_an_sdxl_model(tmp_path):
+    """An SDXL ControlNet (size conditioning through its add_embedding) on a toy SDXL model: sampling runs
+    with it, it changes the latent, and strength 0 leaves the latent as without it."""
+    from flowrun.diffusion.checkpoint import load_bundle
+    from flowrun.diffusion.clip import encode
+    from flowrun.diffusion.ksampler import ksample
+    from flowrun.nodes.controlnet import ApplyAdvancedParams, controlnet_apply_advanced
+    from flowrun.values import Latent
+
+    model, clip, _ = load_bundle(tiny_model.write_family(tmp_path, "sdxl"), "xl")
+    control = load_control_file(tiny_model.write_controlnet(tmp_path, "xl", family="sdxl"), "xl-cn")
+    pos, neg = encode(clip, PROMPT), encode(clip, "")
+    hint = np.random.default_rng(0).random((1, 64, 64, 3)).astype(np.float32)
+    latent = Latent(torch.zeros(1, 4, 8, 8))
+
+    def sample(strength):
+        out = controlnet_apply_advanced(ApplyAdvancedParams(strength=strength), None, positive=pos, negative=neg,
+                                        control_net=control, image=hint)
+        return ksample(model, seed=1, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal",
+                       positive=out["positive"], negative=out["negative"], latent=latent).samples
+
+    plain = ksample(model, seed=1, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal", positive=pos,
+                    negative=neg, latent=latent).samples
+    assert torch.equal(sample(0.0), plain)
+    assert (sample(1.0) - plain).abs().mean() > 1e-3
