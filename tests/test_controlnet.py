@@ -274,7 +274,7 @@ def test_controlnet_for_another_family_is_refused_naming_both(tiny_models, tmp_p
         _render(workflow, tmp_path, [tiny_models, extra], name="xl-canny")
     text = info.value.render()
     assert "node 'sample' (KSampler)" in text
-    assert "positive: the ControlNet 'xl-canny.safetensors' is for SDXL models, the model is SD1" in text
+    assert "input 'positive': the ControlNet 'xl-canny.safetensors' is for SDXL models, the model is SD1" in text
 
 
 def test_unknown_controlnet_name_is_a_missing_file_at_its_line(tiny_models, tmp_path, workflow, cli):

@@ -108,8 +108,8 @@ def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Ten
             sigmas = (model.sampling.percent_to_sigma(start), model.sampling.percent_to_sigma(end))
         try:
             inputs = for_entry(model, cond, latent, denoise_mask)
-        except ValueError as exc:  # a ControlNet for another model: say which conditioning carries it
-            raise ValueError(f"{'positive' if positive else 'negative'}: {exc}") from None
+        except ValueError as exc:  # say which conditioning input it came from
+            raise ValueError(f"input '{'positive' if positive else 'negative'}': {exc}") from None
         entries.append(Entry(cond.embedding.float(), area, float(cond.strength), added, positive, mask, sigmas, inputs))
     return entries
 
