@@ -432,3 +432,35 @@ def test_sdxl_controlnet_steers_an_sdxl_model(tmp_path):
                     negative=neg, latent=latent).samples
     assert torch.equal(sample(0.0), plain)
     assert (sample(1.0) - plain).abs().mean() > 1e-3
+
+
+def test_t2i_adapter_render_matches_diffusers_adapter_pipeline(tiny_models, tmp_path, workflow):
+    """A T2I-Adapter (diffusers layout, config read off its weights) through ControlNetLoader +
+    ControlNetApplyAdvanced + KSampler equals diffusers' StableDiffusionAdapterPipeline within one level."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionAdapterPipeline, T2IAdapter
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from flowrun.diffusion.checkpoint import tokenizer
+
+    hint = _hint_png(tmp_path)
+    _, unet, vae, text = tiny_model.build(0)
+    torch.manual_seed(5)
+    adapter = T2IAdapter(in_channels=3, channels=[32, 64], num_res_blocks=2, downscale_factor=8).eval()
+    extra = tmp_path / "extra" / "controlnet"
+    extra.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(extra / "t2i.safetensors"))
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   timestep_spacing="linspace", steps_offset=1)
+    pipe = StableDiffusionAdapterPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer(), unet=unet,
+                                          adapter=adapter, scheduler=sched, safety_checker=None,
+                                          feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(PROMPT, image=Image.fromarray(hint), negative_prompt="", height=64, width=64,
+                  num_inference_steps=STEPS, guidance_scale=CFG, adapter_conditioning_scale=STRENGTH,
+                  generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images[0]
+    theirs = np.clip(255 * theirs, 0, 255).astype(np.uint8).astype(int)
+    ours = _render(workflow, tmp_path, [tiny_models, tmp_path / "extra"], name="t2i")
+    plain = _render(workflow, tmp_path, [tiny_models, tmp_path / "extra"], name="t2i", strength=0.0)
+    assert np.abs(ours - theirs).max() <= 1, f"max difference {np.abs(ours - theirs).max()} levels"
+    assert np.abs(plain - ours).mean() > 1.0
