@@ -31,7 +31,8 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CONFIG_SUFFIXES = (".yaml",)  # configs/: LDM model configs (CheckpointLoader's config_name)
 # kinds ComfyUI reads from two folders, the current name first
 FOLDERS = {"text_encoders": ("text_encoders", "clip"), "diffusion_models": ("diffusion_models", "unet"),
-           "clip_score": ("clip_score", "clip_vision")}  # a full CLIPModel may sit in clip_vision/ too
+           "clip_score": ("clip_score", "clip_vision"),  # a full CLIPModel may sit in clip_vision/ too
+           "controlnet": ("controlnet", "t2i_adapter")}
 # kinds whose models may be transformers folders (config.json + weights) rather than diffusers folders
 TRANSFORMERS_FOLDER_KINDS = ("clip_score",)
 

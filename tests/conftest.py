@@ -82,7 +82,7 @@ def flowrun_process(*args: str, cwd: Path, env: dict | None = None, timeout: flo
 def tiny_models(tmp_path_factory) -> Path:
     """A models folder with the tiny SD1-shaped checkpoint, as `tiny` and as `flowrun-tiny` (the name the
     examples use), each a single file in the original layout, plus `tiny-diffusers` (a diffusers folder),
-    and the examples' LoRA, embedding and x2 upscale model made for it."""
+    and the examples' LoRA, embedding, x2 upscale model and ControlNet made for it."""
     import tiny_model
 
     root = tmp_path_factory.mktemp("models")
@@ -93,6 +93,7 @@ def tiny_models(tmp_path_factory) -> Path:
     tiny_model.write_lora(root, "flowrun-tiny-night")
     tiny_model.write_embedding(root, "flowrun-tiny-sun")
     tiny_model.write_upscale_model(root, "flowrun-tiny-x2")
+    tiny_model.write_controlnet(root, "flowrun-tiny-canny")
     return root
 
 

@@ -185,3 +185,56 @@ def write_family(models_dir: Path, family: str, seed: int = 0) -> Path:
     path.with_suffix(".json").write_text(json.dumps({"family": family, "prediction_type": prediction, "unet": unet_cfg,
                                                      "vae": TINY_VAE, "text_encoders": texts_cfg}))
     return path
+
+
+def build_controlnet(unet, seed: int = 3, scale: float = 0.3):
+    """A ControlNetModel copied from `unet` (diffusers' from_unet) whose zero-initialised convolutions are
+    given seeded weights, so that it changes what the UNet predicts."""
+    import torch
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return controlnet
+
+
+SDXL_UNET = {**TINY_UNET, "cross_attention_dim": 80, "use_linear_projection": True,
+             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": [2, 4],
+             "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+             "projection_class_embeddings_input_dim": 48 + 6 * 8}
+
+
+def write_controlnet(models_dir: Path, name: str, *, family: str = "sd1", layout: str = "diffusers",
+                     seed: int = 3, config_in_file: bool = True) -> Path:
+    """models_dir/controlnet/{name}.safetensors: a toy ControlNet for the tiny SD1 model (or an SDXL-shaped
+    one), in diffusers' or the original (`control_model.*`) layout, its config in the file's metadata."""
+    import json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from flowrun.diffusion.export import CONFIG_KEY
+    from flowrun.diffusion.ldm_layout import controlnet_to_ldm
+
+    if family == "sd1":
+        _, unet, _, _ = build(0)
+    else:
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**SDXL_UNET)
+    controlnet = build_controlnet(unet, seed)
+    config = dict(controlnet.config)
+    state = {k: v.contiguous() for k, v in controlnet.state_dict().items()}
+    if layout == "ldm":
+        state = controlnet_to_ldm(state, config)
+    path = Path(models_dir) / "controlnet" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {CONFIG_KEY: json.dumps({"family": family, "controlnet": {k: v for k, v in config.items()
+                                                                         if not k.startswith("_")}})}
+    save_file(state, str(path), metadata=metadata if config_in_file else None)
+    return path

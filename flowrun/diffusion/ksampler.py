@@ -76,6 +76,11 @@ def cfg_guide(model: DiffusionModel, positive: Conditioning, negative: Condition
     """Classifier-free guidance with one scale per cell (each cell `rows` rows of the batch; None: one cell)."""
     cfg = cfgs[0] if len(set(cfgs)) == 1 else [c for c in cfgs for _ in range(rows)]
 
+    if negative is not None:  # ControlNetApply's controls steer the negative prompt too, as in ComfyUI
+        from flowrun.diffusion.control import controls_to_uncond
+
+        negative = controls_to_uncond(positive, negative)
+
     def build(start: torch.Tensor, mask: torch.Tensor | None, seeds: Sequence[int] = (0,)) -> samplers.Denoiser:
         cells = start.shape[0] // rows if rows else 1
         pos = guidance.prepare(model, per_cell(positive, rows, cells), start, True, mask, seeds)

@@ -149,3 +149,30 @@ def open_clip_to_ldm(state: dict[str, Any], prefix: str) -> dict[str, Any]:
     for key, qkv in fused.items():
         out[key] = torch.cat([qkv["q_proj"], qkv["k_proj"], qkv["v_proj"]], dim=0)
     return out
+
+
+def controlnet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """diffusers ControlNetModel weights -> `control_model.*` keys, the layout of ComfyUI's and A1111's
+    ControlNet files: the UNet encoder's names, `zero_convs.N.0` for the residual convolutions,
+    `middle_block_out.0` for the middle one, `input_hint_block.2N` for the hint embedding's convolutions."""
+    blocks = sorted({int(k.split(".")[2]) for k in state if k.startswith("controlnet_cond_embedding.blocks.")})
+    out = {}
+    encoder = {k: v for k, v in state.items() if not k.startswith("controlnet_")}
+    for key, value in unet_to_ldm(encoder, {**config, "up_block_types": []}).items():
+        out["control_model." + key.removeprefix("model.diffusion_model.")] = value
+    for key, value in state.items():
+        if key.startswith("controlnet_down_blocks."):
+            _, index, part = key.split(".")
+            out[f"control_model.zero_convs.{index}.0.{part}"] = value
+        elif key.startswith("controlnet_mid_block."):
+            out["control_model.middle_block_out.0." + key.split(".")[-1]] = value
+        elif key.startswith("controlnet_cond_embedding."):
+            parts = key.split(".")
+            if parts[1] == "conv_in":
+                slot = 0
+            elif parts[1] == "conv_out":
+                slot = 2 * len(blocks) + 2
+            else:
+                slot = 2 * int(parts[2]) + 2
+            out[f"control_model.input_hint_block.{slot}.{parts[-1]}"] = value
+    return out

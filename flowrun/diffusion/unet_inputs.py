@@ -76,4 +76,7 @@ def for_entry(model: Any, cond: Any, latent: torch.Tensor, denoise_mask: torch.T
 
     concat = concat_channels(model, cond, latent, denoise_mask)
     labels = class_labels(model, cond, latent.shape[0] // max(1, len(seeds)), seeds)
-    return UNetInputs(concat=concat, control=cond.control, class_labels=labels, patches=unet_patches(cond))
+    control = cond.control
+    if control is not None and hasattr(control, "for_sampling"):  # an applied ControlNet (diffusion/control.py)
+        control = control.for_sampling(model, latent.shape[0])
+    return UNetInputs(concat=concat, control=control, class_labels=labels, patches=unet_patches(cond))

@@ -44,6 +44,8 @@ CORE_NODES = frozenset({
     "CLIPVisionLoader", "CLIPVisionEncode", "unCLIPCheckpointLoader", "unCLIPConditioning", "StyleModelLoader",
     "StyleModelApply", "GLIGENLoader", "GLIGENTextBoxApply",
     "LoraLoaderModelOnly", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "HypernetworkLoader",
+    # ControlNet (nodes.py; Canny: comfy_extras/nodes_canny.py)
+    "ControlNetLoader", "DiffControlNetLoader", "ControlNetApply", "ControlNetApplyAdvanced", "Canny",
     # model merging (comfy_extras/nodes_model_merging.py)
     "ModelMergeSimple", "ModelMergeBlocks", "CheckpointSave",
     # model patches (comfy_extras/nodes_freelunch.py, nodes_model_downscale.py, nodes_model_advanced.py,

@@ -36,14 +36,16 @@ CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
 STYLE_MODEL = "STYLE_MODEL"
 GLIGEN = "GLIGEN"
 UPSCALE_MODEL = "UPSCALE_MODEL"
+CONTROL_NET = "CONTROL_NET"
 ANY = "*"
 
 ALL = (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, INT, FLOAT, STRING, BOOLEAN, SAMPLER, SIGMAS, NOISE,
-       GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL, GLIGEN, UPSCALE_MODEL)
+       GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, CLIP_VISION_OUTPUT, STYLE_MODEL, GLIGEN, UPSCALE_MODEL, CONTROL_NET)
 
 # Loaded models are large and process-bound: they stay in memory and never go to the disk cache; so does
-# a GUIDER, which holds a model.
-MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, STYLE_MODEL, GLIGEN, UPSCALE_MODEL})
+# a GUIDER, which holds a model, and a CONTROL_NET.
+MEMORY_ONLY = frozenset({MODEL, CLIP, VAE, GUIDER, CLIP_SCORE_MODEL, CLIP_VISION, STYLE_MODEL, GLIGEN, UPSCALE_MODEL,
+                         CONTROL_NET})
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ ClipVision = Annotated[Any, Port(CLIP_VISION)]  # flowrun.diffusion.clip_vision.
 StyleModel = Annotated[Any, Port(STYLE_MODEL)]  # flowrun.diffusion.style_model.StyleModel
 Gligen = Annotated[Any, Port(GLIGEN)]  # flowrun.diffusion.gligen.Gligen
 UpscaleModel = Annotated[Any, Port(UPSCALE_MODEL)]  # spandrel.ImageModelDescriptor
+ControlNet = Annotated[Any, Port(CONTROL_NET)]  # flowrun.diffusion.controlnet_files.ControlFile
 Sigmas = Annotated[Any, Port(SIGMAS)]  # 1-D float32 torch tensor, decreasing to 0 (empty: nothing to do)
 
 _BY_CLASS = {ClipVisionOutput: CLIP_VISION_OUTPUT, Latent: LATENT, Conditioning: CONDITIONING, Sampler: SAMPLER, Noise: NOISE, Guider: GUIDER, bool: BOOLEAN, int: INT, float: FLOAT, str: STRING}

@@ -43,6 +43,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.clip_judge",
     "flowrun.nodes.flow_models",
     "flowrun.nodes.upscale_models",
+    "flowrun.nodes.controlnet",
 )
 PLUGIN_ENV = "FLOWRUN_PLUGINS"
 ENTRY_POINT_GROUP = "flowrun.nodes"
