@@ -15,18 +15,9 @@ from pydantic import Field
 from flowrun.errors import NodeError
 from flowrun.nodes import ports
 from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
+from flowrun.nodes.model_files import loading
 from flowrun.nodes.registry import NodeParams, node
 from flowrun.values import ClipVisionOutput, Conditioning
-
-
-def _loading(load):
-    """Run `load()`, turning the ways a model file can be wrong into the node's error."""
-    from flowrun.diffusion.detect import CheckpointError
-
-    try:
-        return load()
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise NodeError(str(exc)) from None
 
 
 class ClipVisionParams(NodeParams):
@@ -43,8 +34,8 @@ def clip_vision_loader(p: ClipVisionParams, ctx) -> ports.ClipVision:
     from flowrun.diffusion import clip_vision
 
     fingerprint = ctx.files.fingerprint("clip_name")
-    path = _loading(lambda: ctx.files.path("clip_vision", p.clip_name))
-    vision, = _loading(lambda: ctx.models.load(("clip_vision", fingerprint), lambda: (
+    path = loading(lambda: ctx.files.path("clip_vision", p.clip_name))
+    vision, = loading(lambda: ctx.models.load(("clip_vision", fingerprint), lambda: (
         clip_vision.load(path, fingerprint, allow_pickle=ctx.files.allow_pickle),)))
     return vision
 
@@ -77,8 +68,8 @@ def unclip_checkpoint_loader(p: UnclipCheckpointParams, ctx) -> dict:
     from flowrun.diffusion.unclip_checkpoint import load_bundle
 
     fingerprint, device = ctx.files.fingerprint("ckpt_name"), ctx.device.device
-    path = _loading(lambda: ctx.files.path("checkpoints", p.ckpt_name))
-    model, clip, vae, vision = _loading(lambda: ctx.models.load(
+    path = loading(lambda: ctx.files.path("checkpoints", p.ckpt_name))
+    model, clip, vae, vision = loading(lambda: ctx.models.load(
         ("unclip", fingerprint, device, ctx.device.dtype),
         lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)))
     return {"model": model, "clip": clip, "vae": vae, "clip_vision": vision}
@@ -115,8 +106,8 @@ def style_model_loader(p: StyleModelParams, ctx) -> ports.StyleModel:
     from flowrun.diffusion import style_model
 
     fingerprint = ctx.files.fingerprint("style_model_name")
-    path = _loading(lambda: ctx.files.path("style_models", p.style_model_name))
-    model, = _loading(lambda: ctx.models.load(("style_model", fingerprint), lambda: (
+    path = loading(lambda: ctx.files.path("style_models", p.style_model_name))
+    model, = loading(lambda: ctx.models.load(("style_model", fingerprint), lambda: (
         style_model.load(path, fingerprint, allow_pickle=ctx.files.allow_pickle),)))
     return model
 

@@ -10,21 +10,11 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from flowrun.errors import NodeError
 from flowrun.nodes import ports
 from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
+from flowrun.nodes.model_files import loading
 from flowrun.nodes.registry import NodeParams, node
 from flowrun.values import Conditioning
-
-
-def _loading(load):
-    """Run `load()`, turning the ways a model file can be wrong into the node's error."""
-    from flowrun.diffusion.detect import CheckpointError
-
-    try:
-        return load()
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise NodeError(str(exc)) from None
 
 
 class ControlNetLoaderParams(NodeParams):
@@ -41,8 +31,8 @@ def controlnet_loader(p: ControlNetLoaderParams, ctx) -> ports.ControlNet:
     from flowrun.diffusion.controlnet_files import load_control_file
 
     fingerprint, device = ctx.files.fingerprint("control_net_name"), ctx.device.device
-    path = _loading(lambda: ctx.files.path("controlnet", p.control_net_name))
-    control, = _loading(lambda: ctx.models.load(("controlnet", fingerprint, device), lambda: (
+    path = loading(lambda: ctx.files.path("controlnet", p.control_net_name))
+    control, = loading(lambda: ctx.models.load(("controlnet", fingerprint, device), lambda: (
         load_control_file(path, fingerprint, allow_pickle=ctx.files.allow_pickle, device=device),)))
     return control
 
@@ -55,8 +45,8 @@ def diff_controlnet_loader(p: ControlNetLoaderParams, ctx, *, model: ports.Model
     from flowrun.diffusion.controlnet_files import load_control_file
 
     fingerprint, device = ctx.files.fingerprint("control_net_name"), ctx.device.device
-    path = _loading(lambda: ctx.files.path("controlnet", p.control_net_name))
-    control, = _loading(lambda: ctx.models.load(("controlnet", fingerprint, device, model.fingerprint), lambda: (
+    path = loading(lambda: ctx.files.path("controlnet", p.control_net_name))
+    control, = loading(lambda: ctx.models.load(("controlnet", fingerprint, device, model.fingerprint), lambda: (
         load_control_file(path, fingerprint, allow_pickle=ctx.files.allow_pickle, device=device,
                           unet=model.unet),)))
     return control

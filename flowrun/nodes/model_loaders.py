@@ -13,23 +13,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from flowrun.errors import NodeError
 from flowrun.files import TINY_VAES, VAE_FILES
 from flowrun.nodes import ports
 from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
+from flowrun.nodes.model_files import loading
 from flowrun.nodes.registry import NodeParams, node
 
 WeightDtype = Literal["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
-
-
-def _loading(load):
-    """Run `load()`, turning the ways a model file can be wrong into the node's error."""
-    from flowrun.diffusion.detect import CheckpointError
-
-    try:
-        return load()
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise NodeError(str(exc)) from None
 
 
 class VaeParams(NodeParams):
@@ -48,13 +38,13 @@ def vae_loader(p: VaeParams, ctx) -> ports.Vae:
     from flowrun.diffusion.taesd import load as load_tiny
 
     fingerprint, device = ctx.files.fingerprint("vae_name"), ctx.device.device
-    paths = [_loading(lambda k=kind, n=name: ctx.files.path(k, n)) for kind, name in VAE_FILES.files(p.vae_name)]
+    paths = [loading(lambda k=kind, n=name: ctx.files.path(k, n)) for kind, name in VAE_FILES.files(p.vae_name)]
     if p.vae_name in TINY_VAES:
         build = lambda: load_tiny(p.vae_name, *paths, fingerprint, device=device,  # noqa: E731
                                   allow_pickle=ctx.files.allow_pickle)
     else:
         build = lambda: load_vae(paths[0], fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)  # noqa: E731
-    vae, = _loading(lambda: ctx.models.load(("vae", fingerprint, device), lambda: (build(),)))
+    vae, = loading(lambda: ctx.models.load(("vae", fingerprint, device), lambda: (build(),)))
     return vae
 
 
@@ -72,8 +62,8 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
     from flowrun.diffusion.components import load_text_encoders
 
     fingerprint = ctx.files.fingerprint("clip_name")
-    path = _loading(lambda: ctx.files.path("text_encoders", p.clip_name))
-    clip, = _loading(lambda: ctx.models.load(("clip", p.type, fingerprint), lambda: (
+    path = loading(lambda: ctx.files.path("text_encoders", p.clip_name))
+    clip, = loading(lambda: ctx.models.load(("clip", p.type, fingerprint), lambda: (
         load_text_encoders([path], [fingerprint], p.type, allow_pickle=ctx.files.allow_pickle),)))
     return clip
 
@@ -94,8 +84,8 @@ def dual_clip_loader(p: DualClipParams, ctx) -> ports.Clip:
     from flowrun.diffusion.components import load_text_encoders
 
     fingerprints = [ctx.files.fingerprint("clip_name1"), ctx.files.fingerprint("clip_name2")]
-    paths = _loading(lambda: [ctx.files.path("text_encoders", n) for n in (p.clip_name1, p.clip_name2)])
-    clip, = _loading(lambda: ctx.models.load(("clip", p.type, *fingerprints), lambda: (
+    paths = loading(lambda: [ctx.files.path("text_encoders", n) for n in (p.clip_name1, p.clip_name2)])
+    clip, = loading(lambda: ctx.models.load(("clip", p.type, *fingerprints), lambda: (
         load_text_encoders(paths, fingerprints, p.type, allow_pickle=ctx.files.allow_pickle),)))
     return clip
 
@@ -114,8 +104,8 @@ def unet_loader(p: UnetParams, ctx) -> ports.Model:
     from flowrun.diffusion.components import load_unet
 
     fingerprint, device = ctx.files.fingerprint("unet_name"), ctx.device.device
-    path = _loading(lambda: ctx.files.path("diffusion_models", p.unet_name))
-    model, = _loading(lambda: ctx.models.load(("unet", fingerprint, device, p.weight_dtype), lambda: (
+    path = loading(lambda: ctx.files.path("diffusion_models", p.unet_name))
+    model, = loading(lambda: ctx.models.load(("unet", fingerprint, device, p.weight_dtype), lambda: (
         load_unet(path, fingerprint, device=device, weight_dtype=p.weight_dtype,
                   allow_pickle=ctx.files.allow_pickle),)))
     return model
@@ -137,12 +127,12 @@ def checkpoint_loader_with_config(p: ConfigCheckpointParams, ctx) -> dict:
     from flowrun.diffusion.components import with_ldm_config
 
     fingerprint, device = ctx.files.fingerprint("ckpt_name"), ctx.device.device
-    path = _loading(lambda: ctx.files.path("checkpoints", p.ckpt_name))
-    config = _loading(lambda: ctx.files.path("configs", p.config_name))
-    model, clip, vae = _loading(lambda: ctx.models.load(
+    path = loading(lambda: ctx.files.path("checkpoints", p.ckpt_name))
+    config = loading(lambda: ctx.files.path("configs", p.config_name))
+    model, clip, vae = loading(lambda: ctx.models.load(
         ("checkpoint", fingerprint, device, ctx.device.dtype),
         lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)))
-    return {"model": _loading(lambda: with_ldm_config(model, config)), "clip": clip, "vae": vae}
+    return {"model": loading(lambda: with_ldm_config(model, config)), "clip": clip, "vae": vae}
 
 
 class LoraModelParams(NodeParams):
@@ -157,8 +147,8 @@ def lora_loader_model_only(p: LoraModelParams, ctx, *, model: ports.Model) -> po
     """Apply a LoRA's UNet part only; its text-encoder weights, if any, are left unused."""
     from flowrun.diffusion.lora import read_lora
 
-    path = _loading(lambda: ctx.files.path("loras", p.lora_name))
-    unet_patches, _ = _loading(lambda: read_lora(path, model.unet, [], p.strength_model, 0.0,
+    path = loading(lambda: ctx.files.path("loras", p.lora_name))
+    unet_patches, _ = loading(lambda: read_lora(path, model.unet, [], p.strength_model, 0.0,
                                                  family=model.family, warn=ctx.warn))
     return model.with_patches(unet_patches)
 
@@ -178,6 +168,6 @@ def hypernetwork_loader(p: HypernetworkParams, ctx, *, model: ports.Model) -> po
     width, scaled by strength; the model given stays as it was."""
     from flowrun.diffusion.hypernetwork import read_hypernetwork
 
-    path = _loading(lambda: ctx.files.path("hypernetworks", p.hypernetwork_name))
-    hypernetwork = _loading(lambda: read_hypernetwork(path, p.strength, ctx.files.allow_pickle))
+    path = loading(lambda: ctx.files.path("hypernetworks", p.hypernetwork_name))
+    hypernetwork = loading(lambda: read_hypernetwork(path, p.strength, ctx.files.allow_pickle))
     return model.with_attention_patch(hypernetwork)
