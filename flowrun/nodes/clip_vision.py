@@ -15,7 +15,7 @@ from pydantic import Field
 from flowrun.errors import NodeError
 from flowrun.nodes import ports
 from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
-from flowrun.nodes.model_files import loading
+from flowrun.nodes.model_files import load_one, loading
 from flowrun.nodes.registry import NodeParams, node
 from flowrun.values import ClipVisionOutput, Conditioning
 
@@ -33,11 +33,8 @@ def clip_vision_loader(p: ClipVisionParams, ctx) -> ports.ClipVision:
     """Load a CLIP vision model (the image encoder of image prompts); it runs on the CPU."""
     from flowrun.diffusion import clip_vision
 
-    fingerprint = ctx.files.fingerprint("clip_name")
-    path = loading(lambda: ctx.files.path("clip_vision", p.clip_name))
-    vision, = loading(lambda: ctx.models.load(("clip_vision", fingerprint), lambda: (
-        clip_vision.load(path, fingerprint, allow_pickle=ctx.files.allow_pickle),)))
-    return vision
+    return load_one(ctx, "clip_name", "clip_vision", p.clip_name,
+                    lambda path, fp: clip_vision.load(path, fp, allow_pickle=ctx.files.allow_pickle))
 
 
 class EncodeParams(NodeParams):
@@ -105,11 +102,8 @@ def style_model_loader(p: StyleModelParams, ctx) -> ports.StyleModel:
     """Load a style model (TencentARC's T2I style adapter); it runs on the CPU."""
     from flowrun.diffusion import style_model
 
-    fingerprint = ctx.files.fingerprint("style_model_name")
-    path = loading(lambda: ctx.files.path("style_models", p.style_model_name))
-    model, = loading(lambda: ctx.models.load(("style_model", fingerprint), lambda: (
-        style_model.load(path, fingerprint, allow_pickle=ctx.files.allow_pickle),)))
-    return model
+    return load_one(ctx, "style_model_name", "style_models", p.style_model_name,
+                    lambda path, fp: style_model.load(path, fp, allow_pickle=ctx.files.allow_pickle))
 
 
 class StyleApplyParams(NodeParams):

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from flowrun.nodes import ports
 from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
-from flowrun.nodes.model_files import loading
+from flowrun.nodes.model_files import load_one, loading
 from flowrun.nodes.registry import NodeParams, node
 from flowrun.values import Conditioning
 
@@ -30,11 +30,10 @@ def controlnet_loader(p: ControlNetLoaderParams, ctx) -> ports.ControlNet:
     """Load a ControlNet or T2I-Adapter; its kind, layout and model family come from the weights."""
     from flowrun.diffusion.controlnet_files import load_control_file
 
-    fingerprint, device = ctx.files.fingerprint("control_net_name"), ctx.device.device
-    path = loading(lambda: ctx.files.path("controlnet", p.control_net_name))
-    control, = loading(lambda: ctx.models.load(("controlnet", fingerprint, device), lambda: (
-        load_control_file(path, fingerprint, allow_pickle=ctx.files.allow_pickle, device=device),)))
-    return control
+    device = ctx.device.device
+    return load_one(ctx, "control_net_name", "controlnet", p.control_net_name,
+                    lambda path, fp: load_control_file(path, fp, allow_pickle=ctx.files.allow_pickle, device=device),
+                    device)
 
 
 @node("DiffControlNetLoader", outputs={"control_net": ports.CONTROL_NET}, category="loaders",

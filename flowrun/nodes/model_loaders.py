@@ -16,7 +16,7 @@ from pydantic import Field
 from flowrun.files import TINY_VAES, VAE_FILES
 from flowrun.nodes import ports
 from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
-from flowrun.nodes.model_files import loading
+from flowrun.nodes.model_files import load_one, loading
 from flowrun.nodes.registry import NodeParams, node
 
 WeightDtype = Literal["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
@@ -61,11 +61,9 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
     """Load one text encoder (SD 1.x or 2.x)."""
     from flowrun.diffusion.components import load_text_encoders
 
-    fingerprint = ctx.files.fingerprint("clip_name")
-    path = loading(lambda: ctx.files.path("text_encoders", p.clip_name))
-    clip, = loading(lambda: ctx.models.load(("clip", p.type, fingerprint), lambda: (
-        load_text_encoders([path], [fingerprint], p.type, allow_pickle=ctx.files.allow_pickle),)))
-    return clip
+    return load_one(ctx, "clip_name", "text_encoders", p.clip_name,
+                    lambda path, fp: load_text_encoders([path], [fp], p.type, allow_pickle=ctx.files.allow_pickle),
+                    p.type)
 
 
 class DualClipParams(NodeParams):
@@ -103,12 +101,11 @@ def unet_loader(p: UnetParams, ctx) -> ports.Model:
     """Load a diffusion model (UNet) on its own; its family and prediction type come from the weights."""
     from flowrun.diffusion.components import load_unet
 
-    fingerprint, device = ctx.files.fingerprint("unet_name"), ctx.device.device
-    path = loading(lambda: ctx.files.path("diffusion_models", p.unet_name))
-    model, = loading(lambda: ctx.models.load(("unet", fingerprint, device, p.weight_dtype), lambda: (
-        load_unet(path, fingerprint, device=device, weight_dtype=p.weight_dtype,
-                  allow_pickle=ctx.files.allow_pickle),)))
-    return model
+    device = ctx.device.device
+    return load_one(ctx, "unet_name", "diffusion_models", p.unet_name,
+                    lambda path, fp: load_unet(path, fp, device=device, weight_dtype=p.weight_dtype,
+                                               allow_pickle=ctx.files.allow_pickle),
+                    device, p.weight_dtype)
 
 
 class ConfigCheckpointParams(NodeParams):
