@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER)
+SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowrun.diffusion.sd3_network)
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -23,6 +24,14 @@ _SD_VAE = {
     "act_fn": "silu", "sample_size": 512, "block_out_channels": [128, 256, 512, 512],
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
     "scaling_factor": 0.18215,
+}
+
+# SD3's and Flux's autoencoder: 16 latent channels and no quant convolutions. The scale and shift here are
+# SD3's; they describe the latent space for diffusers' pipelines. flowrun's Vae decodes raw latents, the
+# model's latent_format scales them (Flux: 0.3611 / 0.1159).
+_VAE_16 = {
+    **_SD_VAE, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False, "sample_size": 1024,
+    "scaling_factor": 1.5305, "shift_factor": 0.0609,
 }
 
 _CLIP_L = {
