@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
-from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
+from flowrun.diffusion.configs import SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
 from flowrun.diffusion.pickles import read_pickle
 from flowrun.diffusion.export import CONFIG_KEY
@@ -113,7 +113,8 @@ def _check_shapes(module, state: dict[str, torch.Tensor], what: str, file: Path)
                               f"({len(wrong)} mismatches); is the sidecar config right for this file?")
 
 
-def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_single_file(path: Path, allow_pickle: bool = False, device: str = "cpu"
+                     ) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, unet, text models, vae) from an original-layout checkpoint. Its configs come from the
     sidecar `<name>.json` if there is one, else from the file's metadata (what flowrun writes), else
     from the family's defaults."""
@@ -121,11 +122,11 @@ def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfi
     embedded = None
     if side is None and path.suffix in SAFE_SUFFIXES:
         embedded = read_header(path).metadata.get(CONFIG_KEY)
-    return load_state(read_state_dict(path, allow_pickle), path, side, embedded)
+    return load_state(read_state_dict(path, allow_pickle), path, side, embedded, device)
 
 
-def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, embedded: str | None = None
-               ) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, embedded: str | None = None,
+               device: str = "cpu") -> tuple[ModelConfig, Any, list[Any], Any]:
     """Detect, configure and build the components of an original-layout state dict (also on the meta
     device: tests check the key mapping of full-size SD1.5, SD2.1 and SDXL this way, without memory).
     `embedded`: the configs as JSON text, from the file's metadata."""
@@ -133,6 +134,10 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
+    from flowrun.diffusion import sd3_files
+
+    if sd3_files.is_sd3(state):  # an MMDiT, not a UNet: SD3 / SD3.5 (the transformer's weights held for `device`)
+        return sd3_files.load_state(state, path, side, device)
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
     if side:
         config = ModelConfig.from_sidecar(side, found.family)
@@ -257,14 +262,19 @@ def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pick
     if path.is_dir():
         config, unet, texts, vae = load_diffusers_folder(path)
     else:
-        config, unet, texts, vae = load_single_file(path, allow_pickle)
+        config, unet, texts, vae = load_single_file(path, allow_pickle, device)
     return bundle(config, unet, texts, vae, fingerprint, device)
 
 
 def bundle(config: ModelConfig, unet, texts: list, vae, fingerprint: str, device: str = "cpu"
            ) -> tuple[DiffusionModel, TextEncoder, Vae]:
     """MODEL, CLIP and VAE values of loaded components; the UNet and VAE moved to `device`."""
-    unet.to(device)
     vae.to(device)
-    model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)
+    if config.family == SD3:
+        from flowrun.diffusion.sd3_files import diffusion_model
+
+        model = diffusion_model(unet, config, fingerprint, device)
+    else:
+        unet.to(device)
+        model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)
     return model, TextEncoder(tokenizer(), texts, config, fingerprint), Vae(vae, config, fingerprint)

@@ -6,7 +6,8 @@
 - A weight w != 1 moves a token's embedding away from the empty prompt's: z' = (z - z_empty) * w + z_empty.
 - Layers: SD1 reads the last layer, SD2 the penultimate, both through the final layer norm; SDXL reads the
   penultimate layer of CLIP-L and of OpenCLIP-bigG without it and concatenates them, its pooled vector
-  from bigG's projection (the SDXL refiner: bigG alone). CLIPSetLastLayer picks another layer.
+  from bigG's projection (the SDXL refiner: bigG alone). SD3 reads CLIP-L and CLIP-G as SDXL does, with T5
+  (flowrun.diffusion.text_sd3). CLIPSetLastLayer picks another layer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER
+from flowrun.diffusion.configs import SD1, SD2, SD3, SDXL, SDXL_REFINER
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
@@ -98,7 +99,7 @@ def _split_ids(chunks, filler: int) -> tuple[list[list[int]], list[tuple[int, in
 def _layer_plan(enc: TextEncoder, index: int) -> tuple[int | None, bool]:
     """(hidden-state index or None for the normed last layer, whether to apply the final layer norm)."""
     family = enc.family
-    if family in (SDXL, SDXL_REFINER):
+    if family in (SDXL, SDXL_REFINER, SD3):
         return (enc.layer_idx if enc.layer_idx is not None else -2), False
     if enc.layer_idx is not None:
         return enc.layer_idx, True
@@ -130,7 +131,8 @@ def _encode_one(enc: TextEncoder, index: int, chunks: list[list[tuple[int, float
         z = out.hidden_states[layer]
         if norm:
             z = getattr(model, "text_model", model).final_layer_norm(z)
-    pooled = out.text_embeds[0:1] if hasattr(out, "text_embeds") else None
+    # projected (CLIP-G, OpenCLIP-bigG) or not (CLIP-L: its final-normed end token, what SD3 pools)
+    pooled = out.text_embeds[0:1] if hasattr(out, "text_embeds") else out.pooler_output[0:1]
     pieces = []
     for k, chunk in enumerate(chunks):
         zk = z[k:k + 1].clone()
@@ -152,6 +154,10 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
 
     if enc.family == SDXL:
         return encode_sdxl(enc, text, text, embeddings=embeddings, warn=warn)
+    if enc.family == SD3:
+        from flowrun.diffusion.text_sd3 import encode_sd3
+
+        return encode_sd3(enc, text, text, text, empty_padding=True)
     vectors, report = _embedding_lookups(enc, embeddings)
     with patched(enc.models, enc.patches):
         if enc.family == SDXL_REFINER:

@@ -59,18 +59,26 @@ def _load(build, state: dict, what: str, path: Path):
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False) -> DiffusionModel:
-    """MODEL from a UNet file (models/diffusion_models). An fp8 `weight_dtype` rounds every weight to that
-    format, as ComfyUI stores them, and computes in float32."""
+    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 transformer file (sd3_files). An fp8
+    `weight_dtype` rounds every weight to that format, as ComfyUI stores them, and computes in float32."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
+    from flowrun.diffusion import sd3_files
+
     state = read_state_dict(path, allow_pickle)
+    if sd3_files.is_sd3(state):  # SD3 / SD3.5's MMDiT
+        config, _ = _config(path, sd3_files.SD3)
+        side = config if sidecar(path) is not None else None
+        fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
+        return sd3_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}
         if UNET + "input_blocks.0.0.weight" not in state:
             raise CheckpointError(f"{path}: not a UNet: expected 'input_blocks.*' (original layout) or 'conv_in.*' "
-                                  f"(diffusers layout) weights, found keys like {sorted(state)[:3]}")
+                                  f"(diffusers layout) weights, or an SD3 MMDiT's 'joint_blocks.*', found keys like "
+                                  f"{sorted(state)[:3]}")
     contexts = {v.shape[1] for k, v in state.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
     sdxl = (UNET + "label_emb.0.0.weight") in state or "add_embedding.linear_1.weight" in state
     family = SDXL if sdxl else CONTEXT_WIDTH.get(next(iter(contexts)) if len(contexts) == 1 else None)
