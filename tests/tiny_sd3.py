@@ -135,6 +135,8 @@ def _random_text(cfg: dict, projection: bool, seed: int):
     model.to_empty(device="cpu")
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
+    embeddings = getattr(model, "text_model", model).embeddings  # to_empty left the position ids unset
+    embeddings.position_ids.copy_(torch.arange(embeddings.position_ids.shape[-1]).expand(1, -1))
     return model.eval()
 
 
@@ -185,11 +187,9 @@ def write(models_dir: Path, seed: int = 0, name: str = "tiny-sd3") -> dict[str, 
         "mmdit": save(mmdit, root / "diffusion_models" / f"{name}-mmdit.safetensors", SIDECAR),
         "transformer": save(transformer.state_dict(), root / "diffusion_models" / f"{name}-transformer.safetensors",
                             SIDECAR),
-        "clip_l": save(l_state, root / "text_encoders" / f"{name}-clip-l.safetensors",
-                       {"family": "sd3", "text_encoders": [TINY_CLIP_L], "text_encoder": "clip_l"}),
-        "clip_g": save(g_state, root / "text_encoders" / f"{name}-clip-g.safetensors",
-                       {"family": "sd3", "text_encoders": [TINY_CLIP_G], "text_encoder": "clip_g"}),
-        "t5xxl": save(t5_state, root / "text_encoders" / f"{name}-t5xxl.safetensors"),
+        "clip_l": save(l_state, root / "text_encoders" / f"{name}-clip-l.safetensors", {**SIDECAR, "text_encoder": "clip_l"}),
+        "clip_g": save(g_state, root / "text_encoders" / f"{name}-clip-g.safetensors", {**SIDECAR, "text_encoder": "clip_g"}),
+        "t5xxl": save(t5_state, root / "text_encoders" / f"{name}-t5xxl.safetensors", {**SIDECAR, "text_encoder": "t5xxl"}),
         "vae": save({k[len("first_stage_model."):]: v for k, v in ldm_vae.items()}, root / "vae" / f"{name}-vae.safetensors",
                     {"vae": TINY_VAE16}),
     }

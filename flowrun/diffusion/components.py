@@ -139,7 +139,12 @@ def vae_config(state: dict, base: dict) -> dict:
 
 def _text_part(path: Path, allow_pickle: bool) -> tuple[str | None, dict, Any, int]:
     """(family, config, a builder taking (projection, what), width) of one text-encoder file."""
+    from flowrun.diffusion import t5
+
     state = read_state_dict(path, allow_pickle)
+    if t5.is_t5(_strip(state, ("text_encoders.t5xxl.transformer.",))):
+        raise CheckpointError(f"{path}: a T5 text encoder (as SD3 and Flux read), not the CLIP text encoder this loader "
+                              "type expects; SD3's load with TripleCLIPLoader, or CLIPLoader / DualCLIPLoader type sd3")
     open_clip = _strip(state, OPEN_CLIP_PREFIXES)
     if "token_embedding.weight" in open_clip:  # OpenCLIP layout (SD2's ViT-H, SDXL's bigG)
         width, prefix = open_clip["token_embedding.weight"].shape[1], "oc."
