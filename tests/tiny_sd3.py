@@ -150,6 +150,7 @@ def build(seed: int = 0):
     transformer = SD3Transformer2DModel(**TINY_MMDIT).eval()
     with torch.no_grad():  # diffusers zero-initialises nothing here, but the output is faint: make it do visible work
         transformer.proj_out.weight.mul_(4.0)
+        transformer.context_embedder.weight.mul_(8.0)  # and let the prompt show in it
     vae = build_vae(seed)
     clip_l = _random_text(TINY_CLIP_L, False, seed + 1)
     clip_g = _random_text(TINY_CLIP_G, True, seed + 2)
@@ -193,3 +194,24 @@ def write(models_dir: Path, seed: int = 0, name: str = "tiny-sd3") -> dict[str, 
         "vae": save({k[len("first_stage_model."):]: v for k, v in ldm_vae.items()}, root / "vae" / f"{name}-vae.safetensors",
                     {"vae": TINY_VAE16}),
     }
+
+
+COMFYUI_NAMES = {  # the file names ComfyUI users' SD3 graphs carry (tests/comfyui/sd3*.json)
+    "single": "checkpoints/sd3.5_medium_incl_clips_t5xxl", "mmdit": "diffusion_models/sd3.5_medium",
+    "clip_l": "text_encoders/clip_l", "clip_g": "text_encoders/clip_g", "t5xxl": "text_encoders/t5xxl_fp16",
+    "vae": "vae/sd3_vae",
+}
+
+
+def write_as_comfyui(models_dir: Path, seed: int = 0) -> None:
+    """The toy SD3's files under the names of tests/comfyui/sd3*.json (sidecars beside them)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write(Path(tmp), seed)
+        for part, name in COMFYUI_NAMES.items():
+            target = Path(models_dir) / f"{name}.safetensors"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(files[part], target)
+            shutil.copyfile(files[part].with_suffix(".json"), target.with_suffix(".json"))
