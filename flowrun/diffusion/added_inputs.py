@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from flowrun.diffusion.configs import SD3, SDXL, SDXL_REFINER, TIME_IDS
+from flowrun.diffusion.configs import AURAFLOW, SD3, SDXL, SDXL_REFINER, TIME_IDS
 
 
 def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -40,8 +40,19 @@ def _sd3(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]
     return {"pooled_projections": pooled.float()}
 
 
+def _auraflow(model, cond, positive: bool, h: int, w: int) -> None:
+    """Nothing beside the context; which must be Pile-T5's width (a ValueError names a CLIP of another family
+    before sampling starts)."""
+    width = int(model.unet.config.joint_attention_dim)
+    if cond.embedding.shape[-1] != width:
+        raise ValueError(f"the AuraFlow model reads a {width}-wide Pile-T5 text context; this conditioning's is "
+                         f"{cond.embedding.shape[-1]} wide (from a CLIP of another family?)")
+    return None
+
+
 # family -> f(model, conditioning entry, positive, latent height, latent width) -> added inputs
-BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3}
+BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3,
+                                                                      AURAFLOW: _auraflow}
 
 
 def added_inputs(model: Any, cond: Any, positive: bool, h: int, w: int) -> dict[str, torch.Tensor] | None:

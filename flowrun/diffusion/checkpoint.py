@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
-from flowrun.diffusion.configs import SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
+from flowrun.diffusion.configs import AURAFLOW, SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
 from flowrun.diffusion.pickles import read_pickle
 from flowrun.diffusion.export import CONFIG_KEY
@@ -134,10 +134,12 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
-    from flowrun.diffusion import sd3_files
+    from flowrun.diffusion import auraflow_files, sd3_files
 
     if sd3_files.is_sd3(state):  # an MMDiT, not a UNet: SD3 / SD3.5 (the transformer's weights held for `device`)
         return sd3_files.load_state(state, path, side, device)
+    if auraflow_files.is_auraflow(state):  # AuraFlow's MMDiT
+        return auraflow_files.load_state(state, path, side, device)
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
     if side:
         config = ModelConfig.from_sidecar(side, found.family)
@@ -274,6 +276,11 @@ def bundle(config: ModelConfig, unet, texts: list, vae, fingerprint: str, device
         from flowrun.diffusion.sd3_files import diffusion_model
 
         model = diffusion_model(unet, config, fingerprint, device)
+    elif config.family == AURAFLOW:
+        from flowrun.diffusion import auraflow_files, text_auraflow
+
+        model = auraflow_files.diffusion_model(unet, config, fingerprint, device)
+        return model, TextEncoder(text_auraflow.tokenizer(), texts, config, fingerprint), Vae(vae, config, fingerprint)
     else:
         unet.to(device)
         model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from flowrun.diffusion.configs import SD1, SD2, SD3, SDXL, SDXL_REFINER
+from flowrun.diffusion.configs import AURAFLOW, SD1, SD2, SD3, SDXL, SDXL_REFINER
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
@@ -158,6 +158,10 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
         from flowrun.diffusion.text_sd3 import encode_sd3
 
         return encode_sd3(enc, text, text, text, empty_padding=True)
+    if enc.family == AURAFLOW:
+        from flowrun.diffusion.text_auraflow import encode_auraflow
+
+        return encode_auraflow(enc, text)
     vectors, report = _embedding_lookups(enc, embeddings)
     with patched(enc.models, enc.patches):
         if enc.family == SDXL_REFINER:

@@ -59,12 +59,12 @@ def _load(build, state: dict, what: str, path: Path):
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False) -> DiffusionModel:
-    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 transformer file (sd3_files). An fp8
-    `weight_dtype` rounds every weight to that format, as ComfyUI stores them, and computes in float32."""
+    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 or AuraFlow transformer file
+    (sd3_files, auraflow_files). An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores them, and computes in float32."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from flowrun.diffusion import sd3_files
+    from flowrun.diffusion import auraflow_files, sd3_files
 
     state = read_state_dict(path, allow_pickle)
     if sd3_files.is_sd3(state):  # SD3 / SD3.5's MMDiT
@@ -72,6 +72,11 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
         side = config if sidecar(path) is not None else None
         fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
         return sd3_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
+    if auraflow_files.is_auraflow(state):  # AuraFlow's MMDiT
+        config, _ = _config(path, auraflow_files.AURAFLOW)
+        side = config if sidecar(path) is not None else None
+        fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
+        return auraflow_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}

@@ -1,6 +1,7 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
-Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5), in the diffusers /
+Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5,
+AuraFlow 0.3), in the diffusers /
 transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
 configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
 """
@@ -15,7 +16,8 @@ from typing import Any
 
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
 SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowrun.diffusion.sd3_network)
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3)
+AURAFLOW = "auraflow"  # AuraFlow 0.1-0.3: fal's MMDiT on SDXL's VAE, Pile-T5 XL text (flowrun.diffusion.auraflow_network)
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, AURAFLOW)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -73,6 +75,22 @@ SD3_TRANSFORMERS["sd3.5 large"] = {**SD3_TRANSFORMERS["sd3 medium"], "num_layers
                                    "caption_projection_dim": 2432, "qk_norm": "rms_norm"}
 SD3_TRANSFORMERS["sd3.5 medium"] = {**SD3_TRANSFORMERS["sd3 medium"], "pos_embed_max_size": 384, "qk_norm": "rms_norm",
                                     "dual_attention_layers": list(range(13))}
+
+# AuraFlow's text encoder: EleutherAI's Pile-T5 XL encoder, a UMT5 (a relative position table in every layer)
+# in transformers' UMT5Config vocabulary (ComfyUI's t5_pile_config_xl.json)
+_PILE_T5_XL = {
+    "vocab_size": 32128, "d_model": 2048, "d_kv": 64, "d_ff": 5120, "num_layers": 24, "num_heads": 32,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6, "pad_token_id": 1, "eos_token_id": 2,
+}
+
+# AuraFlow 0.3's transformer in diffusers' AuraFlowTransformer2DModel vocabulary (fal/AuraFlow-v0.3
+# transformer/config.json); the loader reads depth, widths and the position table's size off the weights
+AURAFLOW_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 64, "patch_size": 2, "in_channels": 4, "num_mmdit_layers": 4, "num_single_dit_layers": 32,
+    "attention_head_dim": 256, "num_attention_heads": 12, "joint_attention_dim": 2048, "caption_projection_dim": 3072,
+    "out_channels": 4, "pos_embed_max_size": 9216,
+}
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     SD1: {
@@ -134,6 +152,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "unet": SD3_TRANSFORMERS["sd3 medium"],
         "vae": _VAE_16,
         "text_encoders": [_CLIP_L, _OPEN_CLIP_BIGG, _T5_XXL],  # CLIP-L, CLIP-G, T5-XXL
+        "prediction_type": "flow",
+    },
+    AURAFLOW: {  # the transformer's config under "unet"; SDXL's 4-channel autoencoder
+        "unet": AURAFLOW_TRANSFORMER,
+        "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
+        "text_encoders": [_PILE_T5_XL],
         "prediction_type": "flow",
     },
 }

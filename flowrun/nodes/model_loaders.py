@@ -59,9 +59,14 @@ class ClipParams(NodeParams):
 
 @node("CLIPLoader", outputs={"clip": ports.CLIP}, category="loaders", files={"clip_name": "text_encoders"})
 def clip_loader(p: ClipParams, ctx) -> ports.Clip:
-    """Load one text encoder (SD 1.x or 2.x, or one of SD3's)."""
+    """Load one text encoder (SD 1.x or 2.x, one of SD3's, or AuraFlow's Pile-T5 with any type)."""
+    from flowrun.diffusion import auraflow_files
     from flowrun.diffusion.components import load_text_encoders
 
+    if loading(lambda: auraflow_files.is_pile_t5_file(ctx.files.path("text_encoders", p.clip_name))):
+        # AuraFlow's Pile-T5 XL: ComfyUI tells it from its weights, whatever the type says
+        return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: auraflow_files.load_text_encoder(
+            path, fp, allow_pickle=ctx.files.allow_pickle), "auraflow")
     if p.type == "sd3":
         from flowrun.nodes.sd3 import load_sd3_text
 
