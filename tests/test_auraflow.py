@@ -171,6 +171,29 @@ def test_a_clip_of_another_family_is_refused_by_name(aura_models, tmp_path, tiny
         load_text_encoder(t5_files["t5xxl"], "fp")
 
 
+def test_comfyui_auraflow_graphs_import_validate_and_run(cli, tmp_path):
+    """The hand-written AuraFlow graphs (fal's single file; UNETLoader + CLIPLoader + VAELoader), UI and API format,
+    on the toy model under the file names they carry: both import, validate and run to the same image."""
+    from conftest import ROOT
+
+    tiny_auraflow.write_as_comfyui(tmp_path / "models")
+    images = {}
+    for graph in ("auraflow", "auraflow-split"):
+        for form in ("api", "ui"):
+            wf = tmp_path / f"{graph}-{form}.yaml"
+            assert cli("import", ROOT / "tests" / "comfyui" / f"{graph}-{form}.json", "--out", wf).code == 0
+            r = cli("validate", wf, "--models-dir", tmp_path / "models")
+            assert r.code == 0, r.err
+        r = cli("run", tmp_path / f"{graph}-ui.yaml", "--models-dir", tmp_path / "models", "--out", tmp_path / graph,
+                "--device", "cpu")
+        assert r.code == 0, r.err
+        with Image.open(tmp_path / graph / f"{graph}.png") as image:
+            images[graph] = np.asarray(image).astype(int)
+            assert ("CLIPLoader" in image.info["prompt"]) == (graph == "auraflow-split")
+    assert images["auraflow"].shape == (128, 128, 3) and images["auraflow"].std() > 10
+    assert np.abs(images["auraflow"] - images["auraflow-split"]).max() <= 1
+
+
 # published size: AuraFlow 0.3 is "6.8B"; the Pile-T5 XL encoder and SDXL's VAE beside it in the single file
 TRANSFORMER_PARAMS, PILE_T5_PARAMS, VAE_PARAMS = 6_858_605_568, 1_223_550_976, 83_653_863
 
