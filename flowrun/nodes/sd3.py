@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from flowrun.errors import NodeError
 from flowrun.nodes import ports
@@ -38,14 +38,14 @@ class TripleClipParams(NodeParams):
     _inside2 = stays_inside("clip_name2", LEAVES_MODELS)
     _inside3 = stays_inside("clip_name3", LEAVES_MODELS)
 
-    @model_validator(mode="after")
-    def _three_files(self):
-        names = [self.clip_name1, self.clip_name2, self.clip_name3]
-        for i, j in ((0, 1), (0, 2), (1, 2)):
-            if names[i] == names[j]:
-                raise ValueError(f"clip_name{i + 1} and clip_name{j + 1} name the same file '{names[i]}'; "
-                                 "TripleCLIPLoader takes CLIP-L, CLIP-G and T5-XXL, one file each")
-        return self
+    @field_validator("clip_name2", "clip_name3")
+    @classmethod
+    def _one_file_each(cls, name: str, info):
+        for other in ("clip_name1", "clip_name2"):
+            if other != info.field_name and info.data.get(other) == name:
+                raise ValueError(f"{other} and {info.field_name} name the same file '{name}'; TripleCLIPLoader takes "
+                                 "CLIP-L, CLIP-G and T5-XXL, one file each")
+        return name
 
 
 @node("TripleCLIPLoader", outputs={"clip": ports.CLIP}, category="advanced/loaders",
