@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion import t5
-from flowrun.diffusion.clip import END, _encode_one, tokenize
+from flowrun.diffusion.clip_tower import END, _encode_one, tokenize
 from flowrun.diffusion.model import TextEncoder
 from flowrun.values import CondEntry, Conditioning
 
