@@ -300,3 +300,17 @@ def test_an_sd3_model_with_a_4_channel_latent_or_vae_is_refused(sd3_models, tiny
     r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
     assert r.code == 1 and "decode" in r.err, r.err
     assert "input 'vae': this VAE decodes latents of 4 channels, 'samples' has 16" in r.err
+
+
+def test_a_checkpoint_without_text_encoders_says_so_at_the_prompt(sd3_models, tmp_path, cli):
+    """stabilityai's sd3_medium.safetensors holds the transformer and VAE only: its CLIP encodes nothing."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(sd3_models / "checkpoints" / "tiny-sd3.safetensors"))
+    bare = {k: v for k, v in state.items() if not k.startswith("text_encoders.")}
+    tiny_sd3.save(bare, sd3_models / "checkpoints" / "tiny-sd3-bare.safetensors", tiny_sd3.SIDECAR)
+    wf = _workflow(tmp_path, "  ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny-sd3-bare}}\n",
+                   {"MODEL": "ckpt.model", "CLIP": "ckpt.clip", "VAE": "ckpt.vae"})
+    r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
+    assert r.code == 1 and "CLIPTextEncode" in r.err, r.err
+    assert "tiny-sd3-bare.safetensors holds none of SD3's text encoders" in r.err and "TripleCLIPLoader" in r.err

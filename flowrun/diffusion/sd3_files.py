@@ -182,6 +182,7 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, de
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         config.text_encoders[2] = t5.config_from_state(t5_state)
+    config.source = str(path)
     return config, SD3Network(transformer), texts, vae
 
 
