@@ -213,7 +213,8 @@ def _meta_single_file() -> dict:
         vae = AutoencoderKL(**vae_config)
         pile_t5 = UMT5EncoderModel(UMT5Config(**_PILE_T5_XL, is_encoder_decoder=False))
     state = tiny_auraflow.transformer_to_fal(transformer.state_dict(), "model.")
-    state.update({"vae." + k[len("first_stage_model."):]: v for k, v in vae_to_ldm(vae.state_dict(), vae_config).items()})
+    ldm_vae = vae_to_ldm(vae.state_dict(), vae_config)
+    state.update({"vae." + k[len("first_stage_model."):]: v for k, v in ldm_vae.items()})
     state.update({"text_encoders.pile_t5xl.transformer." + k: v for k, v in pile_t5.state_dict().items()
                   if k != "encoder.embed_tokens.weight"})
     return state

@@ -243,3 +243,74 @@ def test_comfyui_sd3_graphs_import_validate_and_run(cli, tmp_path):
             assert "TripleCLIPLoader" in image.info["prompt"] or graph == "sd3"
     assert images["sd3"].shape == images["sd3-split"].shape == (128, 128, 3)
     assert np.abs(images["sd3"] - images["sd3-split"]).max() > 8  # CLIPTextEncodeSD3's three prompts tell
+
+
+def _workflow(tmp_path, loaders: str, wiring: dict, latent: str | None = None):
+    text = "version: 1\nnodes:\n" + loaders + REST
+    if latent:
+        text = text.replace("{type: EmptySD3LatentImage, with: {width: 128, height: 128, batch_size: 1}}", latent)
+    for placeholder, value in wiring.items():
+        text = text.replace(f"${placeholder}", value)
+    (tmp_path / "wf.yaml").write_text(text)
+    return tmp_path / "wf.yaml"
+
+
+def test_a_t5_file_where_a_clip_is_expected_is_named_with_what_was_found(sd3_models, tiny_models, tmp_path, cli):
+    import shutil
+
+    shutil.copyfile(tiny_models / "checkpoints" / "tiny.safetensors", sd3_models / "checkpoints" / "tiny.safetensors")
+    shutil.copyfile(tiny_models / "checkpoints" / "tiny.json", sd3_models / "checkpoints" / "tiny.json")
+    wiring = {"MODEL": "ckpt.model", "CLIP": "clip", "VAE": "ckpt.vae"}
+    sd1 = "  ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny}}\n"
+    wf = _workflow(tmp_path, sd1 + "  clip: {type: CLIPLoader, with: {clip_name: tiny-sd3-t5xxl}}\n", wiring)
+    r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
+    assert r.code == 1 and "clip" in r.err and "CLIPLoader" in r.err, r.err
+    assert "tiny-sd3-t5xxl.safetensors: a T5 text encoder (as SD3 and Flux read), not the CLIP text encoder" in r.err
+    assert "CLIPLoader / DualCLIPLoader type sd3" in r.err
+
+    sd3 = "  ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny-sd3}}\n"
+    two_t5 = ("  clip: {type: TripleCLIPLoader, with: {clip_name1: tiny-sd3-clip-l, clip_name2: tiny-sd3-t5xxl, "
+              "clip_name3: tiny-sd3-t5xxl-copy}}\n")
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(sd3_models / "text_encoders" / f"tiny-sd3-t5xxl{suffix}",
+                        sd3_models / "text_encoders" / f"tiny-sd3-t5xxl-copy{suffix}")
+    r = cli("run", _workflow(tmp_path, sd3 + two_t5, wiring), "--models-dir", sd3_models, "--no-cache",
+            "--out", tmp_path / "o")
+    assert r.code == 1 and "TripleCLIPLoader" in r.err, r.err
+    assert ("clip_name2 (tiny-sd3-t5xxl.safetensors) and clip_name3 (tiny-sd3-t5xxl-copy.safetensors) are both "
+            "T5-XXL text encoders") in r.err
+    same = two_t5.replace("tiny-sd3-t5xxl-copy", "tiny-sd3-t5xxl")  # knowable before anything loads
+    r = cli("validate", _workflow(tmp_path, sd3 + same, wiring), "--models-dir", sd3_models)
+    assert r.code == 2 and "clip_name2 and clip_name3 name the same file 'tiny-sd3-t5xxl'" in r.err, r.err
+
+
+def test_an_sd3_model_with_a_4_channel_latent_or_vae_is_refused(sd3_models, tiny_models, tmp_path, cli):
+    import shutil
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(tiny_models / "checkpoints" / f"tiny{suffix}", sd3_models / "checkpoints" / f"tiny{suffix}")
+    loaders = ("  ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny-sd3}}\n"
+               "  sd1: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny}}\n")
+    four = "{type: EmptyLatentImage, with: {width: 128, height: 128, batch_size: 1}}"
+    wf = _workflow(tmp_path, loaders, {"MODEL": "ckpt.model", "CLIP": "ckpt.clip", "VAE": "ckpt.vae"}, four)
+    r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
+    assert r.code == 1 and "sample" in r.err, r.err
+    assert "input 'latent_image': the model denoises latents of 16 channels, this one has 4" in r.err
+    wf = _workflow(tmp_path, loaders, {"MODEL": "ckpt.model", "CLIP": "ckpt.clip", "VAE": "sd1.vae"})
+    r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
+    assert r.code == 1 and "decode" in r.err, r.err
+    assert "input 'vae': this VAE decodes latents of 4 channels, 'samples' has 16" in r.err
+
+
+def test_a_checkpoint_without_text_encoders_says_so_at_the_prompt(sd3_models, tmp_path, cli):
+    """stabilityai's sd3_medium.safetensors holds the transformer and VAE only: its CLIP encodes nothing."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(sd3_models / "checkpoints" / "tiny-sd3.safetensors"))
+    bare = {k: v for k, v in state.items() if not k.startswith("text_encoders.")}
+    tiny_sd3.save(bare, sd3_models / "checkpoints" / "tiny-sd3-bare.safetensors", tiny_sd3.SIDECAR)
+    wf = _workflow(tmp_path, "  ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny-sd3-bare}}\n",
+                   {"MODEL": "ckpt.model", "CLIP": "ckpt.clip", "VAE": "ckpt.vae"})
+    r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
+    assert r.code == 1 and "CLIPTextEncode" in r.err, r.err
+    assert "tiny-sd3-bare.safetensors holds none of SD3's text encoders" in r.err and "TripleCLIPLoader" in r.err

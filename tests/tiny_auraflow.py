@@ -36,7 +36,8 @@ _SINGLE = [("ff.linear_1.", "mlp.c_fc1."), ("ff.linear_2.", "mlp.c_fc2."), ("ff.
            ("norm1.linear.", "modCX.1."), ("attn.to_q.", "attn.w1q."), ("attn.to_k.", "attn.w1k."),
            ("attn.to_v.", "attn.w1v."), ("attn.to_out.0.", "attn.w1o.")]
 _TOP = {"register_tokens": "register_tokens", "time_step_proj.linear_1.weight": "t_embedder.mlp.0.weight",
-        "time_step_proj.linear_1.bias": "t_embedder.mlp.0.bias", "time_step_proj.linear_2.weight": "t_embedder.mlp.2.weight",
+        "time_step_proj.linear_1.bias": "t_embedder.mlp.0.bias",
+        "time_step_proj.linear_2.weight": "t_embedder.mlp.2.weight",
         "time_step_proj.linear_2.bias": "t_embedder.mlp.2.bias", "context_embedder.weight": "cond_seq_linear.weight",
         "proj_out.weight": "final_linear.weight", "pos_embed.pos_embed": "positional_encoding",
         "pos_embed.proj.weight": "init_x_linear.weight", "pos_embed.proj.bias": "init_x_linear.bias"}
@@ -55,7 +56,8 @@ def transformer_to_fal(state: dict, prefix: str = "") -> dict:
             out[prefix + "modF.1.weight"] = torch.cat([shift, scale], dim=0)
         else:
             kind, index, rest = key.split(".", 2)
-            table, head = ((_JOINT, "double_layers") if kind == "joint_transformer_blocks" else (_SINGLE, "single_layers"))
+            joint = kind == "joint_transformer_blocks"
+            table, head = (_JOINT, "double_layers") if joint else (_SINGLE, "single_layers")
             new = next(old + rest[len(d):] for d, old in table if rest.startswith(d))
             out[prefix + f"{head}.{index}.{new}"] = value
     return out

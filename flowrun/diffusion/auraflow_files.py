@@ -146,7 +146,7 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, de
     the full-size layout this way)."""
     from flowrun.diffusion import text_auraflow
     from flowrun.diffusion.auraflow_network import AuraFlowNetwork
-    from flowrun.diffusion.components import build_vae, vae_config
+    from flowrun.diffusion.weights import build_vae, vae_config
     from flowrun.diffusion.sd3_files import compute_dtype
 
     config = ModelConfig.from_sidecar(side, AURAFLOW) if side else ModelConfig.default(AURAFLOW)
@@ -226,7 +226,7 @@ def load_text_encoder(path: Path, fingerprint: str, *, allow_pickle: bool = Fals
     """CLIP (family auraflow) from a Pile-T5 XL file; ComfyUI's CLIPLoader tells one from its weights whatever
     its type. Another T5 (SD3's or Flux's T5-XXL) or a CLIP is refused, named."""
     from flowrun.diffusion import t5, text_auraflow
-    from flowrun.diffusion.checkpoint import read_state_dict, sidecar
+    from flowrun.diffusion.weights import read_state_dict, sidecar
     from flowrun.diffusion.model import TextEncoder
 
     state = text_state(read_state_dict(path, allow_pickle))

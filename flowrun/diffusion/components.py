@@ -18,9 +18,10 @@ import torch
 
 from flowrun.diffusion.checkpoint import (_V_PRED_PROBE, _instantiate, _load_open_clip, _load_text, read_state_dict,
                                           sidecar, tokenizer)
-from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, _VAE_16, SD1, SD2, SDXL, ModelConfig
+from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CONTEXT_WIDTH, UNET, CheckpointError
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
+from flowrun.diffusion.weights import build_vae, vae_config
 
 FP8 = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -60,7 +61,8 @@ def _load(build, state: dict, what: str, path: Path):
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False) -> DiffusionModel:
     """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 or AuraFlow transformer file
-    (sd3_files, auraflow_files). An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores them, and computes in float32."""
+    (sd3_files, auraflow_files). An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores
+    them, and computes in float32."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
@@ -118,28 +120,6 @@ def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle:
     vae = build_vae(state, config.vae, path)
     vae.to(device)
     return Vae(vae, config, fingerprint)
-
-
-def build_vae(state: dict, config: dict, path: Path):
-    """AutoencoderKL from a VAE state dict without prefix, original or diffusers layout (also on the meta
-    device: tests check the full-size 16-channel layout this way)."""
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in state)
-    vae_state = state if diffusers_layout else convert_ldm_vae_checkpoint(state, config)
-    return _load(lambda: AutoencoderKL(**config), vae_state, "VAE", path)
-
-
-def vae_config(state: dict, base: dict) -> dict:
-    """`base` (an AutoencoderKL config) fitted to a VAE state dict (original or diffusers layout, no prefix):
-    its latent channels, and whether it has the quant convolutions that SD3's and Flux's 16-channel
-    autoencoder lacks (with SD3's latent scale and shift for such a one)."""
-    channels = int(state["decoder.conv_in.weight"].shape[1])
-    config = {**(_VAE_16 if channels == 16 else base), "latent_channels": channels}
-    config["use_quant_conv"] = "quant_conv.weight" in state
-    config["use_post_quant_conv"] = "post_quant_conv.weight" in state
-    return config
 
 
 def _text_part(path: Path, allow_pickle: bool) -> tuple[str | None, dict, Any, int]:

@@ -154,9 +154,8 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, de
     """(config, network adapter, [clip_l, clip_g, t5] with None for one the file lacks, vae) of an SD3 single
     file; also on the meta device (tests map the full-size layouts this way)."""
     from flowrun.diffusion import t5
-    from flowrun.diffusion.checkpoint import _load_text
-    from flowrun.diffusion.components import build_vae, vae_config
     from flowrun.diffusion.sd3_network import SD3Network
+    from flowrun.diffusion.weights import _load_text, build_vae, vae_config
 
     config = ModelConfig.from_sidecar(side, SD3) if side else ModelConfig.default(SD3)
     if config.family != SD3:
@@ -183,6 +182,7 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, de
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         config.text_encoders[2] = t5.config_from_state(t5_state)
+    config.source = str(path)
     return config, SD3Network(transformer), texts, vae
 
 
@@ -227,8 +227,8 @@ def _text_file(path: Path, allow_pickle: bool, label: str):
     import json
 
     from flowrun.diffusion import t5
-    from flowrun.diffusion.checkpoint import _load_open_clip, _load_text, read_state_dict, sidecar
     from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG
+    from flowrun.diffusion.weights import _load_open_clip, _load_text, read_state_dict, sidecar
 
     state = read_state_dict(path, allow_pickle)
     for prefix in _TEXT_PREFIXES:
@@ -270,8 +270,8 @@ def load_text_encoders(paths: list[Path], fingerprints: list[str], labels: list[
     ComfyUI does. `labels` name the files in messages (the node's fields)."""
     import hashlib
 
-    from flowrun.diffusion.checkpoint import sidecar, tokenizer
     from flowrun.diffusion.model import TextEncoder
+    from flowrun.diffusion.weights import sidecar, tokenizer
 
     labels = labels or [str(p) for p in paths]
     base, source = None, None

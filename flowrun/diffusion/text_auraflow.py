@@ -91,7 +91,8 @@ def build(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k != "encoder.embed_tokens.weight"]
     if missing or unexpected:
-        raise ValueError(f"Pile-T5 weights do not fit a UMT5 encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(f"Pile-T5 weights do not fit a UMT5 encoder: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
     model.encoder.embed_tokens = model.shared  # the tied table: one tensor, as in the file
     return model.eval().requires_grad_(False)
 

@@ -7,7 +7,8 @@
   tokens: the context is [CLIP part; T5 part] along the tokens.
 - The pooled vector is CLIP-L's and CLIP-G's side by side (zeros for one that is missing).
 - Any encoder may be missing (ComfyUI's TripleCLIPLoader / CLIPLoader with fewer files): without T5 the context
-  is the CLIP part alone; with no encoder at all, zeros of 77 tokens.
+  is the CLIP part alone; with no CLIP prompt and no T5, zeros of 77 tokens. A CLIP with no encoder at all (a
+  checkpoint without them) is an error, as ComfyUI gives no CLIP then.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion import t5
-from flowrun.diffusion.clip import END, _encode_one, tokenize
+from flowrun.diffusion.clip_tower import END, _encode_one, tokenize
 from flowrun.diffusion.model import TextEncoder
 from flowrun.values import CondEntry, Conditioning
 
@@ -46,6 +47,9 @@ def encode_sd3(enc: TextEncoder, text_l: str, text_g: str, text_t5: str, empty_p
     alone."""
     from flowrun.diffusion.lora import patched
 
+    if all(m is None for m in enc.models):  # ComfyUI gives such a checkpoint no CLIP at all
+        raise ValueError(f"input 'clip': {enc.config.source} holds none of SD3's text encoders (CLIP-L, CLIP-G, "
+                         "T5-XXL); load them with TripleCLIPLoader")
     tok = enc.tokenizer
     chunks_l = [] if (not text_l and not empty_padding) else tokenize(tok, text_l, END)
     chunks_g = [] if (not text_g and not empty_padding) else tokenize(tok, text_g, 0)

@@ -65,8 +65,8 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
 
     if loading(lambda: auraflow_files.is_pile_t5_file(ctx.files.path("text_encoders", p.clip_name))):
         # AuraFlow's Pile-T5 XL: ComfyUI tells it from its weights, whatever the type says
-        return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: auraflow_files.load_text_encoder(
-            path, fp, allow_pickle=ctx.files.allow_pickle), "auraflow")
+        return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: (
+            auraflow_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle)), "auraflow")
     if p.type == "sd3":
         from flowrun.nodes.sd3 import load_sd3_text
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from flowrun.errors import NodeError
 from flowrun.nodes import ports
@@ -37,6 +37,15 @@ class TripleClipParams(NodeParams):
     _inside1 = stays_inside("clip_name1", LEAVES_MODELS)
     _inside2 = stays_inside("clip_name2", LEAVES_MODELS)
     _inside3 = stays_inside("clip_name3", LEAVES_MODELS)
+
+    @field_validator("clip_name2", "clip_name3")
+    @classmethod
+    def _one_file_each(cls, name: str, info):
+        for other in ("clip_name1", "clip_name2"):
+            if other != info.field_name and info.data.get(other) == name:
+                raise ValueError(f"{other} and {info.field_name} name the same file '{name}'; TripleCLIPLoader takes "
+                                 "CLIP-L, CLIP-G and T5-XXL, one file each")
+        return name
 
 
 @node("TripleCLIPLoader", outputs={"clip": ports.CLIP}, category="advanced/loaders",
