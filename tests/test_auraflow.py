@@ -122,6 +122,13 @@ def test_text_conditioning_is_comfyuis(aura_models):
     weighted = encode(clip, "a (red:1.5) circle")[0].embedding
     assert torch.allclose(weighted[0, 1], (entry.embedding[0, 1] - empty[0, 1]) * 1.5 + empty[0, 1], atol=1e-5)
     assert torch.allclose(weighted[0, 0], entry.embedding[0, 0], atol=1e-5)
+    # CLIPSetLastLayer -2: the layer before the last, through the final norm (ComfyUI's T5); beyond the depth: last
+    with torch.no_grad():
+        out = pile_t5(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        penultimate = pile_t5.encoder.final_layer_norm(out.hidden_states[-2]) * mask[..., None]
+    assert torch.allclose(encode(clip.with_layer(-2), "a red circle")[0].embedding, penultimate, atol=1e-5)
+    assert not torch.allclose(penultimate, reference, atol=1e-3)
+    assert torch.equal(encode(clip.with_layer(-3), "a red circle")[0].embedding, entry.embedding)
 
 
 def test_positions_off_diffusers_grid_are_comfyuis_and_odd_sizes_are_padded(aura_models):

@@ -9,6 +9,8 @@
   the tokens up to and including the end token (an attention mask), and the context is its last hidden state
   with the padding's positions set to zero (ComfyUI's enable_attention_masks and zero_out_masked).
 - A weight w != 1 moves a token's vector away from the empty prompt's, z' = (z - z_empty) * w + z_empty.
+- CLIPSetLastLayer -n reads the n-th layer from the end through the final layer norm, as ComfyUI's T5 does
+  (final_layer_norm_intermediate); a layer beyond the encoder's depth means the last, as ComfyUI's clip_layer.
 """
 
 from __future__ import annotations
@@ -97,23 +99,27 @@ def build(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
     return model.eval().requires_grad_(False)
 
 
-def _run(model, ids: list[list[int]]) -> torch.Tensor:
-    """Last hidden states [n, len, d] in float32, the positions after each row's end token masked and zeroed."""
+def _run(model, ids: list[list[int]], layer_idx: int | None = None) -> torch.Tensor:
+    """Hidden states [n, len, d] in float32 (the last, or layer `layer_idx` through the final norm), the
+    positions after each row's end token masked and zeroed."""
     mask = torch.zeros(len(ids), len(ids[0]), dtype=torch.long)
     for row, tokens in enumerate(ids):
         mask[row, :tokens.index(END) + 1] = 1
+    last = layer_idx is None or layer_idx == -1 or abs(layer_idx) > model.config.num_layers
     with torch.no_grad():
-        z = model(input_ids=torch.tensor(ids), attention_mask=mask).last_hidden_state.float()
-    return z * mask.unsqueeze(-1)
+        out = model(input_ids=torch.tensor(ids), attention_mask=mask, output_hidden_states=not last)
+        z = out.last_hidden_state if last else model.encoder.final_layer_norm(out.hidden_states[layer_idx])
+    return z.float() * mask.unsqueeze(-1)
 
 
-def encode(model, tokens: list[tuple[int, float]]) -> torch.Tensor:
-    """The context [1, len(tokens), d_model] of a tokenized prompt, the weights applied against the empty prompt."""
+def encode(model, tokens: list[tuple[int, float]], layer_idx: int | None = None) -> torch.Tensor:
+    """The context [1, len(tokens), d_model] of a tokenized prompt, the weights applied against the empty prompt;
+    `layer_idx` as CLIPSetLastLayer sets it (None: the last layer)."""
     ids = [[t for t, _ in tokens]]
     weighted = any(w != 1.0 for _, w in tokens)
     if weighted:
         ids.append([END] + [PAD] * (len(tokens) - 1))
-    z = _run(model, ids)
+    z = _run(model, ids, layer_idx)
     out = z[0:1].clone()
     if weighted:
         for j, (_, w) in enumerate(tokens):
@@ -128,5 +134,5 @@ def encode_auraflow(enc, text: str) -> Conditioning:
 
     model, = enc.models
     with patched(enc.models, enc.patches):
-        context = encode(model, tokenize(text))
+        context = encode(model, tokenize(text), enc.layer_idx)
     return Conditioning([CondEntry(context)])
