@@ -314,3 +314,12 @@ def test_a_checkpoint_without_text_encoders_says_so_at_the_prompt(sd3_models, tm
     r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
     assert r.code == 1 and "CLIPTextEncode" in r.err, r.err
     assert "tiny-sd3-bare.safetensors holds none of SD3's text encoders" in r.err and "TripleCLIPLoader" in r.err
+
+
+def test_unet_patches_on_an_sd3_model_are_refused_by_name(sd3_models, tmp_path, cli):
+    loaders = ("  ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny-sd3}}\n"
+               "  freeu: {type: FreeU, in: {model: ckpt.model}}\n")
+    wf = _workflow(tmp_path, loaders, {"MODEL": "freeu", "CLIP": "ckpt.clip", "VAE": "ckpt.vae"})
+    r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
+    assert r.code == 1 and "node 'freeu' (FreeU)" in r.err, r.err
+    assert "input 'model': FreeU patches a UNet's blocks; this sd3 model is a transformer (DiT)" in r.err
