@@ -201,6 +201,21 @@ def test_comfyui_auraflow_graphs_import_validate_and_run(cli, tmp_path):
     assert np.abs(images["auraflow"] - images["auraflow-split"]).max() <= 1
 
 
+def test_a_checkpoint_without_its_text_encoder_says_so_at_the_prompt(aura_models, tmp_path, cli):
+    """A single file with the transformer and VAE only: its CLIP encodes nothing, the prompt node says why."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(aura_models / "checkpoints" / "tiny-auraflow.safetensors"))
+    bare = {k: v for k, v in state.items() if not k.startswith("text_encoders.")}
+    tiny_auraflow.save(bare, aura_models / "checkpoints" / "tiny-auraflow-bare.safetensors", tiny_auraflow.SIDECAR)
+    text = "version: 1\nnodes:\n" + SINGLE.replace("tiny-auraflow", "tiny-auraflow-bare") + REST
+    (tmp_path / "bare.yaml").write_text(text.replace("$MODEL", "ckpt.model").replace("$CLIP", "ckpt.clip")
+                                        .replace("$VAE", "ckpt.vae"))
+    r = cli("run", tmp_path / "bare.yaml", "--models-dir", aura_models, "--no-cache", "--out", tmp_path / "o")
+    assert r.code == 1 and "CLIPTextEncode" in r.err, r.err
+    assert "tiny-auraflow-bare.safetensors holds no Pile-T5 text encoder" in r.err and "CLIPLoader" in r.err
+
+
 # published size: AuraFlow 0.3 is "6.8B"; the Pile-T5 XL encoder and SDXL's VAE beside it in the single file
 TRANSFORMER_PARAMS, PILE_T5_PARAMS, VAE_PARAMS = 6_858_605_568, 1_223_550_976, 83_653_863
 

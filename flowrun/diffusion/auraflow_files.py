@@ -168,6 +168,7 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, de
     if text_auraflow.is_pile_t5(t5_state):
         texts[0] = load_pile_t5(t5_state, path)
         config.text_encoders = [text_auraflow.config_from_state(t5_state)]
+    config.source = str(path)
     return config, AuraFlowNetwork(transformer), texts, vae
 
 

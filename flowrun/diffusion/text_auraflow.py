@@ -9,6 +9,7 @@
   the tokens up to and including the end token (an attention mask), and the context is its last hidden state
   with the padding's positions set to zero (ComfyUI's enable_attention_masks and zero_out_masked).
 - A weight w != 1 moves a token's vector away from the empty prompt's, z' = (z - z_empty) * w + z_empty.
+- A CLIP without the encoder (a checkpoint without it) is an error at the prompt, as ComfyUI gives no CLIP then.
 - CLIPSetLastLayer -n reads the n-th layer from the end through the final layer norm, as ComfyUI's T5 does
   (final_layer_norm_intermediate); a layer beyond the encoder's depth means the last, as ComfyUI's clip_layer.
 """
@@ -133,6 +134,9 @@ def encode_auraflow(enc, text: str) -> Conditioning:
     from flowrun.diffusion.lora import patched
 
     model, = enc.models
+    if model is None:  # ComfyUI gives such a checkpoint no CLIP at all
+        raise ValueError(f"input 'clip': {enc.config.source} holds no Pile-T5 text encoder; load AuraFlow's with "
+                         "CLIPLoader")
     with patched(enc.models, enc.patches):
         context = encode(model, tokenize(text), enc.layer_idx)
     return Conditioning([CondEntry(context)])
