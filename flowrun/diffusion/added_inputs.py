@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from flowrun.diffusion.configs import AURAFLOW, SD3, SDXL, SDXL_REFINER, TIME_IDS
+from flowrun.diffusion.configs import AURAFLOW, QWEN_IMAGE, SD3, SDXL, SDXL_REFINER, TIME_IDS
 
 
 def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -50,9 +50,19 @@ def _auraflow(model, cond, positive: bool, h: int, w: int) -> None:
     return None
 
 
+def _qwen_image(model, cond, positive: bool, h: int, w: int) -> None:
+    """Nothing beside the context; which must be Qwen2.5-VL's width (a ValueError names a CLIP of another family
+    before sampling starts)."""
+    width = int(model.unet.config.joint_attention_dim)
+    if cond.embedding.shape[-1] != width:
+        raise ValueError(f"the Qwen-Image model reads a {width}-wide Qwen2.5-VL text context; this conditioning's "
+                         f"is {cond.embedding.shape[-1]} wide (from a CLIP of another family?)")
+    return None
+
+
 # family -> f(model, conditioning entry, positive, latent height, latent width) -> added inputs
 BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3,
-                                                                      AURAFLOW: _auraflow}
+                                                                      AURAFLOW: _auraflow, QWEN_IMAGE: _qwen_image}
 
 
 def added_inputs(model: Any, cond: Any, positive: bool, h: int, w: int) -> dict[str, torch.Tensor] | None:

@@ -61,12 +61,12 @@ def _load(build, state: dict, what: str, path: Path):
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False) -> DiffusionModel:
     """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 or AuraFlow transformer file
-    (sd3_files, auraflow_files). An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores
+    (sd3_files, auraflow_files) or a Qwen-Image transformer file (qwen_image_files). An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores
     them, and computes in float32."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from flowrun.diffusion import auraflow_files, sd3_files
+    from flowrun.diffusion import auraflow_files, qwen_image_files, sd3_files
 
     state = read_state_dict(path, allow_pickle)
     if sd3_files.is_sd3(state):  # SD3 / SD3.5's MMDiT
@@ -79,6 +79,11 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
         side = config if sidecar(path) is not None else None
         fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
         return auraflow_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
+    if qwen_image_files.is_qwen_image(state):  # Qwen-Image's MMDiT
+        config, _ = _config(path, qwen_image_files.QWEN_IMAGE)
+        side = config if sidecar(path) is not None else None
+        fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
+        return qwen_image_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}
@@ -109,8 +114,14 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
 
 def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False) -> Vae:
     """VAE from a file in models/vae, in the original layout (`encoder.down.*`) or diffusers' (`encoder.down_blocks.*`):
-    SD's 4-channel autoencoders and SD3's / Flux's 16-channel one (no quant convolutions)."""
+    SD's 4-channel autoencoders and SD3's / Flux's 16-channel one (no quant convolutions); Qwen-Image's causal
+    3-D VAE (qwen_image_vae) in Wan 2.1's layout or diffusers'."""
+    from flowrun.diffusion import qwen_image_files, qwen_image_vae
+
     state = _strip(read_state_dict(path, allow_pickle), VAE_PREFIXES)
+    if qwen_image_vae.is_qwen_image_vae(state):
+        config = _config(path, qwen_image_files.QWEN_IMAGE)[0] if sidecar(path) is not None else None
+        return qwen_image_files.load_vae(state, path, config, fingerprint, device)
     if "decoder.conv_in.weight" not in state:
         raise CheckpointError(f"{path}: not a VAE: expected 'encoder.*' and 'decoder.*' weights, found keys like "
                               f"{sorted(state)[:3]}")

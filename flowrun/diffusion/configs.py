@@ -1,7 +1,7 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
 Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5,
-AuraFlow 0.3), in the diffusers /
+AuraFlow 0.3, Qwen-Image), in the diffusers /
 transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
 configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
 """
@@ -17,7 +17,9 @@ from typing import Any
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
 SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowrun.diffusion.sd3_network)
 AURAFLOW = "auraflow"  # AuraFlow 0.1-0.3: fal's MMDiT on SDXL's VAE, Pile-T5 XL text (flowrun.diffusion.auraflow_network)
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, AURAFLOW)
+# Qwen-Image: Alibaba's MMDiT on a 16-channel causal 3-D VAE, Qwen2.5-VL 7B text (flowrun.diffusion.qwen_image_network)
+QWEN_IMAGE = "qwen_image"
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, AURAFLOW, QWEN_IMAGE)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -92,6 +94,23 @@ AURAFLOW_TRANSFORMER: dict[str, Any] = {
     "out_channels": 4, "pos_embed_max_size": 9216,
 }
 
+# Qwen-Image's three parts (Qwen/Qwen-Image transformer/, vae/ and text_encoder/ config.json): the transformer in
+# diffusers' QwenImageTransformer2DModel vocabulary, the VAE in AutoencoderKLQwenImage's (plus latent_channels, which
+# the Vae value reads), the text model of Qwen2.5-VL 7B in transformers' Qwen2_5_VLTextConfig's
+QWEN_IMAGE_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
+    "num_attention_heads": 24, "joint_attention_dim": 3584, "guidance_embeds": False, "axes_dims_rope": [16, 56, 56],
+}
+QWEN_IMAGE_VAE: dict[str, Any] = {
+    "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+    "temperal_downsample": [False, True, True], "latent_channels": 16,
+}
+QWEN25_VL_7B_TEXT: dict[str, Any] = {
+    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-6, "max_position_embeddings": 128000,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     SD1: {
         "unet": {
@@ -158,6 +177,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "unet": AURAFLOW_TRANSFORMER,
         "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
         "text_encoders": [_PILE_T5_XL],
+        "prediction_type": "flow",
+    },
+    QWEN_IMAGE: {  # the transformer's config under "unet"; the VAE is AutoencoderKLQwenImage's (qwen_image_vae)
+        "unet": QWEN_IMAGE_TRANSFORMER,
+        "vae": QWEN_IMAGE_VAE,
+        "text_encoders": [QWEN25_VL_7B_TEXT],
         "prediction_type": "flow",
     },
 }

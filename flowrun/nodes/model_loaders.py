@@ -50,16 +50,17 @@ def vae_loader(p: VaeParams, ctx) -> ports.Vae:
 
 class ClipParams(NodeParams):
     clip_name: str = Field(min_length=1, description="Text encoder file by name, under text_encoders/ or clip/.")
-    type: Literal["stable_diffusion", "sd3"] = Field("stable_diffusion", description="stable_diffusion: SD1's CLIP-L "
-                                                     "or SD2's OpenCLIP-H, told from the weights; sd3: one of SD3's "
-                                                     "CLIP-L, CLIP-G or T5-XXL (the others left out).")
+    type: Literal["stable_diffusion", "sd3", "qwen_image"] = Field(
+        "stable_diffusion", description="stable_diffusion: SD1's CLIP-L or SD2's OpenCLIP-H, told from the weights; "
+        "sd3: one of SD3's CLIP-L, CLIP-G or T5-XXL (the others left out); qwen_image: Qwen-Image's Qwen2.5-VL 7B.")
 
     _inside = stays_inside("clip_name", LEAVES_MODELS)
 
 
 @node("CLIPLoader", outputs={"clip": ports.CLIP}, category="loaders", files={"clip_name": "text_encoders"})
 def clip_loader(p: ClipParams, ctx) -> ports.Clip:
-    """Load one text encoder (SD 1.x or 2.x, one of SD3's, or AuraFlow's Pile-T5 with any type)."""
+    """Load one text encoder (SD 1.x or 2.x, one of SD3's, Qwen-Image's Qwen2.5-VL, or AuraFlow's Pile-T5 with
+    any type)."""
     from flowrun.diffusion import auraflow_files
     from flowrun.diffusion.components import load_text_encoders
 
@@ -67,6 +68,12 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
         # AuraFlow's Pile-T5 XL: ComfyUI tells it from its weights, whatever the type says
         return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: (
             auraflow_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle)), "auraflow")
+    if p.type == "qwen_image":
+        from flowrun.diffusion import qwen_image_files
+
+        return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: (
+            qwen_image_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle,
+                                               device=ctx.device.device)), "qwen_image", ctx.device.device)
     if p.type == "sd3":
         from flowrun.nodes.sd3 import load_sd3_text
 

@@ -1,0 +1,161 @@
+"""Qwen-Image on a toy-width model with seeded weights: a render through UNETLoader + CLIPLoader (qwen_image) +
+VAELoader + KSampler equals diffusers' QwenImagePipeline (with its own Qwen2.5-VL text encoder) on the same weights
+within one 8-bit level; the text conditioning is ComfyUI's (the chat template, cut after the system turn); the VAE
+reads Wan's layout and diffusers'; the full-size key layouts of the split files are detected and mapped on the
+meta device with their published sizes; a text encoder of another family is refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiny_qwen_image
+from flowrun import api
+from flowrun.settings import Settings
+
+PROMPT, SEED, STEPS, SIZE, SHIFT = "a red circle on (blue) water", 5, 3, 64, 1.15
+GRAPH = """version: 1
+nodes:
+  unet: {type: UNETLoader, with: {unet_name: tiny-qwen-image}}
+  clip: {type: CLIPLoader, with: {clip_name: tiny-qwen-image-qwen25-vl, type: qwen_image}}
+  vae: {type: VAELoader, with: {vae_name: VAEFILE}}
+  pos: {type: CLIPTextEncode, in: {clip: clip}, with: {text: "a red circle on (blue) water"}}
+  neg: {type: CLIPTextEncode, in: {clip: clip}, with: {text: ""}}
+  latent: {type: EmptySD3LatentImage, with: {width: 64, height: 64, batch_size: 1}}
+  sample:
+    type: KSampler
+    in: {model: unet, positive: pos, negative: neg, latent_image: latent}
+    with: {seed: 5, steps: 3, cfg: 1.0, sampler_name: euler, scheduler: simple}
+  decode: {type: VAEDecode, in: {samples: sample, vae: vae}}
+  save: {type: SaveImage, in: {images: decode}, with: {filename_prefix: out}}
+"""
+
+
+@pytest.fixture(scope="module")
+def qwen_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qwen-image-models")
+    tiny_qwen_image.write(root)
+    return root
+
+
+def _render(models, tmp_path, vae: str = "tiny-qwen-image-vae", name: str = "render") -> np.ndarray:
+    (tmp_path / f"{name}.yaml").write_text(GRAPH.replace("VAEFILE", vae))
+    settings = Settings(out_dir=tmp_path / name, use_cache=False, models_dirs=(str(models),), device="cpu")
+    result = api.run(api.load(tmp_path / f"{name}.yaml"), settings)
+    return np.asarray(Image.open(result.files[0])).astype(int)
+
+
+def _pipeline():
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+    from transformers import Qwen2TokenizerFast
+
+    from flowrun.diffusion.text_qwen_image import TOKENIZER
+
+    transformer, vae, qwen = tiny_qwen_image.build()
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=vae, text_encoder=qwen,
+                             tokenizer=Qwen2TokenizerFast.from_pretrained(str(TOKENIZER)), transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_render_matches_diffusers_qwen_image_pipeline(qwen_models, tmp_path):
+    """UNETLoader + CLIPLoader (qwen_image) + VAELoader + CLIPTextEncode + EmptySD3LatentImage + KSampler (euler,
+    simple, cfg 1, shift 1.15 by default) + VAEDecode, and QwenImagePipeline encoding the prompt itself with
+    FlowMatchEulerDiscreteScheduler (static shift 1.15, the same sigmas) from the same initial noise: within one
+    8-bit level. (cfg 1: the pipeline's true CFG rescales the guided prediction's norm, ComfyUI's does not.)"""
+    from flowrun.diffusion import schedules
+    from flowrun.diffusion.components import load_unet
+    from flowrun.diffusion.noise import initial_noise
+    from flowrun.diffusion.qwen_image_network import pack
+
+    model = load_unet(qwen_models / "diffusion_models" / "tiny-qwen-image.safetensors", "fp")
+    assert (model.family, model.sampling.shift, model.sampling.multiplier) == ("qwen_image", SHIFT, 1.0)
+    sigmas = schedules.simple(model.sampling, STEPS)[:-1]
+    times = sigmas / (SHIFT - (SHIFT - 1.0) * sigmas)  # the unshifted times: the scheduler shifts them again
+    pipe = _pipeline()
+    noise = initial_noise(torch.zeros(1, 16, SIZE // 8, SIZE // 8), SEED)
+    theirs = pipe(prompt=PROMPT, height=SIZE, width=SIZE, sigmas=times.tolist(), true_cfg_scale=1.0,
+                  num_inference_steps=STEPS, latents=pack(noise, 2), output_type="np").images[0]
+    assert np.allclose(pipe.scheduler.sigmas[:-1].numpy(), sigmas.numpy(), atol=1e-6)
+    theirs = np.clip(255 * theirs, 0, 255).astype(np.uint8).astype(int)  # as SaveImage makes 8-bit pixels
+    ours = _render(qwen_models, tmp_path)
+    assert np.abs(ours - theirs).max() <= 1, f"max difference {np.abs(ours - theirs).max()} levels"
+    assert ours.std() > 10  # an image, not a flat field
+    # diffusers' layout of the VAE gives the same image
+    assert np.abs(_render(qwen_models, tmp_path, "tiny-qwen-image-vae-diffusers", "diffusers-vae") - ours).max() == 0
+
+
+def test_text_conditioning_is_comfyuis_and_the_pipelines(qwen_models):
+    """The prompt in the chat template, tokenized in one piece (weights off: parentheses stay text), the context
+    from the token after "user\\n" on (34 template tokens cut): the pipeline's prompt embedding."""
+    from flowrun.diffusion import text_qwen_image
+    from flowrun.diffusion.clip import encode
+    from flowrun.diffusion.qwen_image_files import load_text_encoder
+
+    ids = text_qwen_image.tokenize("a red circle")
+    assert text_qwen_image.template_end(ids) == 34 and ids[34:37] == [64, 2518, 12671]
+    assert ids[37:] == [151645, 198, 151644, 77091, 198]
+    assert text_qwen_image.tokenize("(red:1.2)")[34:40] == text_qwen_image.tokenizer()("(red:1.2)")["input_ids"]
+    raw = "<|im_start|>user\nred<|im_end|>"  # a template of its own: taken whole, cut after its "user\n"
+    assert text_qwen_image.template_end(text_qwen_image.tokenize(raw)) == 3
+    clip = load_text_encoder(qwen_models / "text_encoders" / "tiny-qwen-image-qwen25-vl.safetensors", "fp")
+    entry = encode(clip, PROMPT)[0]
+    theirs, mask = _pipeline().encode_prompt(PROMPT, device="cpu")
+    assert entry.embedding.shape == theirs.shape and entry.pooled_output is None
+    assert torch.allclose(entry.embedding, theirs, atol=1e-5)
+    assert encode(clip, "")[0].embedding.shape == (1, 5, 32)  # the template's end alone
+
+
+# published sizes: the transformer "20B", the VAE of Wan 2.1's kind, Qwen2.5-VL 7B's text model (no vision tower)
+TRANSFORMER_PARAMS, VAE_PARAMS, TEXT_PARAMS = 20_430_401_088, 126_892_531, 7_070_619_136
+
+
+def test_full_size_layouts_are_detected_and_mapped_on_the_meta_device():
+    """qwen_image_bf16 (under model.diffusion_model.), qwen_2.5_vl_7b (text model under model., vision tower and
+    lm head beside it) and qwen_image_vae (Wan's layout): detected, configured from their shapes, built."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    from flowrun.diffusion import qwen_image_files, qwen_image_vae, text_qwen_image
+    from flowrun.diffusion.configs import QWEN25_VL_7B_TEXT, QWEN_IMAGE_TRANSFORMER, QWEN_IMAGE_VAE
+
+    with torch.device("meta"):
+        transformer = QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER)
+        vae = AutoencoderKLQwenImage(**{k: v for k, v in QWEN_IMAGE_VAE.items() if k != "latent_channels"})
+        text = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**QWEN25_VL_7B_TEXT))
+    state = {"model.diffusion_model." + k: v for k, v in transformer.state_dict().items()}
+    assert qwen_image_files.is_qwen_image(state)
+    config, built = qwen_image_files.build_transformer(state, "qwen_image_bf16.safetensors")
+    assert config == QWEN_IMAGE_TRANSFORMER
+    assert sum(p.numel() for p in built.parameters()) == TRANSFORMER_PARAMS
+    file = {"model." + k: v for k, v in text.state_dict().items()}
+    file.update({"visual.blocks.0.attn.qkv.weight": torch.empty(3, 3, device="meta"),
+                 "lm_head.weight": torch.empty(152064, 3584, device="meta")})
+    part = qwen_image_files.text_state(file)
+    assert text_qwen_image.is_qwen25(part) and text_qwen_image.config_from_state(part) == QWEN25_VL_7B_TEXT
+    assert sum(p.numel() for p in text_qwen_image.build(part).parameters()) == TEXT_PARAMS
+    wan = tiny_qwen_image.vae_to_wan(vae.state_dict())
+    assert qwen_image_vae.is_qwen_image_vae(wan) and "decoder.head.2.weight" in wan
+    found = qwen_image_vae.vae_config(wan, QWEN_IMAGE_VAE)
+    assert found == QWEN_IMAGE_VAE
+    assert sum(p.numel() for p in qwen_image_vae.build(wan, found).parameters()) == VAE_PARAMS
+
+
+def test_a_text_encoder_of_another_family_is_refused_by_name(qwen_models, tmp_path, cli):
+    """CLIPLoader type qwen_image given a Qwen3 (Z-Image's) or a CLIP: the error names what the file holds."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(qwen_models / "text_encoders" / "tiny-qwen-image-qwen25-vl.safetensors"))
+    qwen3 = {k: v for k, v in state.items() if not k.endswith("_proj.bias")}
+    qwen3["model.layers.0.self_attn.q_norm.weight"] = torch.ones(8)
+    tiny_qwen_image.save(qwen3, qwen_models / "text_encoders" / "qwen3-4b.safetensors")
+    tiny_qwen_image.save({"text_model.embeddings.token_embedding.weight": torch.zeros(10, 8)},
+                         qwen_models / "text_encoders" / "clip-l.safetensors")
+    for name, words in (("qwen3-4b", "a Qwen3 text encoder (Z-Image's)"), ("clip-l", "a CLIP text encoder")):
+        text = GRAPH.replace("tiny-qwen-image-qwen25-vl", name).replace("VAEFILE", "tiny-qwen-image-vae")
+        (tmp_path / f"{name}.yaml").write_text(text)
+        r = cli("run", tmp_path / f"{name}.yaml", "--models-dir", qwen_models, "--no-cache", "--out", tmp_path / name)
+        assert r.code == 1 and "CLIPLoader" in r.err and f"{name}.safetensors: {words}" in r.err, r.err
+        assert "type qwen_image reads Qwen2.5-VL 7B" in r.err
