@@ -159,3 +159,24 @@ def test_a_text_encoder_of_another_family_is_refused_by_name(qwen_models, tmp_pa
         r = cli("run", tmp_path / f"{name}.yaml", "--models-dir", qwen_models, "--no-cache", "--out", tmp_path / name)
         assert r.code == 1 and "CLIPLoader" in r.err and f"{name}.safetensors: {words}" in r.err, r.err
         assert "type qwen_image reads Qwen2.5-VL 7B" in r.err
+
+
+def test_comfyui_qwen_image_graphs_import_validate_and_run(cli, tmp_path):
+    """The hand-written Qwen-Image graph (UNETLoader + CLIPLoader qwen_image + VAELoader + ModelSamplingAuraFlow +
+    EmptySD3LatentImage + KSampler cfg 2.5), UI and API format, on the toy model under the file names it carries:
+    both import, validate and run to the same image."""
+    from conftest import ROOT
+
+    tiny_qwen_image.write_as_comfyui(tmp_path / "models")
+    images = {}
+    for form in ("api", "ui"):
+        wf = tmp_path / f"qwen-image-{form}.yaml"
+        assert cli("import", ROOT / "tests" / "comfyui" / f"qwen-image-{form}.json", "--out", wf).code == 0
+        r = cli("validate", wf, "--models-dir", tmp_path / "models")
+        assert r.code == 0, r.err
+        r = cli("run", wf, "--models-dir", tmp_path / "models", "--out", tmp_path / form, "--device", "cpu")
+        assert r.code == 0, r.err
+        with Image.open(tmp_path / form / "qwen-image.png") as image:
+            images[form] = np.asarray(image).astype(int)
+    assert images["api"].shape == (64, 64, 3) and images["api"].std() > 10
+    assert np.abs(images["api"] - images["ui"]).max() <= 1
