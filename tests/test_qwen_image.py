@@ -180,3 +180,27 @@ def test_comfyui_qwen_image_graphs_import_validate_and_run(cli, tmp_path):
             images[form] = np.asarray(image).astype(int)
     assert images["api"].shape == (64, 64, 3) and images["api"].std() > 10
     assert np.abs(images["api"] - images["ui"]).max() <= 1
+
+
+def test_a_scaled_fp8_text_encoder_is_multiplied_back_out(qwen_models):
+    """qwen_2.5_vl_7b_fp8_scaled's form (fp8 weights, a `.scale_weight` each, a `scaled_fp8` marker) encodes as the
+    same weights written out in float32."""
+    from safetensors.torch import load_file
+
+    from flowrun.diffusion.clip import encode
+    from flowrun.diffusion.qwen_image_files import load_text_encoder
+
+    state = load_file(str(qwen_models / "text_encoders" / "tiny-qwen-image-qwen25-vl.safetensors"))
+    scaled, plain = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}, {}
+    for key, value in state.items():
+        if key.startswith("model.layers.") and key.endswith("proj.weight"):
+            scale = value.abs().max() / 448
+            scaled[key], scaled[key[:-len("weight")] + "scale_weight"] = (value / scale).to(torch.float8_e4m3fn), scale
+            plain[key] = scaled[key].float() * scale
+        else:
+            scaled[key] = plain[key] = value
+    folder = qwen_models / "text_encoders"
+    tiny_qwen_image.save(scaled, folder / "scaled.safetensors", tiny_qwen_image.SIDECAR)
+    tiny_qwen_image.save(plain, folder / "plain.safetensors", tiny_qwen_image.SIDECAR)
+    ours = encode(load_text_encoder(folder / "scaled.safetensors", "a"), PROMPT)[0].embedding
+    assert torch.equal(ours, encode(load_text_encoder(folder / "plain.safetensors", "b"), PROMPT)[0].embedding)

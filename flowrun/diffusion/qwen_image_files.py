@@ -9,6 +9,7 @@ Layouts read:
   `model.` (or transformers 5's `model.language_model.`, or ComfyUI's saver's `qwen25_7b.transformer.model.`);
   `visual.*` and `lm_head.*` are not read;
 - the VAE (qwen_image_vae.safetensors, vae/): see qwen_image_vae.
+ComfyUI's "scaled fp8" files (a `.scale_weight` beside each fp8 weight) are multiplied back out at load.
 
 Weights are held as sd3_files.compute_dtype says: float32 on the CPU; on an accelerator the file's fp16 / bf16,
 fp8 files upcast to bfloat16 at load.
@@ -124,15 +125,29 @@ def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: Mo
 
     base = copy.deepcopy(config) if config is not None else ModelConfig.default(QWEN_IMAGE)
     base.family = QWEN_IMAGE
-    state = strip_prefix(state)
-    unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None,
-                                                 compute_dtype(state, device))
+    dtype = compute_dtype(state, device)
+    state = strip_prefix(unscaled(state))
+    unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None, dtype)
     base.unet = unet_config
     if fp8 is not None:
         with torch.no_grad():
             for p in transformer.parameters():
                 p.copy_(p.to(fp8).to(p.dtype))
     return diffusion_model(QwenImageNetwork(transformer), base, fingerprint, device)
+
+
+def unscaled(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ComfyUI "scaled fp8" state dict (qwen_2.5_vl_7b_fp8_scaled: fp8 weights with a `.scale_weight` each and a
+    `scaled_fp8` marker) with every such weight multiplied back out in float32; other state dicts as they are."""
+    if not any(k.endswith(".scale_weight") for k in state):
+        return state
+    out = {k: v for k, v in state.items()
+           if not k.endswith((".scale_weight", ".scale_input")) and k.rsplit(".", 1)[-1] != "scaled_fp8"}
+    for key, scale in state.items():
+        if key.endswith(".scale_weight"):
+            weight = key[:-len("scale_weight")] + "weight"
+            out[weight] = out[weight].float() * scale.float()
+    return out
 
 
 def text_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -170,7 +185,8 @@ def load_text_encoder(path: Path, fingerprint: str, *, allow_pickle: bool = Fals
     from flowrun.diffusion.weights import read_state_dict, sidecar
 
     raw = read_state_dict(path, allow_pickle)
-    state = text_state(raw)
+    dtype = compute_dtype(raw, device)  # the file's: a scaled fp8 one computes in bfloat16 on an accelerator
+    state = text_state(unscaled(raw))
     if not text_qwen_image.is_qwen25(state):
         raise CheckpointError(f"{path}: {_found(raw)}; CLIPLoader type qwen_image reads Qwen2.5-VL 7B "
                               "(qwen_2.5_vl_7b.safetensors)")
@@ -181,7 +197,7 @@ def load_text_encoder(path: Path, fingerprint: str, *, allow_pickle: bool = Fals
     config.text_encoders = [text_config]
     config.source = str(path)
     try:
-        model = text_qwen_image.build(state, text_config, compute_dtype(state, device))
+        model = text_qwen_image.build(state, text_config, dtype)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return TextEncoder(text_qwen_image.tokenizer(), [model.to(device)], config, fingerprint)
