@@ -204,3 +204,15 @@ def test_a_scaled_fp8_text_encoder_is_multiplied_back_out(qwen_models):
     tiny_qwen_image.save(plain, folder / "plain.safetensors", tiny_qwen_image.SIDECAR)
     ours = encode(load_text_encoder(folder / "scaled.safetensors", "a"), PROMPT)[0].embedding
     assert torch.equal(ours, encode(load_text_encoder(folder / "plain.safetensors", "b"), PROMPT)[0].embedding)
+
+
+def test_a_conditioning_of_another_width_is_refused_before_sampling(qwen_models):
+    """A context from another family's CLIP (here 48 wide) names both widths instead of failing in the network."""
+    from flowrun.diffusion.added_inputs import added_inputs
+    from flowrun.diffusion.components import load_unet
+    from flowrun.values import CondEntry
+
+    model = load_unet(qwen_models / "diffusion_models" / "tiny-qwen-image.safetensors", "fp")
+    assert added_inputs(model, CondEntry(torch.zeros(1, 5, 32)), True, 8, 8) is None
+    with pytest.raises(ValueError, match="32-wide Qwen2.5-VL text context; this conditioning's is 48 wide"):
+        added_inputs(model, CondEntry(torch.zeros(1, 5, 48)), True, 8, 8)
