@@ -216,3 +216,12 @@ def test_a_conditioning_of_another_width_is_refused_before_sampling(qwen_models)
     assert added_inputs(model, CondEntry(torch.zeros(1, 5, 32)), True, 8, 8) is None
     with pytest.raises(ValueError, match="32-wide Qwen2.5-VL text context; this conditioning's is 48 wide"):
         added_inputs(model, CondEntry(torch.zeros(1, 5, 48)), True, 8, 8)
+
+
+def test_a_qwen_image_transformer_given_as_a_checkpoint_names_the_loaders(qwen_models):
+    """CheckpointLoaderSimple on the transformer file: ComfyUI's Qwen-Image comes in parts, the error says which."""
+    from flowrun.diffusion.checkpoint import load_bundle
+    from flowrun.diffusion.detect import CheckpointError
+
+    with pytest.raises(CheckpointError, match="a Qwen-Image transformer, not a checkpoint.*UNETLoader.*qwen_image"):
+        load_bundle(qwen_models / "diffusion_models" / "tiny-qwen-image.safetensors", "fp")

@@ -49,12 +49,15 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
-    from flowrun.diffusion import auraflow_files, sd3_files
+    from flowrun.diffusion import auraflow_files, qwen_image_files, sd3_files
 
     if sd3_files.is_sd3(state):  # an MMDiT, not a UNet: SD3 / SD3.5 (the transformer's weights held for `device`)
         return sd3_files.load_state(state, path, side, device)
     if auraflow_files.is_auraflow(state):  # AuraFlow's MMDiT
         return auraflow_files.load_state(state, path, side, device)
+    if qwen_image_files.is_qwen_image(state):  # ComfyUI's Qwen-Image comes in parts, not as one checkpoint
+        raise CheckpointError(f"{path}: a Qwen-Image transformer, not a checkpoint flowrun reads: load it with "
+                              "UNETLoader, its Qwen2.5-VL with CLIPLoader type qwen_image, its VAE with VAELoader")
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
     if side:
         config = ModelConfig.from_sidecar(side, found.family)

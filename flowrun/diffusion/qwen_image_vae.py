@@ -80,4 +80,5 @@ def build(state: dict[str, torch.Tensor], config: dict[str, Any]) -> QwenImageVa
     if missing or unexpected:
         raise ValueError(f"Qwen-Image VAE weights do not fit: {len(missing)} missing (e.g. {missing[:2]}), "
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
-    return QwenImageVae(autoencoder.eval().requires_grad_(False))
+    # float32 whatever the file stores, as flowrun's other VAEs (weights._instantiate): the same numbers everywhere
+    return QwenImageVae(autoencoder.float().eval().requires_grad_(False))
