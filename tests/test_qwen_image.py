@@ -225,3 +225,24 @@ def test_a_qwen_image_transformer_given_as_a_checkpoint_names_the_loaders(qwen_m
 
     with pytest.raises(CheckpointError, match="a Qwen-Image transformer, not a checkpoint.*UNETLoader.*qwen_image"):
         load_bundle(qwen_models / "diffusion_models" / "tiny-qwen-image.safetensors", "fp")
+
+
+def test_clip_set_last_layer_reads_a_layer_without_the_final_norm(qwen_models):
+    """CLIPSetLastLayer -2 on the two-layer toy: the first layer's output (transformers' hidden_states[1]); -1: the
+    last layer's before the final norm; beyond the depth: the default, normed."""
+    from flowrun.diffusion import text_qwen_image
+    from flowrun.diffusion.clip import encode
+    from flowrun.diffusion.qwen_image_files import load_text_encoder
+
+    clip = load_text_encoder(qwen_models / "text_encoders" / "tiny-qwen-image-qwen25-vl.safetensors", "fp")
+    model, = clip.models
+    ids = text_qwen_image.tokenize(PROMPT)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    second = encode(clip.with_layer(-2), PROMPT)[0].embedding
+    assert torch.allclose(second, out.hidden_states[1][:, 34:], atol=1e-6)
+    last = encode(clip.with_layer(-1), PROMPT)[0].embedding
+    with torch.no_grad():
+        assert torch.allclose(model.norm(last), out.last_hidden_state[:, 34:], atol=1e-5)
+    assert not torch.allclose(last, out.last_hidden_state[:, 34:], atol=1e-3)
+    assert torch.equal(encode(clip.with_layer(-3), PROMPT)[0].embedding, encode(clip, PROMPT)[0].embedding)

@@ -8,6 +8,8 @@ qwen_image text encoder gives it (comfy/text_encoders/qwen_image.py) and diffuse
 - The context is the last layer's output (after the final norm: the pipeline's hidden_states[-1], ComfyUI's
   "last"), without the template's system turn: it starts after the second `<|im_start|>` and the "user\\n" that
   follows it (ComfyUI's cut; 34 tokens, the pipeline's drop_idx, for the standard template).
+- CLIPSetLastLayer -n reads the n-th layer from the end without the final norm (-1 too: ComfyUI's "hidden" layer
+  of this encoder), a layer beyond the depth the default.
 - The encoder is transformers' Qwen2_5_VLTextModel: for text alone its 3-axis rotary positions are one axis
   repeated, the plain 1-D rotary embedding ComfyUI's Llama-type model uses. The vision tower of the file is not
   read (images are Qwen-Image-Edit's, not supported here).
@@ -100,11 +102,24 @@ def build(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None, 
     return model.eval().requires_grad_(False)
 
 
-def encode(model, ids: list[int]) -> torch.Tensor:
-    """The context [1, n, hidden] in float32 of a tokenized prompt: the last layer's output after the final norm,
-    from the template's end on."""
-    with torch.no_grad():
-        z = model(input_ids=torch.tensor([ids], device=model.embed_tokens.weight.device)).last_hidden_state
+def encode(model, ids: list[int], layer_idx: int | None = None) -> torch.Tensor:
+    """The context [1, n, hidden] in float32 of a tokenized prompt, from the template's end on: the last layer's
+    output after the final norm, or (`layer_idx`, as CLIPSetLastLayer sets it) that layer's output without the
+    norm, as ComfyUI's "hidden" layer of this encoder (a layer beyond the depth: the last, normed)."""
+    layers = model.config.num_hidden_layers
+    inner = layer_idx is not None and abs(layer_idx) <= layers
+    captured: list[torch.Tensor] = []
+    if inner:  # the layer's own output: a hook, as transformers' hidden_states are counted differently by version
+        layer = model.layers[layer_idx % layers]
+        hook = layer.register_forward_hook(lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            z = model(input_ids=torch.tensor([ids], device=model.embed_tokens.weight.device)).last_hidden_state
+    finally:
+        if inner:
+            hook.remove()
+    if inner:
+        z = captured[0]
     return z[:, template_end(ids):].float().cpu()
 
 
@@ -113,8 +128,6 @@ def encode_qwen_image(enc, text: str) -> Conditioning:
     from flowrun.diffusion.lora import patched
 
     model, = enc.models
-    if enc.layer_idx is not None:  # ComfyUI reads an un-normed inner layer then: not done here
-        raise ValueError("CLIPSetLastLayer on a Qwen-Image CLIP is not supported (its context is the last layer)")
     with patched(enc.models, enc.patches):
-        context = encode(model, tokenize(text))
+        context = encode(model, tokenize(text), enc.layer_idx)
     return Conditioning([CondEntry(context)])
