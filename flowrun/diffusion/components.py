@@ -60,9 +60,9 @@ def _load(build, state: dict, what: str, path: Path):
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False) -> DiffusionModel:
-    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 or AuraFlow transformer file
-    (sd3_files, auraflow_files) or a Qwen-Image transformer file (qwen_image_files). An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores
-    them, and computes in float32."""
+    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5, AuraFlow or Qwen-Image transformer file
+    (sd3_files, auraflow_files, qwen_image_files). An fp8 `weight_dtype` rounds every weight to that format, as
+    ComfyUI stores them, and computes in float32."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 

@@ -68,7 +68,8 @@ def transformer_config(shapes: dict[str, tuple]) -> dict[str, Any]:
     inner, in_channels = shapes["img_in.weight"]
     head = shapes["transformer_blocks.0.attn.norm_q.weight"][0]
     patch = int(QWEN_IMAGE_TRANSFORMER["patch_size"])
-    return {**QWEN_IMAGE_TRANSFORMER, "in_channels": in_channels, "out_channels": shapes["proj_out.weight"][0] // patch ** 2,
+    return {**QWEN_IMAGE_TRANSFORMER, "in_channels": in_channels,
+            "out_channels": shapes["proj_out.weight"][0] // patch ** 2,
             "num_layers": _count(shapes, "transformer_blocks."), "attention_head_dim": head,
             "num_attention_heads": inner // head, "joint_attention_dim": shapes["txt_in.weight"][1]}
 
@@ -167,7 +168,7 @@ def _found(state: dict[str, Any]) -> str:
 
     if any(k.endswith("self_attn.q_norm.weight") for k in state):
         return "a Qwen3 text encoder (Z-Image's)"
-    if text_auraflow.is_pile_t5(state) or text_auraflow.is_pile_t5(_part(state, "text_encoders.pile_t5xl.transformer.")):
+    if any(text_auraflow.is_pile_t5(_part(state, p)) for p in ("", "text_encoders.pile_t5xl.transformer.")):
         return "a Pile-T5 encoder (AuraFlow's)"
     if t5.is_t5(state) or any(".SelfAttention." in k for k in state):
         return "a T5 encoder (SD3's and Flux's T5-XXL)"
