@@ -189,3 +189,24 @@ def test_full_size_layout_is_detected_and_mapped_on_the_meta_device():
     lumina = {k: v for k, v in original.items() if not k.endswith("pad_token")}  # Lumina 2's NextDiT
     with pytest.raises(Exception, match="a Lumina 2 transformer"):
         zimage_files.build_transformer(lumina, "lumina_2.safetensors")
+
+
+def test_comfyui_zimage_graphs_import_validate_and_run(cli, tmp_path):
+    """The hand-written Z-Image graph (UNETLoader + CLIPLoader lumina2 + VAELoader, ModelSamplingAuraFlow 3, cfg 1
+    with ConditioningZeroOut as ComfyUI's Turbo template), UI and API format, on the toy model under the file names
+    it carries: both import, validate and run to the same image."""
+    from conftest import ROOT
+
+    tiny_zimage.write_as_comfyui(tmp_path / "models")
+    images = {}
+    for form in ("api", "ui"):
+        wf = tmp_path / f"{form}.yaml"
+        assert cli("import", ROOT / "tests" / "comfyui" / f"zimage-split-{form}.json", "--out", wf).code == 0
+        r = cli("validate", wf, "--models-dir", tmp_path / "models")
+        assert r.code == 0, r.err
+        r = cli("run", wf, "--models-dir", tmp_path / "models", "--out", tmp_path / form, "--device", "cpu")
+        assert r.code == 0, r.err
+        with Image.open(tmp_path / form / "zimage-split.png") as image:
+            images[form] = np.asarray(image).astype(int)
+    assert images["ui"].shape == (64, 64, 3) and images["ui"].std() > 10
+    assert np.abs(images["ui"] - images["api"]).max() == 0
