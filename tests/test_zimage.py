@@ -143,9 +143,11 @@ def test_text_conditioning_is_comfyuis(z_models):
     assert torch.allclose(encode(clip.with_layer(-9), PROMPT)[0].embedding, hidden[-1], atol=1e-5)  # the normed last
 
 
-def test_another_familys_text_encoder_is_refused_by_name(z_models, tmp_path, tiny_models):
+def test_another_familys_text_encoder_is_refused_by_name(z_models, tmp_path, tiny_models, cli):
     """An SD1 CLIP's conditioning given to Z-Image: the sampler's error names the input and the widths; a T5-XXL
-    file given to CLIPLoader type lumina2 is named as what it is."""
+    file given to CLIPLoader type lumina2 is named as what it is, at the node."""
+    import shutil
+
     import tiny_sd3
 
     from flowrun.diffusion.detect import CheckpointError
@@ -159,6 +161,12 @@ def test_another_familys_text_encoder_is_refused_by_name(z_models, tmp_path, tin
     t5_files = tiny_sd3.write(tmp_path / "sd3")
     with pytest.raises(CheckpointError, match="T5 v1.1 encoder \\(SD3's and Flux's T5-XXL\\); Z-Image"):
         load_text_encoder(t5_files["t5xxl"], "fp")
+    shutil.copyfile(t5_files["t5xxl"], root / "text_encoders" / "t5xxl-here.safetensors")
+    shutil.copyfile(t5_files["t5xxl"].with_suffix(".json"), root / "text_encoders" / "t5xxl-here.json")
+    text = GRAPH.replace("UNETFILE", "tiny-zimage").replace("CFG", "1.0").replace("CLIPNODE", "clip")
+    (tmp_path / "t5.yaml").write_text(text.replace("tiny-zimage-qwen3", "t5xxl-here"))
+    r = cli("run", tmp_path / "t5.yaml", "--models-dir", root, "--no-cache", "--out", tmp_path / "o")
+    assert r.code == 1 and "CLIPLoader" in r.err and "T5 v1.1 encoder" in r.err and "Qwen3 4B" in r.err, r.err
 
 
 # published sizes: Z-Image Turbo's transformer 6,154,908,736 (the "6B"); Qwen3 4B 4,022,468,096 (embeddings tied)

@@ -61,6 +61,7 @@ def build(seed: int = 0):
             if p.abs().max() == 0 and p.ndim > 0 and "norm" not in name:
                 p.normal_(0.0, 0.05)
         transformer.all_final_layer["2-1"].linear.weight.mul_(4.0)
+        transformer.cap_embedder[1].weight.mul_(8.0)
         transformer.x_pad_token.normal_()
         transformer.cap_pad_token.normal_()
     vae = build_vae(seed + 1)
