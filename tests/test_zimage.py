@@ -94,8 +94,8 @@ def test_render_matches_diffusers_zimage_pipeline(z_models, tmp_path, cfg):
 
 def test_both_transformer_layouts_load_the_same_model(z_models):
     """The original layout (fused qkv, ComfyUI's file) and diffusers' give the same prediction; the model samples
-    on ComfyUI's ZImage settings (shift 3, timestep sigma) with Flux's latent format; an odd-sized latent is
-    padded to the patch grid and cropped back."""
+    on ComfyUI's ZImage settings (shift 3, timestep sigma) with Flux's latent format; weight_dtype fp8 rounds the
+    weights; an odd-sized latent is padded to the patch grid and cropped back."""
     from flowrun.diffusion.components import load_unet
 
     root, files = z_models
@@ -107,6 +107,10 @@ def test_both_transformer_layouts_load_the_same_model(z_models):
     out_a, = a.unet(x, torch.tensor([0.4]), encoder_hidden_states=context)
     out_b, = b.unet(x, torch.tensor([0.4]), encoder_hidden_states=context)
     assert out_a.shape == (1, 16, 5, 7) and torch.equal(out_a, out_b)
+    fp8 = load_unet(files["original"], "c", weight_dtype="fp8_e4m3fn")  # weights rounded to fp8, computed in fp32
+    assert next(fp8.unet.parameters()).dtype == torch.float32
+    out_fp8, = fp8.unet(x, torch.tensor([0.4]), encoder_hidden_states=context)
+    assert 0 < (out_fp8 - out_a).abs().max() < 0.1 * out_a.abs().max()
     # the network reads time as 1 - sigma and predicts the negated velocity; the rows read their own tokens
     padded = torch.cat([x, x[..., :1]], dim=-1)
     padded = torch.cat([padded, padded[..., :1, :]], dim=-2)

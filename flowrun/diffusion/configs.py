@@ -17,7 +17,7 @@ from typing import Any
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
 SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowrun.diffusion.sd3_network)
 AURAFLOW = "auraflow"  # AuraFlow 0.1-0.3: fal's MMDiT on SDXL's VAE, Pile-T5 XL text (flowrun.diffusion.auraflow_network)
-ZIMAGE = "zimage"  # Z-Image (Turbo): Tongyi-MAI's single-stream DiT on Flux's VAE, Qwen3 4B text (flowrun.diffusion.zimage_network)
+ZIMAGE = "zimage"  # Z-Image (Turbo): Tongyi-MAI's DiT on Flux's VAE, Qwen3 4B text (flowrun.diffusion.zimage_network)
 FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, AURAFLOW, ZIMAGE)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)

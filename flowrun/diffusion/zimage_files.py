@@ -182,7 +182,8 @@ def _what(state: dict[str, Any]) -> str:
         return "a T5 v1.1 encoder (SD3's and Flux's T5-XXL)"
     if text_zimage.is_qwen_llm(state):
         return "a Qwen2 / Qwen2.5 decoder (no query / key norms)"
-    if any("text_model." in k or k.startswith(("transformer.resblocks.", "model.transformer.resblocks.")) for k in state):
+    clip_keys = ("transformer.resblocks.", "model.transformer.resblocks.")
+    if any("text_model." in k or k.startswith(clip_keys) for k in state):
         return "a CLIP text encoder (SD1 / SD2 / SDXL / SD3)"
     return f"no Qwen3 decoder (keys like {sorted(state)[:3]})"
 
