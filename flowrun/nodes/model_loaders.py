@@ -99,11 +99,6 @@ def dual_clip_loader(p: DualClipParams, ctx) -> ports.Clip:
     """Load SDXL's two text encoders (or two of SD3's three) as one CLIP."""
     from flowrun.diffusion.components import load_text_encoders
 
-    if p.type == "lumina2" or loading(lambda: zimage_files.is_qwen3_file(ctx.files.path("text_encoders",
-                                                                                         p.clip_name))):
-        # Z-Image's Qwen3 4B: ComfyUI tells it from its weights (any type but flux2); another encoder is named
-        return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: (
-            zimage_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle)), "zimage")
     if p.type == "sd3":
         from flowrun.nodes.sd3 import load_sd3_text
 
