@@ -144,8 +144,13 @@ def test_full_size_layouts_are_detected_and_mapped_on_the_meta_device():
 
 
 def test_a_text_encoder_of_another_family_is_refused_by_name(qwen_models, tmp_path, cli):
-    """CLIPLoader type qwen_image given a Qwen3 (Z-Image's) or a CLIP: the error names what the file holds."""
+    """CLIPLoader type qwen_image given a CLIP: the error names what the file holds. A Qwen3 file is read as Z-Image's
+    encoder whatever the type (ComfyUI tells Qwen3 4B from its weights; tests/test_zimage.py), so Qwen-Image's own
+    loader, given one, names it."""
     from safetensors.torch import load_file
+
+    from flowrun.diffusion import qwen_image_files
+    from flowrun.diffusion.detect import CheckpointError
 
     state = load_file(str(qwen_models / "text_encoders" / "tiny-qwen-image-qwen25-vl.safetensors"))
     qwen3 = {k: v for k, v in state.items() if not k.endswith("_proj.bias")}
@@ -153,7 +158,10 @@ def test_a_text_encoder_of_another_family_is_refused_by_name(qwen_models, tmp_pa
     tiny_qwen_image.save(qwen3, qwen_models / "text_encoders" / "qwen3-4b.safetensors")
     tiny_qwen_image.save({"text_model.embeddings.token_embedding.weight": torch.zeros(10, 8)},
                          qwen_models / "text_encoders" / "clip-l.safetensors")
-    for name, words in (("qwen3-4b", "a Qwen3 text encoder (Z-Image's)"), ("clip-l", "a CLIP text encoder")):
+    words = "a Qwen3 text encoder \\(Z-Image's\\).*type qwen_image reads Qwen2.5-VL 7B"
+    with pytest.raises(CheckpointError, match=words):
+        qwen_image_files.load_text_encoder(qwen_models / "text_encoders" / "qwen3-4b.safetensors", "fp")
+    for name, words in (("clip-l", "a CLIP text encoder"),):
         text = GRAPH.replace("tiny-qwen-image-qwen25-vl", name).replace("VAEFILE", "tiny-qwen-image-vae")
         (tmp_path / f"{name}.yaml").write_text(text)
         r = cli("run", tmp_path / f"{name}.yaml", "--models-dir", qwen_models, "--no-cache", "--out", tmp_path / name)

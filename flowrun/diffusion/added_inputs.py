@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from flowrun.diffusion.configs import AURAFLOW, QWEN_IMAGE, SD3, SDXL, SDXL_REFINER, TIME_IDS
+from flowrun.diffusion.configs import AURAFLOW, QWEN_IMAGE, SD3, SDXL, SDXL_REFINER, TIME_IDS, ZIMAGE
 
 
 def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -60,9 +60,22 @@ def _qwen_image(model, cond, positive: bool, h: int, w: int) -> None:
     return None
 
 
+def _zimage(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
+    """How many tokens the prompt has (the network reads each row's own tokens: guidance may repeat a shorter
+    context to batch it with a longer one); the context must be Qwen3's width (a ValueError names a CLIP of
+    another family before sampling starts)."""
+    width = int(model.unet.config.cap_feat_dim)
+    if cond.embedding.shape[-1] != width:
+        raise ValueError(f"the Z-Image model reads a {width}-wide Qwen3 text context; this conditioning's is "
+                         f"{cond.embedding.shape[-1]} wide (from a CLIP of another family?)")
+    n = cond.embedding.shape[1]  # as (n // 128, n % 128): both exact in the half-precision dtype it is cast to
+    return {"cap_tokens": torch.tensor([[float(n // 128), float(n % 128)]])}
+
+
 # family -> f(model, conditioning entry, positive, latent height, latent width) -> added inputs
 BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3,
-                                                                      AURAFLOW: _auraflow, QWEN_IMAGE: _qwen_image}
+                                                                      AURAFLOW: _auraflow, QWEN_IMAGE: _qwen_image,
+                                                                      ZIMAGE: _zimage}
 
 
 def added_inputs(model: Any, cond: Any, positive: bool, h: int, w: int) -> dict[str, torch.Tensor] | None:

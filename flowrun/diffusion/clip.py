@@ -16,7 +16,7 @@ import torch
 
 from flowrun.diffusion.clip_tower import (CHUNK, END, MAX_WORD_TOKENS, START, _encode_one,  # noqa: F401
                                          _Injected, _layer_plan, _split_ids, tokenize)
-from flowrun.diffusion.configs import AURAFLOW, QWEN_IMAGE, SD1, SD2, SD3, SDXL, SDXL_REFINER
+from flowrun.diffusion.configs import AURAFLOW, QWEN_IMAGE, SD1, SD2, SD3, SDXL, SDXL_REFINER, ZIMAGE
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
@@ -43,6 +43,10 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
         from flowrun.diffusion.text_qwen_image import encode_qwen_image
 
         return encode_qwen_image(enc, text)
+    if enc.family == ZIMAGE:
+        from flowrun.diffusion.text_zimage import encode_zimage
+
+        return encode_zimage(enc, text)
     vectors, report = _embedding_lookups(enc, embeddings)
     with patched(enc.models, enc.patches):
         if enc.family == SDXL_REFINER:

@@ -66,7 +66,7 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from flowrun.diffusion import auraflow_files, qwen_image_files, sd3_files
+    from flowrun.diffusion import auraflow_files, qwen_image_files, sd3_files, zimage_files
 
     state = read_state_dict(path, allow_pickle)
     if sd3_files.is_sd3(state):  # SD3 / SD3.5's MMDiT
@@ -84,6 +84,11 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
         side = config if sidecar(path) is not None else None
         fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
         return qwen_image_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
+    if zimage_files.is_zimage(state) or zimage_files.is_lumina2(state):  # Z-Image's DiT (Lumina 2's: refused)
+        config, _ = _config(path, zimage_files.ZIMAGE)
+        side = config if sidecar(path) is not None else None
+        fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
+        return zimage_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}

@@ -1,7 +1,7 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
 Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5,
-AuraFlow 0.3, Qwen-Image), in the diffusers /
+AuraFlow 0.3, Qwen-Image, Z-Image Turbo), in the diffusers /
 transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
 configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
 """
@@ -19,7 +19,8 @@ SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowru
 AURAFLOW = "auraflow"  # AuraFlow 0.1-0.3: fal's MMDiT on SDXL's VAE, Pile-T5 XL text (flowrun.diffusion.auraflow_network)
 # Qwen-Image: Alibaba's MMDiT on a 16-channel causal 3-D VAE, Qwen2.5-VL 7B text (flowrun.diffusion.qwen_image_network)
 QWEN_IMAGE = "qwen_image"
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, AURAFLOW, QWEN_IMAGE)
+ZIMAGE = "zimage"  # Z-Image (Turbo): Tongyi-MAI's DiT on Flux's VAE, Qwen3 4B text (flowrun.diffusion.zimage_network)
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, AURAFLOW, QWEN_IMAGE, ZIMAGE)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -111,6 +112,21 @@ QWEN25_VL_7B_TEXT: dict[str, Any] = {
     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
 }
 
+# Z-Image Turbo's transformer in diffusers' ZImageTransformer2DModel vocabulary (Tongyi-MAI/Z-Image-Turbo
+# transformer/config.json); the loader reads depth and widths off the weights
+ZIMAGE_TRANSFORMER: dict[str, Any] = {
+    "all_patch_size": [2], "all_f_patch_size": [1], "in_channels": 16, "dim": 3840, "n_layers": 30,
+    "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "norm_eps": 1e-5, "qk_norm": True, "cap_feat_dim": 2560,
+    "rope_theta": 256.0, "t_scale": 1000.0, "axes_dims": [32, 48, 48], "axes_lens": [1024, 512, 512],
+}
+
+# Qwen3 4B (Qwen/Qwen3-4B config.json) in transformers' Qwen3Config vocabulary: Z-Image's text encoder
+_QWEN3_4B = {
+    "vocab_size": 151936, "hidden_size": 2560, "num_hidden_layers": 36, "head_dim": 128, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "intermediate_size": 9728, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 40960, "tie_word_embeddings": True,
+}
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     SD1: {
         "unet": {
@@ -183,6 +199,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "unet": QWEN_IMAGE_TRANSFORMER,
         "vae": QWEN_IMAGE_VAE,
         "text_encoders": [QWEN25_VL_7B_TEXT],
+        "prediction_type": "flow",
+    },
+    ZIMAGE: {  # the transformer's config under "unet"; Flux's 16-channel autoencoder
+        "unet": ZIMAGE_TRANSFORMER,
+        "vae": _VAE_16,
+        "text_encoders": [_QWEN3_4B],
         "prediction_type": "flow",
     },
 }
