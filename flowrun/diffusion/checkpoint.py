@@ -18,7 +18,9 @@ from flowrun.diffusion.detect import CheckpointError, detect, read_header
 from flowrun.diffusion.pickles import read_pickle
 from flowrun.diffusion.export import CONFIG_KEY
 from flowrun.files import PICKLE_SUFFIXES, SAFE_SUFFIXES
+from flowrun.diffusion.lazy import Deferred
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
+from flowrun.diffusion.precision import PartDtypes, part_dtypes
 
 import torch
 
@@ -26,6 +28,7 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "clip_tokenizer"
 # ComfyUI's heuristic for SD2 768-v checkpoints: this norm's bias spreads wider in v-prediction models.
 _V_PRED_PROBE = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
 UNCLIP_LABELS = "model.diffusion_model.label_emb.0.0.weight"  # an SD2 UNet with class labels: unCLIP
+FLOAT32 = PartDtypes(unet=torch.float32, vae=torch.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,12 +79,15 @@ def _fit_keys(state: dict[str, torch.Tensor], module) -> dict[str, torch.Tensor]
     return out
 
 
-def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path):
-    """Build a module on the meta device (no memory, no random init) and load the weights into it."""
+def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path, dtype: torch.dtype = torch.float32):
+    """Build a module on the meta device (no memory, no random init) and assign the weights to it, each
+    cast to `dtype` on its own (a float32 file in float32 keeps its memory-mapped tensors: no copy; in
+    bfloat16 each tensor is cast as it is assigned, never a second whole state dict)."""
     with torch.device("meta"):
         module = build()
-    state = _fit_keys(state, module)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _fit_keys(state, module).items()}
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    del state
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing:
         raise CheckpointError(f"{file}: {what} weights are missing {len(missing)} tensors, e.g. {missing[:3]}; "
@@ -93,12 +99,14 @@ def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path):
                 owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand((1, -1)), persistent=False)
             else:
                 raise CheckpointError(f"{file}: {what}: no value for buffer {name}")
-    # float32 whatever the file stores (fp16 checkpoints too): the same numbers on every device
-    return module.float().eval().requires_grad_(False)
+    # `dtype` whatever the file stores (fp16 checkpoints in float32 too): the same numbers on every device
+    return module.to(dtype).eval().requires_grad_(False)
 
 
 def _text_model(cfg: dict[str, Any], projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    # the module itself, not `transformers`' lazy top level, which imports far more on first attribute
+    from transformers.models.clip.configuration_clip import CLIPTextConfig
+    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(**cfg)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
@@ -113,7 +121,8 @@ def _check_shapes(module, state: dict[str, torch.Tensor], what: str, file: Path)
                               f"({len(wrong)} mismatches); is the sidecar config right for this file?")
 
 
-def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_single_file(path: Path, allow_pickle: bool = False, dtypes: PartDtypes | None = None
+                     ) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, unet, text models, vae) from an original-layout checkpoint. Its configs come from the
     sidecar `<name>.json` if there is one, else from the file's metadata (what flowrun writes), else
     from the family's defaults."""
@@ -121,18 +130,24 @@ def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfi
     embedded = None
     if side is None and path.suffix in SAFE_SUFFIXES:
         embedded = read_header(path).metadata.get(CONFIG_KEY)
-    return load_state(read_state_dict(path, allow_pickle), path, side, embedded)
+    return load_state(read_state_dict(path, allow_pickle), path, side, embedded, dtypes)
 
 
-def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, embedded: str | None = None
-               ) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, embedded: str | None = None,
+               dtypes: PartDtypes | None = None) -> tuple[ModelConfig, Any, list[Any], Any]:
     """Detect, configure and build the components of an original-layout state dict (also on the meta
     device: tests check the key mapping of full-size SD1.5, SD2.1 and SDXL this way, without memory).
     `embedded`: the configs as JSON text, from the file's metadata."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
-                                                     convert_ldm_vae_checkpoint)
+    dtypes = dtypes or FLOAT32
+    config = checkpoint_config(state, path, side, embedded)
+    return (config, build_unet(config, state, path, dtypes.unet), build_texts(config, state, path),
+            build_vae(config, state, path, dtypes.vae))
 
+
+def checkpoint_config(state: dict[str, torch.Tensor], path: Path, side: Path | None, embedded: str | None = None
+                      ) -> ModelConfig:
+    """What an original-layout state dict is (family, component configs, prediction type), from its
+    keys and shapes (and one tensor's spread for SD2's prediction type): nothing is built."""
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
     if side:
         config = ModelConfig.from_sidecar(side, found.family)
@@ -162,23 +177,43 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
         config.unet.update(class_embed_type="projection", projection_class_embeddings_input_dim=int(label.shape[1]))
         if side is None and embedded is None:
             config.prediction_type = "v_prediction"
+    return config
+
+
+def build_unet(config: ModelConfig, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype = torch.float32):
+    """The UNet of an original-layout state dict, its weights in `dtype`."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from flowrun.diffusion.diffusers_models import UNet2DConditionModel
+
     unet_state = convert_ldm_unet_checkpoint(state, config.unet)
-    unet = _instantiate(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path)
+    return _instantiate(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path, dtype)
+
+
+def build_vae(config: ModelConfig, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype = torch.float32):
+    """The VAE of an original-layout state dict, its weights in `dtype`."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from flowrun.diffusion.diffusers_models import AutoencoderKL
+
     vae_state = convert_ldm_vae_checkpoint(state, config.vae)
-    vae = _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path)
-    texts = []
+    return _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path, dtype)
+
+
+def build_texts(config: ModelConfig, state: dict[str, torch.Tensor], path: Path) -> list[Any]:
+    """The text encoders of an original-layout state dict (float32: they run on the CPU)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+
     if config.family == SD1:
-        clip_state = convert_ldm_clip_checkpoint(state)
-        texts.append(_load_text(config.text_encoders[0], clip_state, False, "CLIP text encoder", path))
-    elif config.family == SD2:
-        texts.append(_load_open_clip(config.text_encoders[0], state, "cond_stage_model.model.", False, path))
-    elif config.family == SDXL_REFINER:
-        texts.append(_load_open_clip(config.text_encoders[0], state, "conditioner.embedders.0.model.", True, path))
-    else:
-        clip_state = convert_ldm_clip_checkpoint(state)
-        texts.append(_load_text(config.text_encoders[0], clip_state, False, "CLIP-L text encoder", path))
-        texts.append(_load_open_clip(config.text_encoders[1], state, "conditioner.embedders.1.model.", True, path))
-    return config, unet, texts, vae
+        return [_load_text(config.text_encoders[0], convert_ldm_clip_checkpoint(state), False, "CLIP text encoder",
+                           path)]
+    if config.family == SD2:
+        return [_load_open_clip(config.text_encoders[0], state, "cond_stage_model.model.", False, path)]
+    if config.family == SDXL_REFINER:
+        return [_load_open_clip(config.text_encoders[0], state, "conditioner.embedders.0.model.", True, path)]
+    clip_state = convert_ldm_clip_checkpoint(state)
+    return [_load_text(config.text_encoders[0], clip_state, False, "CLIP-L text encoder", path),
+            _load_open_clip(config.text_encoders[1], state, "conditioner.embedders.1.model.", True, path)]
 
 
 def _load_text(cfg: dict, state: dict, projection: bool, what: str, path: Path):
@@ -211,10 +246,13 @@ def _load_open_clip(cfg: dict, state: dict, prefix: str, projection: bool, path:
     return _instantiate(lambda: _text_model(cfg, projection), converted, what, path)
 
 
-def load_diffusers_folder(path: Path) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_diffusers_folder(path: Path, dtypes: PartDtypes | None = None) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, unet, text models, vae) from a diffusers pipeline folder, local files only."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPTextModelWithProjection
+
+    from flowrun.diffusion.diffusers_models import AutoencoderKL, UNet2DConditionModel
+
+    dtypes = dtypes or FLOAT32
 
     def read(sub: str) -> dict:
         try:
@@ -236,7 +274,7 @@ def load_diffusers_folder(path: Path) -> tuple[ModelConfig, Any, list[Any], Any]
             texts.append(CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", local_files_only=True))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot load diffusers folder: {exc}") from None
-    unet, vae = unet.float(), vae.float()
+    unet, vae = unet.to(dtypes.unet), vae.to(dtypes.vae)
     texts = [t.float().eval().requires_grad_(False) for t in texts]
     prediction = "epsilon"
     sched = path / "scheduler" / "scheduler_config.json"
@@ -247,24 +285,40 @@ def load_diffusers_folder(path: Path) -> tuple[ModelConfig, Any, list[Any], Any]
     return config, unet, texts, vae
 
 
-def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False
-                ) -> tuple[DiffusionModel, TextEncoder, Vae]:
-    """MODEL, CLIP and VAE values for a checkpoint file or diffusers folder. The UNet and VAE go to
-    `device`; text encoders stay on the CPU, so conditioning is the same on every machine."""
+def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False,
+                dtype: str | None = None) -> tuple[DiffusionModel, TextEncoder, Vae]:
+    """MODEL, CLIP and VAE values for a checkpoint file or diffusers folder, in the precision `dtype`
+    asks for on `device` (None: the device's default; flowrun.diffusion.precision). The UNet and VAE go
+    to `device`; text encoders stay on the CPU, so conditioning is the same on every machine. A
+    safetensors file's parts are built when first used (flowrun.diffusion.lazy)."""
     from flowrun.diffusion.determinism import configure
 
     configure()
+    dtypes = part_dtypes(device, dtype)
     if path.is_dir():
-        config, unet, texts, vae = load_diffusers_folder(path)
-    else:
-        config, unet, texts, vae = load_single_file(path, allow_pickle)
-    return bundle(config, unet, texts, vae, fingerprint, device)
+        config, unet, texts, vae = load_diffusers_folder(path, dtypes)
+        return bundle(config, unet, texts, vae, fingerprint, device, dtypes)
+    if path.suffix in PICKLE_SUFFIXES:  # the whole state is in memory already: build now, then let it go
+        config, unet, texts, vae = load_single_file(path, allow_pickle, dtypes)
+        return bundle(config, unet, texts, vae, fingerprint, device, dtypes)
+    side = sidecar(path)
+    embedded = None if side is not None else read_header(path).metadata.get(CONFIG_KEY)
+    state = read_state_dict(path, allow_pickle)  # memory-mapped: tensors are read when a part is built
+    config = checkpoint_config(state, path, side, embedded)
+    return bundle(config, Deferred(lambda: build_unet(config, state, path, dtypes.unet).to(device)),
+                  Deferred(lambda: build_texts(config, state, path)),
+                  Deferred(lambda: build_vae(config, state, path, dtypes.vae).to(device)),
+                  fingerprint, device, dtypes)
 
 
-def bundle(config: ModelConfig, unet, texts: list, vae, fingerprint: str, device: str = "cpu"
-           ) -> tuple[DiffusionModel, TextEncoder, Vae]:
-    """MODEL, CLIP and VAE values of loaded components; the UNet and VAE moved to `device`."""
-    unet.to(device)
-    vae.to(device)
-    model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)
+def bundle(config: ModelConfig, unet, texts, vae, fingerprint: str, device: str = "cpu",
+           dtypes: PartDtypes | None = None) -> tuple[DiffusionModel, TextEncoder, Vae]:
+    """MODEL, CLIP and VAE values of components (modules, moved to `device`, or lazy.Deferred builds)."""
+    if not isinstance(unet, Deferred):
+        unet.to(device)
+    if not isinstance(vae, Deferred):
+        vae.to(device)
+    dtypes = dtypes or FLOAT32
+    model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device,
+                           dtype=dtypes.unet)
     return model, TextEncoder(tokenizer(), texts, config, fingerprint), Vae(vae, config, fingerprint)

@@ -20,6 +20,8 @@ from flowrun.diffusion.checkpoint import (_V_PRED_PROBE, _instantiate, _load_ope
                                           sidecar, tokenizer)
 from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CONTEXT_WIDTH, UNET, CheckpointError
+from flowrun.diffusion.diffusers_models import AutoencoderKL, UNet2DConditionModel
+from flowrun.diffusion.precision import part_dtypes
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
 
 FP8 = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
@@ -50,18 +52,17 @@ def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[st
     return state
 
 
-def _load(build, state: dict, what: str, path: Path):
+def _load(build, state: dict, what: str, path: Path, dtype: torch.dtype = torch.float32):
     try:
-        return _instantiate(build, state, what, path)
+        return _instantiate(build, state, what, path, dtype)
     except RuntimeError as exc:  # shapes that do not fit the configuration
         raise CheckpointError(f"{path}: {what} weights do not fit its configuration: {str(exc)[:300]}") from None
 
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
-              allow_pickle: bool = False) -> DiffusionModel:
-    """MODEL from a UNet file (models/diffusion_models). An fp8 `weight_dtype` rounds every weight to that
-    format, as ComfyUI stores them, and computes in float32."""
-    from diffusers import UNet2DConditionModel
+              allow_pickle: bool = False, dtype: str | None = None) -> DiffusionModel:
+    """MODEL from a UNet file (models/diffusion_models), computing in the run's precision `dtype` (None: the
+    device's default). An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores them."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     state = read_state_dict(path, allow_pickle)
@@ -82,19 +83,21 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
         if config.family == SD2 and probe is not None and probe.float().std() <= 0.09:
             config.prediction_type = "epsilon"
     unet_state = state if diffusers_layout else convert_ldm_unet_checkpoint(state, config.unet)
-    unet = _load(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path)
+    compute = part_dtypes(device, dtype).unet
+    unet = _load(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path, compute)
     if weight_dtype in FP8:
         fp8 = getattr(torch, FP8[weight_dtype])
         with torch.no_grad():
             for p in unet.parameters():
-                p.copy_(p.to(fp8).float())
+                p.copy_(p.to(fp8).to(compute))
     unet.to(device)
-    return DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)
+    return DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device,
+                          dtype=compute)
 
 
-def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False) -> Vae:
+def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False,
+             dtype: str | None = None) -> Vae:
     """VAE from a file in models/vae, in the original layout (`encoder.down.*`) or diffusers' (`encoder.down_blocks.*`)."""
-    from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     state = _strip(read_state_dict(path, allow_pickle), VAE_PREFIXES)
@@ -106,7 +109,7 @@ def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle:
         config.vae["latent_channels"] = state["decoder.conv_in.weight"].shape[1]
     diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in state)
     vae_state = state if diffusers_layout else convert_ldm_vae_checkpoint(state, config.vae)
-    vae = _load(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path)
+    vae = _load(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path, part_dtypes(device, dtype).vae)
     vae.to(device)
     return Vae(vae, config, fingerprint)
 
