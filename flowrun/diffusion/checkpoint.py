@@ -34,7 +34,7 @@ FLOAT32 = PartDtypes(unet=torch.float32, vae=torch.float32)
 @functools.lru_cache(maxsize=1)
 def tokenizer():
     """The CLIP tokenizer from the vocabulary shipped in the package (SD1, SD2 and SDXL share it)."""
-    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import CLIPTokenizer
 
     return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
 
