@@ -10,7 +10,7 @@ StableDiffusionPipeline, in float32 and bfloat16, each in its own process:
 
 Offline: diffusers reads its configs from a folder written here from flowrun's bundled ones.
 
-    python benchmarks/fullsize_sd15.py [--quick] [--keep DIR]
+    python benchmarks/fullsize_sd15.py [--quick]
 
 --quick renders with the bundled flowrun-tiny checkpoint (toy size), float32 only, in about half a minute; the
 full run writes the 4.3 GB file into a temporary folder (deleted at the end) and takes a few minutes.
@@ -109,8 +109,6 @@ def write_diffusers_configs(folder: Path, config) -> None:
 
 def child(args) -> None:
     """One measurement in this process; prints a JSON line (epoch times and seconds)."""
-    import resource
-
     result: dict = {}
     t0 = time.perf_counter()
     if args.child.startswith("flowrun"):
@@ -122,6 +120,7 @@ def child(args) -> None:
         import flowrun.diffusion.offline  # noqa: F401  (the hub offline and torchvision importable, as for flowrun)
         import torch
         from diffusers import StableDiffusionPipeline
+    result["imports"] = time.perf_counter() - t0  # flowrun imports diffusers and transformers on first use
     work = Path(args.work)
     ckpt = work / "models" / "checkpoints" / "bench.safetensors"
     if args.child == "flowrun-load":
@@ -162,9 +161,17 @@ def child(args) -> None:
                 result[name] = time.perf_counter() - t1
                 if name == "first":
                     result["first_done"] = time.time()
-    result["imports"] = t1 - t0
-    result["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux -> GiB
+    result["peak"] = peak_rss_gib()
     print(json.dumps(result))
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss, which Linux keeps across
+    exec: a child would report its parent's peak (the parent held the 4.3 GB state dict it wrote)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark measures memory on Linux)")
 
 
 def measure(kind: str, dtype: str, work: Path, cache: str = "") -> dict:
@@ -226,11 +233,14 @@ def main() -> None:
                 cache = f"cache-{kind}-{dtype}"
                 shutil.copytree(work / "fingerprints-only", work / cache)
                 ran = measure(kind, dtype, work, cache)
-                rows.append((kind, dtype, loaded["load"], loaded["peak"], ran["cold"], ran["warm"], ran["peak"]))
-        print(f"{'':22}{'load s':>8}{'load peak GiB':>15}{'cold s':>8}{'warm s':>8}{'run peak GiB':>14}")
-        for kind, dtype, load, peak, cold, warm, run_peak in rows:
-            print(f"{kind + ' ' + dtype:22}{load:8.2f}{peak:15.2f}{cold:8.2f}{warm:8.2f}{run_peak:14.2f}")
-        by = {(k, d): r for k, d, *r in rows}
+                rows.append((kind, dtype, loaded["load"], loaded["peak"], ran["cold"], ran["warm"], ran["peak"],
+                             ran["imports"], ran["first"]))
+        print(f"{'':22}{'load s':>8}{'load peak GiB':>15}{'cold s':>8}{'warm s':>8}{'run peak GiB':>14}"
+              f"   (cold: imports s + first image s)")
+        for kind, dtype, load, peak, cold, warm, run_peak, imports, first in rows:
+            print(f"{kind + ' ' + dtype:22}{load:8.2f}{peak:15.2f}{cold:8.2f}{warm:8.2f}{run_peak:14.2f}"
+                  f"   ({imports:.2f} + {first:.2f})")
+        by = {(k, d): r for k, d, *r in rows}  # (load, load peak, cold, warm, run peak, imports, first)
         for dtype in dtypes:
             f, d = by[("flowrun", dtype)], by[("diffusers", dtype)]
             print(f"ratio flowrun / diffusers, {dtype}: cold {f[2] / d[2]:.2f}, warm {f[3] / d[3]:.2f}, "

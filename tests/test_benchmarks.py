@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "common.py")
 
 
+@pytest.fixture(autouse=True)
+def _only_when_asked(request):
+    """The default suite leaves these out; `-m slow` runs them."""
+    if "slow" not in (request.config.option.markexpr or ""):
+        pytest.skip("slow: run with `pytest -m slow tests/test_benchmarks.py`")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_runs_to_its_end_in_quick_mode(script):

@@ -14,7 +14,7 @@ from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
 from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
-from flowrun.diffusion.detect import CheckpointError, detect, read_header
+from flowrun.diffusion.detect import UNET, VAE, CheckpointError, detect, read_header
 from flowrun.diffusion.pickles import read_pickle
 from flowrun.diffusion.export import CONFIG_KEY
 from flowrun.files import PICKLE_SUFFIXES, SAFE_SUFFIXES
@@ -305,10 +305,29 @@ def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pick
     embedded = None if side is not None else read_header(path).metadata.get(CONFIG_KEY)
     state = read_state_dict(path, allow_pickle)  # memory-mapped: tensors are read when a part is built
     config = checkpoint_config(state, path, side, embedded)
-    return bundle(config, Deferred(lambda: build_unet(config, state, path, dtypes.unet).to(device)),
-                  Deferred(lambda: build_texts(config, state, path)),
-                  Deferred(lambda: build_vae(config, state, path, dtypes.vae).to(device)),
+
+    def unet():
+        return build_unet(config, _part_state(path, state, UNET, dtypes.unet), path, dtypes.unet).to(device)
+
+    def vae():
+        return build_vae(config, _part_state(path, state, VAE, dtypes.vae), path, dtypes.vae).to(device)
+
+    return bundle(config, Deferred(unet), Deferred(lambda: build_texts(config, state, path)), Deferred(vae),
                   fingerprint, device, dtypes)
+
+
+def _part_state(path: Path, state: dict[str, torch.Tensor], prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state a part under `prefix` is built from. Already in `dtype`: the memory-mapped tensors as they
+    are (no copy). Else each tensor is read on its own (pread, not the map) and cast at once, so the file's
+    pages of that part never stay resident beside the cast copy: peak memory is the cast part plus one
+    tensor."""
+    keys = [k for k in state if k.startswith(prefix)]
+    if all(state[k].dtype == dtype or not state[k].is_floating_point() for k in keys):
+        return state
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu", backend="pread") as f:
+        return {k: t.to(dtype) if t.is_floating_point() else t for k in keys for t in (f.get_tensor(k),)}
 
 
 def bundle(config: ModelConfig, unet, texts, vae, fingerprint: str, device: str = "cpu",
