@@ -62,7 +62,8 @@ def write_full_checkpoint(path: Path) -> None:
 
     cfg = ModelConfig.default(SD1)
     with torch.device("meta"):  # the real key layout, without memory
-        unet, vae, text = UNet2DConditionModel(**cfg.unet), AutoencoderKL(**cfg.vae), _text_model(cfg.text_encoders[0], False)
+        unet, vae = UNet2DConditionModel(**cfg.unet), AutoencoderKL(**cfg.vae)
+        text = _text_model(cfg.text_encoders[0], False)
     layout = {**unet_to_ldm(unet.state_dict(), cfg.unet), **vae_to_ldm(vae.state_dict(), cfg.vae),
               **clip_to_ldm(text.state_dict())}
     gen = torch.Generator().manual_seed(0)

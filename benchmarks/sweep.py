@@ -126,7 +126,8 @@ def whole_process(work: Path, quick: bool = False) -> None:
 
     one = max_rss(write(work, "one", [1], [7.0]))
     many = max_rss(write(work, "many", list(range(4 if quick else 16)), [3.0, 5.0, 7.0, 9.0]))
-    print(f"peak memory, {16 if quick else 64}-cell sweep against one cell: {many / 1024:.0f} MiB / {one / 1024:.0f} MiB = "
+    print(f"peak memory, {16 if quick else 64}-cell sweep against one cell: "
+          f"{many / 1024:.0f} MiB / {one / 1024:.0f} MiB = "
           f"{many / one:.2f}   (aim <= 1.5)")
 
 

@@ -130,7 +130,7 @@ def checkpoint_loader_with_config(p: ConfigCheckpointParams, ctx) -> dict:
     model, clip, vae = loading(lambda: ctx.models.load(
         ("checkpoint", fingerprint, device, ctx.device.dtype),
         lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle,
-                                dtype=ctx.device.requested_dtype)))
+                            dtype=ctx.device.requested_dtype)))
     return {"model": loading(lambda: with_ldm_config(model, config)), "clip": clip, "vae": vae}
 
 
