@@ -122,7 +122,7 @@ def _reference_text(prompt: str):
 
 def test_text_conditioning_is_comfyuis_with_any_encoder_missing(sd3_models):
     from flowrun.diffusion.clip import encode
-    from flowrun.diffusion.sd3_files import load_text_encoders
+    from flowrun.diffusion.sd3_text_files import load_text_encoders
     from flowrun.diffusion.text_sd3 import encode_sd3
 
     te = sd3_models / "text_encoders"
