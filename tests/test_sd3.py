@@ -130,7 +130,8 @@ def test_text_conditioning_is_comfyuis_with_any_encoder_missing(sd3_models):
     context, pooled, lg, z_t5 = _reference_text("a red circle")
     triple = load_text_encoders([files["t5xxl"], files["clip_g"], files["clip_l"]], ["a", "b", "c"])
     entry = encode(triple, "a red circle")[0]
-    assert torch.allclose(entry.embedding, context, atol=1e-5) and torch.allclose(entry.pooled_output, pooled, atol=1e-5)
+    assert torch.allclose(entry.embedding, context, atol=1e-5)
+    assert torch.allclose(entry.pooled_output, pooled, atol=1e-5)
 
     only_t5 = encode(load_text_encoders([files["t5xxl"]], ["t"]), "a red circle")[0]
     assert torch.allclose(only_t5.embedding, z_t5, atol=1e-5)  # no CLIP part: T5's tokens alone

@@ -1,7 +1,7 @@
 """What a model family takes beside the prompt's token embeddings, per conditioning entry (the `added` inputs
-of a forward pass): SDXL's pooled text embedding and size/crop time ids, SD3's pooled vector. A family that takes more (a pooled
-vector, a guidance strength) adds its function to BY_FAMILY; the values are [1, n] tensors, which guidance
-batches along the first dimension and DiffusionModel hands to its network as `added_cond_kwargs`.
+of a forward pass): SDXL's pooled text embedding and size/crop time ids, SD3's pooled vector. A family that
+takes more (a pooled vector, a guidance strength) adds its function to BY_FAMILY; the values are [1, n] tensors,
+which guidance batches along the first dimension and DiffusionModel hands to its network as `added_cond_kwargs`.
 """
 
 from __future__ import annotations

@@ -70,6 +70,9 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
     state = read_state_dict(path, allow_pickle)
     if sd3_files.is_sd3(state):  # SD3 / SD3.5's MMDiT
         config, _ = _config(path, sd3_files.SD3)
+        if config.family != sd3_files.SD3:
+            raise CheckpointError(f"{path}: its keys say sd3 (an MMDiT), its config {config.source} says "
+                                  f"{config.family}")
         side = config if sidecar(path) is not None else None
         fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
         return sd3_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
@@ -122,8 +125,9 @@ def _text_part(path: Path, allow_pickle: bool) -> tuple[str | None, dict, Any, i
 
     state = read_state_dict(path, allow_pickle)
     if t5.is_t5(_strip(state, ("text_encoders.t5xxl.transformer.",))):
-        raise CheckpointError(f"{path}: a T5 text encoder (as SD3 and Flux read), not the CLIP text encoder this loader "
-                              "type expects; SD3's load with TripleCLIPLoader, or CLIPLoader / DualCLIPLoader type sd3")
+        raise CheckpointError(f"{path}: a T5 text encoder (as SD3 and Flux read), not the CLIP text encoder this "
+                              "loader type expects; SD3's load with TripleCLIPLoader, or CLIPLoader / DualCLIPLoader "
+                              "type sd3")
     open_clip = _strip(state, OPEN_CLIP_PREFIXES)
     if "token_embedding.weight" in open_clip:  # OpenCLIP layout (SD2's ViT-H, SDXL's bigG)
         width, prefix = open_clip["token_embedding.weight"].shape[1], "oc."

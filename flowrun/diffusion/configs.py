@@ -1,8 +1,8 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
-Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5), in the diffusers /
-transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
-configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
+Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5), in
+the diffusers / transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one)
+carries its own configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
 """
 
 from __future__ import annotations

@@ -71,16 +71,18 @@ def transformer_config(shapes: dict[str, tuple], head_dim: int | None = None) ->
     The head width is read from the q/k norms where the model has them, else 64 (every published SD3)."""
     if layout(shapes) == "original":
         hidden, in_channels, patch, _ = shapes["x_embedder.proj.weight"]
-        blocks, norm_q = _indices(shapes, "joint_blocks.", ".x_block.attn.qkv.weight"), "joint_blocks.0.x_block.attn.ln_q.weight"
+        blocks = _indices(shapes, "joint_blocks.", ".x_block.attn.qkv.weight")
+        norm_q = "joint_blocks.0.x_block.attn.ln_q.weight"
         dual = _indices(shapes, "joint_blocks.", ".x_block.attn2.qkv.weight")
         pooled, out, positions = (shapes["y_embedder.mlp.0.weight"][1], shapes["final_layer.linear.weight"][0],
                                   shapes["pos_embed"][1])
     else:
         hidden, in_channels, patch, _ = shapes["pos_embed.proj.weight"]
-        blocks, norm_q = _indices(shapes, "transformer_blocks.", ".attn.to_q.weight"), "transformer_blocks.0.attn.norm_q.weight"
+        blocks = _indices(shapes, "transformer_blocks.", ".attn.to_q.weight")
+        norm_q = "transformer_blocks.0.attn.norm_q.weight"
         dual = _indices(shapes, "transformer_blocks.", ".attn2.to_q.weight")
-        pooled, out, positions = (shapes["time_text_embed.text_embedder.linear_1.weight"][1], shapes["proj_out.weight"][0],
-                                  shapes["pos_embed.pos_embed"][1])
+        pooled = shapes["time_text_embed.text_embedder.linear_1.weight"][1]
+        out, positions = shapes["proj_out.weight"][0], shapes["pos_embed.pos_embed"][1]
     qk_norm = norm_q in shapes
     head_dim = head_dim or (shapes[norm_q][0] if qk_norm else 64)
     caption, joint = shapes["context_embedder.weight"]

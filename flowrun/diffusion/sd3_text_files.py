@@ -53,7 +53,8 @@ def _text_file(path: Path, allow_pickle: bool, label: str):
                                   f"{sorted(state)[:3]}")
         width = state[key].shape[1]
         role = said or {768: "clip_l", 1280: "clip_g"}.get(width)
-        build = lambda cfg: _load_text(cfg, state, role == "clip_g", f"{_ROLE_NAMES[role]} text encoder", path)  # noqa: E731
+        build = lambda cfg: _load_text(cfg, state, role == "clip_g",  # noqa: E731
+                                       f"{_ROLE_NAMES[role]} text encoder", path)
     if role not in ("clip_l", "clip_g"):
         raise CheckpointError(f"{label}: a CLIP text encoder {width} wide; SD3 reads CLIP-L (768 wide) and CLIP-G "
                               f"(1280); for a model of another size put its configs in {path.with_suffix('.json')}")
@@ -88,8 +89,8 @@ def load_text_encoders(paths: list[Path], fingerprints: list[str], labels: list[
     for path, label in zip(paths, labels):
         role, build, cfg = _text_file(path, allow_pickle, f"{label} ({path.name})")
         if role in given:
-            raise CheckpointError(f"{given[role]} and {label} ({path.name}) are both {_ROLE_NAMES[role]} text encoders; "
-                                  "SD3 takes one each of CLIP-L, CLIP-G and T5-XXL")
+            raise CheckpointError(f"{given[role]} and {label} ({path.name}) are both {_ROLE_NAMES[role]} text "
+                                  "encoders; SD3 takes one each of CLIP-L, CLIP-G and T5-XXL")
         given[role] = f"{label} ({path.name})"
         index = ROLES.index(role)
         if role != "t5xxl" and base is not None:
