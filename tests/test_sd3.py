@@ -151,6 +151,8 @@ def test_text_conditioning_is_comfyuis_with_any_encoder_missing(sd3_models):
     assert torch.allclose(padded.embedding, _reference_text("")[0], atol=1e-5)
     mixed = encode_sd3(triple, "", "a red circle", "a red circle", empty_padding=False)[0]
     assert mixed.embedding.shape == (1, 154, 96)  # CLIP-L gets the empty prompt's chunk to match CLIP-G
+    with pytest.raises(ValueError, match="embeddings are not supported for SD3 yet .*'embedding:sun'"):
+        encode(triple, "a red circle, embedding:sun")
 
 
 def test_a_latent_off_the_patch_grid_is_padded_circularly_and_cropped(sd3_models):

@@ -18,6 +18,7 @@ import torch
 from flowrun.diffusion import t5
 from flowrun.diffusion.clip_tower import END, _encode_one, tokenize
 from flowrun.diffusion.model import TextEncoder
+from flowrun.diffusion.prompt_syntax import embedding_names
 from flowrun.values import CondEntry, Conditioning
 
 T5_MIN_LENGTH = 77
@@ -47,6 +48,10 @@ def encode_sd3(enc: TextEncoder, text_l: str, text_g: str, text_t5: str, empty_p
     alone."""
     from flowrun.diffusion.lora import patched
 
+    names = embedding_names(" ".join((text_l, text_g, text_t5)))
+    if names:  # not read as text either: that would silently give another image than ComfyUI's
+        raise ValueError(f"textual-inversion embeddings are not supported for SD3 yet (the prompt names "
+                         f"'embedding:{names[0]}')")
     if all(m is None for m in enc.models):  # ComfyUI gives such a checkpoint no CLIP at all
         raise ValueError(f"input 'clip': {enc.config.source} holds none of SD3's text encoders (CLIP-L, CLIP-G, "
                          "T5-XXL); load them with TripleCLIPLoader")
