@@ -153,6 +153,12 @@ def test_text_conditioning_is_comfyuis_with_any_encoder_missing(sd3_models):
     assert mixed.embedding.shape == (1, 154, 96)  # CLIP-L gets the empty prompt's chunk to match CLIP-G
     with pytest.raises(ValueError, match="embeddings are not supported for SD3 yet .*'embedding:sun'"):
         encode(triple, "a red circle, embedding:sun")
+    last = encode(triple.with_layer(-1), "a red circle")[0].embedding  # CLIPSetLastLayer -1: the CLIPs' last
+    assert torch.equal(last[:, 77:], entry.embedding[:, 77:])  # T5's part is the same
+    assert not torch.allclose(last[:, :77], entry.embedding[:, :77])
+    with pytest.raises(ValueError, match="CLIPSetLastLayer -2 on SD3 with T5 is not supported"):
+        encode(triple.with_layer(-2), "a red circle")
+    assert encode(load_text_encoders([files["clip_l"]], ["l"]).with_layer(-3), "a")[0].embedding.shape == (1, 77, 96)
 
 
 def test_a_latent_off_the_patch_grid_is_padded_circularly_and_cropped(sd3_models):
