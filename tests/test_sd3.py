@@ -332,3 +332,14 @@ def test_unet_patches_on_an_sd3_model_are_refused_by_name(sd3_models, tmp_path, 
     r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
     assert r.code == 1 and "node 'freeu' (FreeU)" in r.err, r.err
     assert "input 'model': FreeU patches a UNet's blocks; this sd3 model is a transformer (DiT)" in r.err
+
+
+def test_unet_loader_fp8_weight_dtype_rounds_the_mmdit(sd3_models):
+    from flowrun.diffusion.components import load_unet
+
+    path = sd3_models / "diffusion_models" / "tiny-sd3-mmdit.safetensors"
+    plain, rounded = load_unet(path, "a"), load_unet(path, "b", weight_dtype="fp8_e4m3fn")
+    a, b = plain.unet.transformer.state_dict(), rounded.unet.transformer.state_dict()
+    assert rounded.dtype == torch.float32 and all(v.dtype == torch.float32 for v in b.values())
+    assert all(torch.equal(b[k], a[k].to(torch.float8_e4m3fn).float()) for k in a)
+    assert any(not torch.equal(b[k], a[k]) for k in a)
