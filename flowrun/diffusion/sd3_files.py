@@ -213,8 +213,9 @@ def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: Mo
                                                  compute_dtype(state, device))
     base.unet = unet_config
     if fp8 is not None:
-        with torch.no_grad():
-            for p in transformer.parameters():
-                p.copy_(p.to(fp8).to(p.dtype))
+        with torch.no_grad():  # the position table too: ComfyUI builds the whole network in that dtype
+            for tensor in transformer.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(fp8).to(tensor.dtype))
     return diffusion_model(SD3Network(transformer), base, fingerprint, device)
 
