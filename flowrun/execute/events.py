@@ -6,6 +6,10 @@ from typing import Any
 
 
 class Events:
+    # set by a subclass that shows samplers' latent previews (node_preview); off by default, so that
+    # samplers compute nothing for previews nobody sees
+    wants_previews = False
+
     def run_start(self, steps: list[Any]) -> None: ...
 
     def node_start(self, task: Any, index: int, total: int) -> None: ...
@@ -13,6 +17,10 @@ class Events:
     def node_step(self, task: Any, step: int, total: int) -> None: ...
 
     def node_end(self, task: Any, status: str, seconds: float) -> None: ...
+
+    def node_preview(self, task: Any, cells: list[str], step: int, total: int, denoised: Any, family: str) -> None:
+        """A sampler's step inside `task` for `cells`: its prediction of the clean latent (model space, the
+        cells' rows stacked) and the model's family (flowrun.diffusion.latent_preview projects it to RGB)."""
 
     def warn(self, message: str) -> None: ...
 

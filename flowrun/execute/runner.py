@@ -240,7 +240,10 @@ class Runner:
         return RunContext.for_node(self.services, fingerprints=task.fingerprints, suffix=task.output_suffix,
                                    provenance=task.provenance, cells=cells,
                                    progress=lambda step, total: self.events.node_step(task, step, total),
-                                   warn=lambda message: self.events.warn(f"node '{task.node_id}': {message}"))
+                                   warn=lambda message: self.events.warn(f"node '{task.node_id}': {message}"),
+                                   preview=(lambda step, total, denoised, family: self.events.node_preview(
+                                       task, cells, step, total, denoised, family))
+                                   if self.events.wants_previews else None)
 
     def _announce(self, task: Task) -> None:
         self._started += 1
