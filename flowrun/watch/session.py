@@ -71,7 +71,6 @@ class Session:
         self.models = ModelPool()
         self.resolved: "Resolved | None" = None  # the last version of the file that validated
         self._keys: frozenset[str] | None = None  # every node's key in the last run that succeeded
-        self.last: Outcome | None = None  # the last RAN outcome (its outputs are the ones on disk)
 
     def watched(self) -> set[Path]:
         """The files whose change can change the outputs: the workflow and the input files it reads (models
@@ -117,13 +116,11 @@ class Session:
             return Outcome(FAILED, time.perf_counter() - t0, exc.render())
         self._keys = keys
         nodes = result.manifest["nodes"]
-        outcome = Outcome(
+        return Outcome(
             RAN, time.perf_counter() - t0,
             executed=[NodeRun(n["id"], n["type"], n["cells"], n["seconds"]) for n in nodes if n["status"] == "executed"],
             cached=sum(1 for n in nodes if n["status"] != "executed"), files=result.files, manifest=result.manifest,
             out_dir=result.out_dir)
-        self.last = outcome
-        return outcome
 
     def _graph_keys(self, resolved: "Resolved") -> frozenset[str]:
         """Every node's cache key: equal keys mean equal outputs, so there is nothing to run."""
