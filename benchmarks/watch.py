@@ -53,6 +53,12 @@ def _wait_for_new(path: Path, old: bytes | None, timeout: float = 120.0) -> byte
     raise TimeoutError(f"{path} did not change within {timeout:.0f} s")
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal, even when this script runs in the background (a shell starts
+    background jobs with SIGINT ignored, and Python then installs no handler for it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def watch_edits(work: Path, workflow: Path, edits: int) -> tuple[float, list[float], list[str]]:
     """(seconds from start to the first PNG, seconds from each save to its new PNG, watch's output lines)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -61,7 +67,8 @@ def watch_edits(work: Path, workflow: Path, edits: int) -> tuple[float, list[flo
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "flowrun", "watch", str(workflow), "--cache-dir",
                              str(work / "watch-cache"), "--out", str(out), "-q"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -80,7 +87,11 @@ def watch_edits(work: Path, workflow: Path, edits: int) -> tuple[float, list[flo
             time.sleep(0.3)  # let the step report before the next save
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError("flowrun watch did not leave within 60 s of Ctrl-C") from None
     if proc.returncode != 130:
         raise RuntimeError(f"flowrun watch left with {proc.returncode}, not 130:\n{err[-2000:]}")
     return first, times, lines

@@ -186,7 +186,8 @@ def test_the_command_prints_each_save_and_leaves_on_ctrl_c_as_run_does(workflow,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]),
            "FLOWRUN_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.Popen([sys.executable, "-m", "flowrun", "watch", str(wf), "--out", str(tmp_path / "out"), "-q"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if we ignore it
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -209,7 +210,10 @@ def test_the_command_prints_each_save_and_leaves_on_ctrl_c_as_run_does(workflow,
         assert "re-ran 3 node(s): swatch 0." in lines[2] and "6 cached" in lines[2]
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
     assert proc.returncode == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "ok"
     assert (tmp_path / "out" / "sw-32.png").is_file()
