@@ -80,16 +80,17 @@ class _Recorder(Events):
         self.wants_previews = wants
         self.calls = []
 
-    def node_preview(self, task, cells, step, total, denoised, family):
-        self.calls.append((task.node_id, tuple(cells), step, total, tuple(denoised.shape), family))
+    def node_preview(self, task, blocks, step, total, denoised, family):
+        self.calls.append((task.node_id, blocks, step, total, denoised.clone(), family))
 
 
 def test_the_runner_asks_for_previews_only_when_someone_listens(tiny_models, workflow, tmp_path):
     from flowrun import api
 
+    # seeds 2 and 10: the batch's rows in sweep order, which is not the labels' alphabetical order
     wf = workflow("""\
     version: 1
-    sweep: {grid: {seed: [1, 2]}}
+    sweep: {grid: {seed: [2, 10]}}
     nodes:
       ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny}}
       pos: {type: CLIPTextEncode, in: {clip: ckpt.clip}, with: {text: a red circle}}
@@ -103,10 +104,18 @@ def test_the_runner_asks_for_previews_only_when_someone_listens(tiny_models, wor
     quiet = _Recorder(False)
     api.run(api.load(wf), settings, events=quiet)
     assert quiet.calls == []
-    listening = _Recorder(True)
-    api.run(api.load(wf), settings, events=listening)
+    batched = _Recorder(True)
+    api.run(api.load(wf), settings, events=batched)
     h = 32 // 8
-    assert listening.calls == [("sample", ("seed-1", "seed-2"), s, 2, (2, 4, h, h), "sd1") for s in (1, 2)]
+    assert [(n, b, s, t, tuple(x.shape), f) for n, b, s, t, x, f in batched.calls] == [
+        ("sample", [["seed-2"], ["seed-10"]], s, 2, (2, 4, h, h), "sd1") for s in (1, 2)]
+    settings.batch = False
+    alone = _Recorder(True)
+    api.run(api.load(wf), settings, events=alone)
+    last = {b[0][0]: x for _, b, s, _, x, _ in alone.calls if s == 2}
+    assert sorted(last) == ["seed-10", "seed-2"] and all(x.shape[0] == 1 for x in last.values())
+    for row, block in enumerate(batched.calls[-1][1]):  # each block's rows are that cell's
+        torch.testing.assert_close(batched.calls[-1][4][row:row + 1], last[block[0]], atol=1e-4, rtol=1e-4)
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -156,7 +165,7 @@ def test_the_server_serves_the_page_the_state_the_latest_outputs_and_previews(tm
         latent = torch.zeros(2, 4, 1, 2)
         latent[1, 0] = 1.0  # the second cell's image: SD1's first channel
         task = SimpleNamespace(node_id="sample")
-        session.events.node_preview(task, ["size-8", "size-16"], 3, 10, latent, "sd1")
+        session.events.node_preview(task, [["size-8"], ["size-16"]], 3, 10, latent, "sd1")
         code, png = _get(url + "preview/1.png")
         assert code == 200 and np.asarray(Image.open(io.BytesIO(png))).tolist() == [[[172, 156, 168]] * 2]
         code, png = _get(url + "preview/0.png")

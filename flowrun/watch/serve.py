@@ -27,6 +27,11 @@ PAGE = Path(__file__).with_name("page.html")
 LONG_POLL_SECONDS = 20.0
 
 
+def caption(values: dict[str, Any]) -> str:
+    """A cell's sweep values as the page shows them under its images: "seed=1, cfg=4.0"."""
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
 def grid(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The cells (run.json's: label, values) as a table: the first swept axis's values as columns, every
     combination of the others as a row (titled with its values), each slot a cell label or None."""
@@ -110,7 +115,8 @@ class WatchState:
                 "workflow": self.workflow, "version": self.version, "runs": self.runs, "status": self.status,
                 "message": self.message, "running": self.running,
                 "grid": grid(self.cells),
-                "cells": [{"label": c["label"], "index": i, "values": c["values"], "files": self.files.get(c["label"], []),
+                "cells": [{"label": c["label"], "index": i, "values": c["values"], "caption": caption(c["values"]),
+                           "files": self.files.get(c["label"], []),
                            "preview": ({"step": self.previews[c["label"]][1], "total": self.previews[c["label"]][2]}
                                        if c["label"] in self.previews else None)}
                           for i, c in enumerate(self.cells)],
@@ -147,15 +153,16 @@ class PreviewEvents(Events):
     def node_start(self, task, index, total):
         self.state.node_running(task.node_id)
 
-    def node_preview(self, task, cells, step, total, denoised, family):
+    def node_preview(self, task, blocks, step, total, denoised, family):
         from flowrun.diffusion.latent_preview import format_for, png, to_rgb
 
         fmt = format_for(family, denoised.shape[1])
-        if fmt is None or not cells:
+        if fmt is None or not blocks:
             return
-        rows = max(1, denoised.shape[0] // len(cells))
-        rgb = to_rgb(denoised[::rows][: len(cells)], fmt)  # each cell's first image
-        self.state.preview(list(cells), [png(image) for image in rgb], step, total)
+        rows = max(1, denoised.shape[0] // len(blocks))
+        images = [png(image) for image in to_rgb(denoised[::rows][: len(blocks)], fmt)]  # each block's first
+        self.state.preview([label for block in blocks for label in block],
+                           [image for block, image in zip(blocks, images) for _ in block], step, total)
 
 
 class Fanout(Events):
@@ -181,10 +188,10 @@ class Fanout(Events):
         for e in self.listeners:
             e.node_end(task, status, seconds)
 
-    def node_preview(self, task, cells, step, total, denoised, family):
+    def node_preview(self, task, blocks, step, total, denoised, family):
         for e in self.listeners:
             if e.wants_previews:
-                e.node_preview(task, cells, step, total, denoised, family)
+                e.node_preview(task, blocks, step, total, denoised, family)
 
     def warn(self, message):
         for e in self.listeners:
