@@ -171,7 +171,7 @@ def test_the_server_serves_the_page_the_state_the_latest_outputs_and_previews(tm
         code, png = _get(url + "preview/0.png")
         assert np.asarray(Image.open(io.BytesIO(png))).tolist() == [[[127, 127, 127]] * 2]
         data = json.loads(_get(url + "state.json")[1])
-        assert data["cells"][1]["preview"] == {"step": 3, "total": 10}
+        assert data["cells"][1]["preview"] == {"step": 3, "total": 10, "version": data["version"]}
 
         # a long poll answers as soon as something changes
         version = data["version"]
@@ -210,8 +210,18 @@ def test_the_page_in_a_browser_shows_the_grid_and_updates_after_a_new_render(tmp
     with PageServer(state) as server:
         def edit_when_the_page_waits():
             deadline = time.monotonic() + 60
-            while state.waiting == 0 and time.monotonic() < deadline:  # the page is there, waiting for news
-                time.sleep(0.02)
+
+            def page_waits_for(version: int) -> None:
+                while (state.waiting == 0 or state.version < version) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+
+            page_waits_for(state.version)  # the page is there, waiting for news
+            latent = torch.zeros(2, 4, 1, 1)
+            latent[0, 0] = 1.0  # cell size-8's preview: SD1's first channel
+            session.events.node_preview(SimpleNamespace(node_id="sample"), [["size-8"], ["size-16"]], 1, 2,
+                                        latent, "sd1")
+            page_waits_for(state.version)
+            time.sleep(0.5)  # the previews load (virtual time stands still while they do)
             wf.write_text(SWATCH.replace("0xE0402A", "0x2040E0"))
             state.outcome(session.step())
             while (state.waiting == 0 or state.runs < 2) and time.monotonic() < deadline:
@@ -234,6 +244,8 @@ def test_the_page_in_a_browser_shows_the_grid_and_updates_after_a_new_render(tmp
     assert json.loads(check["data-sources"]) == ["files/sw-8.png?run=2", "files/sw-16.png?run=2"]
     assert json.loads(check["data-captions"]) == ["size=8", "size=16"]
     assert json.loads(check["data-columns"]) == ["", "size=8", "size=16"]
+    assert check["data-previews-loaded"] == "2" and check["data-preview-pixel"] == "172,156,168"  # the projection
+    assert check["data-previews"] == "0"  # gone once the run is done
     new = np.asarray(Image.open(tmp_path / "out" / "sw-8.png"))[0, 0, :3]
     assert check["data-first-pixel"] == ",".join(str(int(v)) for v in new)  # the new render's colour
     assert tuple(int(v) // 4 for v in new) == (0xDF // 4, 0xBF // 4, 0x1F // 4)  # 255 - 0x2040E0

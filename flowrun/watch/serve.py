@@ -66,7 +66,7 @@ class WatchState:
         self.status = "starting"
         self.message = ""
         self.running = ""  # the node running now
-        self.previews: dict[str, tuple[bytes, int, int]] = {}  # cell label -> (PNG, step, total)
+        self.previews: dict[str, tuple[bytes, int, int, int]] = {}  # cell label -> (PNG, step, total, version)
         self.waiting = 0
         self._changed = threading.Condition()
 
@@ -98,9 +98,9 @@ class WatchState:
 
     def preview(self, cells: list[str], pngs: list[bytes], step: int, total: int) -> None:
         with self._changed:
-            for label, data in zip(cells, pngs):
-                self.previews[label] = (data, step, total)
             self._bump()
+            for label, data in zip(cells, pngs):
+                self.previews[label] = (data, step, total, self.version)
 
     def snapshot(self, since: int | None = None, timeout: float = LONG_POLL_SECONDS) -> dict[str, Any]:
         """The state as JSON data; with `since`, first wait (up to `timeout`) until it is newer than that."""
@@ -117,8 +117,7 @@ class WatchState:
                 "grid": grid(self.cells),
                 "cells": [{"label": c["label"], "index": i, "values": c["values"], "caption": caption(c["values"]),
                            "files": self.files.get(c["label"], []),
-                           "preview": ({"step": self.previews[c["label"]][1], "total": self.previews[c["label"]][2]}
-                                       if c["label"] in self.previews else None)}
+                           "preview": _preview_info(self.previews.get(c["label"]))}
                           for i, c in enumerate(self.cells)],
             }
 
@@ -140,6 +139,12 @@ class WatchState:
         """Release waiting requests (the server is closing)."""
         with self._changed:
             self._bump()
+
+
+def _preview_info(item: tuple[bytes, int, int, int] | None) -> dict[str, int] | None:
+    """A cell's preview as the state shows it: its step and total, and the version that brought it (the
+    page fetches the image again only when that changes)."""
+    return None if item is None else {"step": item[1], "total": item[2], "version": item[3]}
 
 
 class PreviewEvents(Events):
@@ -237,13 +242,24 @@ def _handler(state: WatchState):
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser that closes a tab mid-answer is no error; anything else is said in one line."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            sys.stderr.write(f"flowrun watch: the page's server: {type(exc).__name__}: {exc}\n")
+
+
 class PageServer:
     """The page's HTTP server on 127.0.0.1 in a daemon thread (port 0: a free one)."""
 
     def __init__(self, state: WatchState, port: int = 0):
         self.state = state
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(state))
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), _handler(state))
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="flowrun-watch-page", daemon=True)
 
     @property
