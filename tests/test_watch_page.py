@@ -244,7 +244,7 @@ def test_the_page_in_a_browser_shows_the_grid_and_updates_after_a_new_render(tmp
     assert json.loads(check["data-sources"]) == ["files/sw-8.png?run=2", "files/sw-16.png?run=2"]
     assert json.loads(check["data-captions"]) == ["size=8", "size=16"]
     assert json.loads(check["data-columns"]) == ["", "size=8", "size=16"]
-    assert check["data-previews-loaded"] == "2" and check["data-preview-pixel"] == "172,156,168"  # the projection
+    assert check["data-previews-loaded"] == "2" and json.loads(check["data-preview-pixels"]) == {"0": "172,156,168", "1": "127,127,127"}
     assert check["data-previews"] == "0"  # gone once the run is done
     new = np.asarray(Image.open(tmp_path / "out" / "sw-8.png"))[0, 0, :3]
     assert check["data-first-pixel"] == ",".join(str(int(v)) for v in new)  # the new render's colour
