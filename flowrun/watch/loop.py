@@ -35,8 +35,14 @@ def watch(session: Session, report: Callable[[Outcome], None], *, stop: threadin
             return Path(path).resolve() in watched
 
         restarted = False
-        for changes in watchfiles.watch(*where, watch_filter=ours, step=step_ms, stop_event=stop, recursive=False):
-            outcome = session.on_change(path for _, path in changes)
+        # an empty set every half second: the first one means the watch is in place, so a save it may have
+        # missed (made while the last step ran) shows in the files' stamps
+        for changes in watchfiles.watch(*where, watch_filter=ours, step=step_ms, stop_event=stop, recursive=False,
+                                        yield_on_timeout=True, rust_timeout=500):
+            if changes:
+                outcome = session.on_change(path for _, path in changes)
+            else:
+                outcome = session.step() if session.stale() else None
             if outcome is not None:
                 report(outcome)
             if session.watched() != watched:

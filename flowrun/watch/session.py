@@ -71,6 +71,7 @@ class Session:
         self.models = ModelPool()
         self.resolved: "Resolved | None" = None  # the last version of the file that validated
         self._keys: frozenset[str] | None = None  # every node's key in the last run that succeeded
+        self._stamps: dict[Path, tuple[int, int] | None] = {}  # the watched files as the last step read them
 
     def watched(self) -> set[Path]:
         """The files whose change can change the outputs: the workflow and the input files it reads (models
@@ -89,6 +90,11 @@ class Session:
                         pass  # a missing input is the next step's validation error
         return paths
 
+    def stale(self) -> bool:
+        """Whether a watched file changed since the last step read it (a save that came before the file
+        events were being watched, e.g. during the first render)."""
+        return any(_stamp(p) != stamp for p, stamp in self._stamps.items())
+
     def on_change(self, changed: Iterable[str | os.PathLike]) -> Outcome | None:
         """A step if any of `changed` is a watched file, else None (another file in the same folder)."""
         watched = self.watched()
@@ -99,6 +105,7 @@ class Session:
     def step(self) -> Outcome:
         """Read, validate and (if anything changed) run the workflow once."""
         t0 = time.perf_counter()
+        self._stamps = {p: _stamp(p) for p in self.watched()}  # before reading: a later save is news
         try:
             resolved = pipeline.load(self.path, self.overrides, plugins=self.settings.plugins, files=self.settings)
             keys = self._graph_keys(resolved)
@@ -107,6 +114,8 @@ class Session:
         except FlowrunError as exc:  # a lock the files no longer match, a plugin that fails to load
             return Outcome(INVALID, time.perf_counter() - t0, exc.render())
         self.resolved = resolved
+        for p in self.watched() - self._stamps.keys():  # input files this version reads for the first time
+            self._stamps[p] = _stamp(p)
         if keys == self._keys:
             return Outcome(UNCHANGED, time.perf_counter() - t0)
         try:
@@ -130,3 +139,12 @@ class Session:
         graph = build(resolved, FileLookup.for_workflow(resolved.file, self.settings), self.settings.device)
         return frozenset(graph.tasks)
 
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's modification time and size (None if it is gone): what changes when it is saved."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
