@@ -180,6 +180,11 @@ def test_a_real_save_is_seen_through_watchfiles(workflow, tmp_path):
     assert not thread.is_alive()
 
 
+def test_a_file_in_a_missing_folder_is_a_usage_error(cli, tmp_path):
+    r = cli("watch", tmp_path / "nowhere" / "wf.yaml")
+    assert r.code == 2 and "cannot watch" in r.err and "there is no folder" in r.err
+
+
 def test_a_save_made_while_a_step_runs_is_not_lost(workflow, tmp_path):
     wf = workflow(SWATCH)
 

@@ -26,6 +26,10 @@ def watch(session: Session, report: Callable[[Outcome], None], *, stop: threadin
     folder stays quiet before a burst of events counts as one save."""
     import watchfiles
 
+    from flowrun.errors import UsageError
+
+    if not session.path.resolve().parent.is_dir():
+        raise UsageError(f"cannot watch {session.path}: there is no folder {session.path.parent}")
     report(session.step())
     while stop is None or not stop.is_set():
         watched = session.watched()
