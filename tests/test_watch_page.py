@@ -129,8 +129,9 @@ def _get(url: str) -> tuple[int, bytes]:
 def _watched(tmp_path, workflow):
     wf = workflow(SWATCH)
     state = WatchState(str(wf))
-    session = Session(wf, settings=Settings(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache"),
-                      events=PreviewEvents(state))
+    session = Session(wf, settings=Settings(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache"))
+    session.events = PreviewEvents(state, lambda: [{"label": c.label, "values": c.values}
+                                                   for c in session.resolved.cells])
     state.outcome(session.step())
     return wf, state, session
 
@@ -189,6 +190,18 @@ def test_the_server_serves_the_page_the_state_the_latest_outputs_and_previews(tm
         data = json.loads(_get(url + "state.json")[1])
         assert data["runs"] == 2 and data["status"] == "ran"
         assert all(c["preview"] is None for c in data["cells"])  # previews end with the run
+
+        # a new sweep value: its cell is laid out when the run starts, before its file exists
+        seen_cells = []
+        original = state.node_running
+        state.node_running = lambda node: (seen_cells.append([c["files"] for c in state.snapshot()["cells"]]),
+                                           original(node))
+        wf.write_text(SWATCH.replace("[8, 16]", "[8, 16, 24]").replace("0xE0402A", "0x000000"))
+        state.outcome(session.step())
+        state.node_running = original
+        assert seen_cells[0] == [["sw-8.png"], ["sw-16.png"], []]
+        assert [c["files"] for c in json.loads(_get(url + "state.json")[1])["cells"]] == [
+            ["sw-8.png"], ["sw-16.png"], ["sw-24.png"]]
 
 
 class _SelfCheck(HTMLParser):

@@ -67,7 +67,8 @@ def watch_file(session: Session, report: Callable[[Outcome], None], *, serve: in
 
     state = WatchState(str(session.path))
     listeners = [session.events] if session.events is not None else []
-    session.events = Fanout(*listeners, PreviewEvents(state))
+    cells = lambda: [{"label": c.label, "values": c.values} for c in session.resolved.cells]  # noqa: E731
+    session.events = Fanout(*listeners, PreviewEvents(state, cells))
     try:
         server = PageServer(state, serve)
     except OSError as exc:

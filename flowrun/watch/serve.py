@@ -16,7 +16,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlparse
 
 from flowrun.execute.events import Events
@@ -91,6 +91,15 @@ class WatchState:
                         self.files.setdefault(label, []).extend(f for f in n["outputs"] if f.endswith(".png"))
             self._bump()
 
+    def lay_out(self, cells: list[dict[str, Any]]) -> None:
+        """A run starts with these cells (label, values): show them before their files exist, so that a
+        first render or new sweep values show their previews; the files of cells that stay are kept."""
+        with self._changed:
+            if [c["label"] for c in cells] != [c["label"] for c in self.cells]:
+                self.cells = [{"label": c["label"], "values": c["values"]} for c in cells]
+                self.files = {c["label"]: self.files.get(c["label"], []) for c in self.cells}
+                self._bump()
+
     def node_running(self, node: str) -> None:
         with self._changed:
             self.status, self.running = "running", node
@@ -152,8 +161,13 @@ class PreviewEvents(Events):
 
     wants_previews = True
 
-    def __init__(self, state: WatchState):
+    def __init__(self, state: WatchState, cells: Callable[[], list[dict[str, Any]]] | None = None):
         self.state = state
+        self.cells = cells  # the cells (label, values) of the workflow about to run
+
+    def run_start(self, steps):
+        if self.cells is not None:
+            self.state.lay_out(self.cells())
 
     def node_start(self, task, index, total):
         self.state.node_running(task.node_id)
