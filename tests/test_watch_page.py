@@ -185,8 +185,9 @@ def test_the_server_serves_the_page_the_state_the_latest_outputs_and_previews(tm
         wf.write_text(SWATCH.replace("0xE0402A", "0x000000"))
         state.outcome(session.step())
         waiting.join(10)
-        # the first news: the new run's first node started
-        assert answer["version"] > version and answer["status"] == "running" and answer["running"] == "swatch"
+        # the first news: a node of the new run started (the answer may come a node or two later)
+        assert answer["version"] > version and answer["status"] == "running"
+        assert answer["running"] in ("swatch", "inverse", "save")
         data = json.loads(_get(url + "state.json")[1])
         assert data["runs"] == 2 and data["status"] == "ran"
         assert all(c["preview"] is None for c in data["cells"])  # previews end with the run
