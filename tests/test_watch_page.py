@@ -46,13 +46,15 @@ def test_the_projection_gives_comfyuis_latent2rgb_colours():
     assert latent_preview.to_rgb(flux, latent_preview.FLUX).tolist() == [[[[107, 105, 106]]]]  # last row + bias: 107.21, 105.83, 106.73
 
 
-def test_a_family_gets_its_format_and_an_unknown_one_none():
-    assert latent_preview.format_for("sd1", 4) is latent_preview.SD15
-    assert latent_preview.format_for("sd2", 4) is latent_preview.SD15
-    assert latent_preview.format_for("sdxl_refiner", 4) is latent_preview.SDXL
-    assert latent_preview.format_for("sd3", 16) is latent_preview.SD3
-    assert latent_preview.format_for("sdxl", 16) is None  # channels that are not the format's
-    assert latent_preview.format_for("unknown", 4) is None
+def test_a_vae_gets_its_own_format_and_an_unknown_one_none():
+    assert latent_preview.format_for("sd1", 4, 0.18215) is latent_preview.SD15
+    assert latent_preview.format_for("sd2", 4, 0.18215) is latent_preview.SD15
+    assert latent_preview.format_for("sdxl_refiner", 4, 0.13025) is latent_preview.SDXL
+    assert latent_preview.format_for("sd3", 16, 1.5305) is latent_preview.SD3
+    assert latent_preview.format_for("sd1", 4, 0.30224) is latent_preview.FLOWRUN_TINY  # the bundled model's VAE
+    assert latent_preview.format_for("sd1", 4, 0.5) is None  # another VAE: SD1's factors would mislead
+    assert latent_preview.format_for("sdxl", 16, 0.13025) is None  # channels that are not the format's
+    assert latent_preview.format_for("unknown", 4, 0.18215) is None
 
 
 def test_the_sampler_previews_each_steps_prediction(tiny_bundle):
@@ -67,8 +69,8 @@ def test_the_sampler_previews_each_steps_prediction(tiny_bundle):
     out = ksample_batch(model, noise=SeedNoise([1, 2]), cfgs=[5.0], steps=3, sampler_name="euler",
                         scheduler="normal", positive=cond, negative=encode(clip, ""),
                         latent=Latent(torch.zeros(1, 4, 4, 4)),
-                        preview=lambda step, total, x0, family: seen.append((step, total, x0.clone(), family)))
-    assert [(s, t, f) for s, t, _, f in seen] == [(1, 3, "sd1"), (2, 3, "sd1"), (3, 3, "sd1")]
+                        preview=lambda step, total, x0, fmt: seen.append((step, total, x0.clone(), fmt)))
+    assert [(s, t, f.name) for s, t, _, f in seen] == [(1, 3, "sd15"), (2, 3, "sd15"), (3, 3, "sd15")]
     assert seen[0][2].shape == (2, 4, 4, 4)  # both cells' rows
     # euler's last step lands on its prediction: the last preview is the result, in the model's space
     final = model.latent_in(torch.cat([o.samples for o in out]))
@@ -80,8 +82,8 @@ class _Recorder(Events):
         self.wants_previews = wants
         self.calls = []
 
-    def node_preview(self, task, blocks, step, total, denoised, family):
-        self.calls.append((task.node_id, blocks, step, total, denoised.clone(), family))
+    def node_preview(self, task, blocks, step, total, denoised, fmt):
+        self.calls.append((task.node_id, blocks, step, total, denoised.clone(), fmt.name))
 
 
 def test_the_runner_asks_for_previews_only_when_someone_listens(tiny_models, workflow, tmp_path):
@@ -108,7 +110,7 @@ def test_the_runner_asks_for_previews_only_when_someone_listens(tiny_models, wor
     api.run(api.load(wf), settings, events=batched)
     h = 32 // 8
     assert [(n, b, s, t, tuple(x.shape), f) for n, b, s, t, x, f in batched.calls] == [
-        ("sample", [["seed-2"], ["seed-10"]], s, 2, (2, 4, h, h), "sd1") for s in (1, 2)]
+        ("sample", [["seed-2"], ["seed-10"]], s, 2, (2, 4, h, h), "sd15") for s in (1, 2)]
     settings.batch = False
     alone = _Recorder(True)
     api.run(api.load(wf), settings, events=alone)
@@ -166,7 +168,7 @@ def test_the_server_serves_the_page_the_state_the_latest_outputs_and_previews(tm
         latent = torch.zeros(2, 4, 1, 2)
         latent[1, 0] = 1.0  # the second cell's image: SD1's first channel
         task = SimpleNamespace(node_id="sample")
-        session.events.node_preview(task, [["size-8"], ["size-16"]], 3, 10, latent, "sd1")
+        session.events.node_preview(task, [["size-8"], ["size-16"]], 3, 10, latent, latent_preview.SD15)
         code, png = _get(url + "preview/1.png")
         assert code == 200 and np.asarray(Image.open(io.BytesIO(png))).tolist() == [[[172, 156, 168]] * 2]
         code, png = _get(url + "preview/0.png")
@@ -233,7 +235,7 @@ def test_the_page_in_a_browser_shows_the_grid_and_updates_after_a_new_render(tmp
             latent = torch.zeros(2, 4, 1, 1)
             latent[0, 0] = 1.0  # cell size-8's preview: SD1's first channel
             session.events.node_preview(SimpleNamespace(node_id="sample"), [["size-8"], ["size-16"]], 1, 2,
-                                        latent, "sd1")
+                                        latent, latent_preview.SD15)
             page_waits_for(state.version)
             time.sleep(0.5)  # the previews load (virtual time stands still while they do)
             wf.write_text(SWATCH.replace("0xE0402A", "0x2040E0"))

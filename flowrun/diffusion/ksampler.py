@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from flowrun.diffusion import guidance, samplers, schedules
+from flowrun.diffusion import guidance, latent_preview, samplers, schedules
 from flowrun.diffusion.concat import per_cell
 from flowrun.diffusion.lora import patched
 from flowrun.diffusion.model import DiffusionModel
@@ -25,8 +25,8 @@ from flowrun.diffusion.noise import SeedNoise
 from flowrun.values import Conditioning, Guider, Latent
 
 # a step's preview: (step, total, the step's prediction of the clean latent in the model's space, rows of
-# every cell stacked, the model's family); flowrun.diffusion.latent_preview turns it into RGB
-Preview = Callable[[int, int, torch.Tensor, str], None]
+# every cell stacked, its latent format); flowrun.diffusion.latent_preview.to_rgb turns it into RGB
+Preview = Callable[[int, int, torch.Tensor, latent_preview.LatentFormat], None]
 
 # builds the guided denoiser D(x, sigma) once the scaled start latent (cells stacked), the noise mask
 # resized to it (or None) and the cells' seeds (unCLIP's embedding noise is drawn from them) are known
@@ -128,7 +128,7 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
            progress: Callable[[int, int], None] | None = None, preview: Preview | None = None) -> list[Sampled]:
     """Walk `sigmas` from `latent` for every cell of `noise` (one seed each): the one sampling path of
     every sampler node. No sigmas: the latent unchanged. `preview`, when someone listens, gets each step's
-    prediction of the clean latent."""
+    prediction of the clean latent (when the model's VAE has a latent-to-RGB projection)."""
     seeds = noise.seeds
     latent_image = latent.samples.float()
     wanted = model.unet.config.out_channels
@@ -158,10 +158,11 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
     denoiser, last_denoised = _recording_first_call(denoiser)
     x = model.sampling.noise_scaling(sigmas[0], start_noise, start, model.sampling.is_max_denoise(sigmas))
     total = len(sigmas) - 1
+    preview_format = latent_preview.for_model(model) if preview is not None else None
 
     def step(i: int) -> None:
-        if preview is not None and last_denoised.value is not None:
-            preview(i + 1, total, last_denoised.value, model.family)
+        if preview_format is not None and last_denoised.value is not None:
+            preview(i + 1, total, last_denoised.value, preview_format)
         last_denoised.step_done()
         if progress:
             progress(i + 1, total)

@@ -19,10 +19,10 @@ class Events:
     def node_end(self, task: Any, status: str, seconds: float) -> None: ...
 
     def node_preview(self, task: Any, blocks: list[list[str]], step: int, total: int, denoised: Any,
-                     family: str) -> None:
+                     latent_format: Any) -> None:
         """A sampler's step inside `task`: its prediction of the clean latent (model space; one block of
-        rows per entry of `blocks`, which lists the labels of the cells that block stands for) and the
-        model's family (flowrun.diffusion.latent_preview projects it to RGB)."""
+        rows per entry of `blocks`, which lists the labels of the cells that block stands for) and its
+        format (flowrun.diffusion.latent_preview: to_rgb projects it)."""
 
     def warn(self, message: str) -> None: ...
 

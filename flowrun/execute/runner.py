@@ -244,8 +244,8 @@ class Runner:
                                    provenance=task.provenance, cells=cells,
                                    progress=lambda step, total: self.events.node_step(task, step, total),
                                    warn=lambda message: self.events.warn(f"node '{task.node_id}': {message}"),
-                                   preview=(lambda step, total, denoised, family: self.events.node_preview(
-                                       task, blocks, step, total, denoised, family))
+                                   preview=(lambda step, total, denoised, fmt: self.events.node_preview(
+                                       task, blocks, step, total, denoised, fmt))
                                    if self.events.wants_previews else None)
 
     def _announce(self, task: Task) -> None:

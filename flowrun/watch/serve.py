@@ -172,11 +172,10 @@ class PreviewEvents(Events):
     def node_start(self, task, index, total):
         self.state.node_running(task.node_id)
 
-    def node_preview(self, task, blocks, step, total, denoised, family):
-        from flowrun.diffusion.latent_preview import format_for, png, to_rgb
+    def node_preview(self, task, blocks, step, total, denoised, fmt):
+        from flowrun.diffusion.latent_preview import png, to_rgb
 
-        fmt = format_for(family, denoised.shape[1])
-        if fmt is None or not blocks:
+        if not blocks:
             return
         rows = max(1, denoised.shape[0] // len(blocks))
         images = [png(image) for image in to_rgb(denoised[::rows][: len(blocks)], fmt)]  # each block's first
@@ -207,10 +206,10 @@ class Fanout(Events):
         for e in self.listeners:
             e.node_end(task, status, seconds)
 
-    def node_preview(self, task, blocks, step, total, denoised, family):
+    def node_preview(self, task, blocks, step, total, denoised, fmt):
         for e in self.listeners:
             if e.wants_previews:
-                e.node_preview(task, blocks, step, total, denoised, family)
+                e.node_preview(task, blocks, step, total, denoised, fmt)
 
     def warn(self, message):
         for e in self.listeners:
