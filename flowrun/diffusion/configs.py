@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER)
+FLUX = "flux"  # Flux.1 dev, schnell and their kin (Kontext, Fill, Canny/Depth): a FluxTransformer2DModel
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, FLUX)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -41,6 +42,31 @@ _OPEN_CLIP_BIGG = {
     "vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
     "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
     "projection_dim": 1280, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+}
+
+# T5 v1.1 XXL, the encoder of SD3 and Flux (transformers' T5Config fields; flowrun.diffusion.t5 reads a file's own)
+_T5_XXL = {
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False, "use_cache": False,
+    "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+}
+
+# the 16-channel autoencoder of Flux.1 (ae.safetensors): no quant convs, latents scaled and shifted
+_FLUX_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "layers_per_block": 2, "norm_num_groups": 32,
+    "act_fn": "silu", "sample_size": 1024, "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "scaling_factor": 0.3611, "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False,
+}
+
+# Flux.1 dev's transformer in diffusers' FluxTransformer2DModel vocabulary (under the "unet" key: the
+# network a MODEL wraps); schnell is the same without the guidance embedding (guidance_embeds False), Fill
+# takes 384 packed input channels, Canny/Depth 128. in/out channels count 2x2-packed latent channels.
+_FLUX_DEV = {
+    "patch_size": 1, "in_channels": 64, "out_channels": None, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,6 +124,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
         "text_encoders": [_OPEN_CLIP_BIGG],
         "prediction_type": "epsilon",
+    },
+    FLUX: {  # text encoders in the order of the CLIP value's models: [clip_l, t5xxl]
+        "unet": _FLUX_DEV,
+        "vae": _FLUX_VAE,
+        "text_encoders": [_CLIP_L, _T5_XXL],
+        "prediction_type": "flow",
     },
 }
 
