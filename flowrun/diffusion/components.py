@@ -18,7 +18,7 @@ import torch
 
 from flowrun.diffusion.checkpoint import (_V_PRED_PROBE, _instantiate, _load_open_clip, _load_text, read_state_dict,
                                           sidecar, tokenizer)
-from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, SD1, SD2, SDXL, ModelConfig
+from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, _VAE_16, SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CONTEXT_WIDTH, UNET, CheckpointError
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
 
@@ -93,22 +93,40 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
 
 
 def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False) -> Vae:
-    """VAE from a file in models/vae, in the original layout (`encoder.down.*`) or diffusers' (`encoder.down_blocks.*`)."""
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
+    """VAE from a file in models/vae, in the original layout (`encoder.down.*`) or diffusers' (`encoder.down_blocks.*`):
+    SD's 4-channel autoencoders and SD3's / Flux's 16-channel one (no quant convolutions)."""
     state = _strip(read_state_dict(path, allow_pickle), VAE_PREFIXES)
     if "decoder.conv_in.weight" not in state:
         raise CheckpointError(f"{path}: not a VAE: expected 'encoder.*' and 'decoder.*' weights, found keys like "
                               f"{sorted(state)[:3]}")
     config, from_side = _config(path, SD1)
     if not from_side:
-        config.vae["latent_channels"] = state["decoder.conv_in.weight"].shape[1]
-    diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in state)
-    vae_state = state if diffusers_layout else convert_ldm_vae_checkpoint(state, config.vae)
-    vae = _load(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path)
+        config.vae = vae_config(state, config.vae)
+    vae = build_vae(state, config.vae, path)
     vae.to(device)
     return Vae(vae, config, fingerprint)
+
+
+def build_vae(state: dict, config: dict, path: Path):
+    """AutoencoderKL from a VAE state dict without prefix, original or diffusers layout (also on the meta
+    device: tests check the full-size 16-channel layout this way)."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in state)
+    vae_state = state if diffusers_layout else convert_ldm_vae_checkpoint(state, config)
+    return _load(lambda: AutoencoderKL(**config), vae_state, "VAE", path)
+
+
+def vae_config(state: dict, base: dict) -> dict:
+    """`base` (an AutoencoderKL config) fitted to a VAE state dict (original or diffusers layout, no prefix):
+    its latent channels, and whether it has the quant convolutions that SD3's and Flux's 16-channel
+    autoencoder lacks (with SD3's latent scale and shift for such a one)."""
+    channels = int(state["decoder.conv_in.weight"].shape[1])
+    config = {**(_VAE_16 if channels == 16 else base), "latent_channels": channels}
+    config["use_quant_conv"] = "quant_conv.weight" in state
+    config["use_post_quant_conv"] = "post_quant_conv.weight" in state
+    return config
 
 
 def _text_part(path: Path, allow_pickle: bool) -> tuple[str | None, dict, Any, int]:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
+SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowrun.diffusion.sd3_network)
 FLUX = "flux"  # Flux.1 dev, schnell and their kin (Kontext, Fill, Canny/Depth): a FluxTransformer2DModel
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, FLUX)
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, FLUX)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -24,6 +25,14 @@ _SD_VAE = {
     "act_fn": "silu", "sample_size": 512, "block_out_channels": [128, 256, 512, 512],
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
     "scaling_factor": 0.18215,
+}
+
+# SD3's and Flux's autoencoder: 16 latent channels and no quant convolutions. The scale and shift here are
+# SD3's; they describe the latent space for diffusers' pipelines. flowrun's Vae decodes raw latents, the
+# model's latent_format scales them (Flux: 0.3611 / 0.1159).
+_VAE_16 = {
+    **_SD_VAE, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False, "sample_size": 1024,
+    "scaling_factor": 1.5305, "shift_factor": 0.0609,
 }
 
 _CLIP_L = {
@@ -52,13 +61,8 @@ _T5_XXL = {
     "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
 }
 
-# the 16-channel autoencoder of Flux.1 (ae.safetensors): no quant convs, latents scaled and shifted
-_FLUX_VAE = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "layers_per_block": 2, "norm_num_groups": 32,
-    "act_fn": "silu", "sample_size": 1024, "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "scaling_factor": 0.3611, "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False,
-}
+# the 16-channel autoencoder of Flux.1 (ae.safetensors) with Flux's latent scale and shift
+_FLUX_VAE = {**_VAE_16, "scaling_factor": 0.3611, "shift_factor": 0.1159}
 
 # Flux.1 dev's transformer in diffusers' FluxTransformer2DModel vocabulary (under the "unet" key: the
 # network a MODEL wraps); schnell is the same without the guidance embedding (guidance_embeds False), Fill
