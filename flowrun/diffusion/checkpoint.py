@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
-from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
+from flowrun.diffusion.configs import FLUX, SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
 from flowrun.diffusion.pickles import read_pickle
 from flowrun.diffusion.export import CONFIG_KEY
@@ -133,6 +133,10 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
+    from flowrun.diffusion import flux_files
+
+    if flux_files.is_flux(state):
+        return flux_files.load_checkpoint(state, path, side)
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
     if side:
         config = ModelConfig.from_sidecar(side, found.family)
@@ -266,5 +270,10 @@ def bundle(config: ModelConfig, unet, texts: list, vae, fingerprint: str, device
     """MODEL, CLIP and VAE values of loaded components; the UNet and VAE moved to `device`."""
     unet.to(device)
     vae.to(device)
-    model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)
+    if config.family == FLUX:
+        from flowrun.diffusion.flux_files import diffusion_model
+
+        model = diffusion_model(unet, config, fingerprint, device)
+    else:
+        model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)
     return model, TextEncoder(tokenizer(), texts, config, fingerprint), Vae(vae, config, fingerprint)

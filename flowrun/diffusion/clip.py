@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER
+from flowrun.diffusion.configs import FLUX, SD1, SD2, SDXL, SDXL_REFINER
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
@@ -150,6 +150,10 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
     ComfyUI does; one that fits none is an error."""
     from flowrun.diffusion.lora import patched
 
+    if enc.family == FLUX:  # T5 context and CLIP-L pooled output (textual-inversion words stay text)
+        from flowrun.diffusion import text_flux
+
+        return text_flux.encode(enc, text, text)
     if enc.family == SDXL:
         return encode_sdxl(enc, text, text, embeddings=embeddings, warn=warn)
     vectors, report = _embedding_lookups(enc, embeddings)

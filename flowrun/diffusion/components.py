@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from flowrun.diffusion import flux_files
 from flowrun.diffusion.checkpoint import (_V_PRED_PROBE, _instantiate, _load_open_clip, _load_text, read_state_dict,
                                           sidecar, tokenizer)
 from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, _VAE_16, SD1, SD2, SDXL, ModelConfig
@@ -65,6 +66,8 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     state = read_state_dict(path, allow_pickle)
+    if flux_files.is_flux(state):
+        return flux_files.load_unet(state, path, fingerprint, device=device, weight_dtype=weight_dtype)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}
@@ -164,6 +167,8 @@ def load_text_encoders(paths: list[Path], fingerprints: list[str], kind: str, *,
                        ) -> TextEncoder:
     """CLIP from one file (`stable_diffusion`: SD1's CLIP-L or SD2's OpenCLIP-H, told by width) or two
     (`sdxl`: CLIP-L and OpenCLIP-bigG, in either order)."""
+    if kind == "flux":
+        return flux_files.load_text_encoders(paths, fingerprints, allow_pickle=allow_pickle)
     parts = [_text_part(p, allow_pickle) for p in paths]
     if kind == "sdxl":
         if len(parts) != 2:

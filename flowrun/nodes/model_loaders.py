@@ -69,7 +69,8 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
 class DualClipParams(NodeParams):
     clip_name1: str = Field(min_length=1, description="CLIP-L file by name, under text_encoders/ or clip/.")
     clip_name2: str = Field(min_length=1, description="OpenCLIP-bigG file by name (the two may come in either order).")
-    type: Literal["sdxl"] = "sdxl"
+    type: Literal["sdxl", "flux"] = Field("sdxl", description="sdxl: CLIP-L and OpenCLIP-bigG; flux: CLIP-L and "
+                                          "T5-XXL (either order, told from the weights).")
 
     _inside1 = stays_inside("clip_name1", LEAVES_MODELS)
     _inside2 = stays_inside("clip_name2", LEAVES_MODELS)
@@ -78,7 +79,7 @@ class DualClipParams(NodeParams):
 @node("DualCLIPLoader", outputs={"clip": ports.CLIP}, category="loaders",
       files={"clip_name1": "text_encoders", "clip_name2": "text_encoders"})
 def dual_clip_loader(p: DualClipParams, ctx) -> ports.Clip:
-    """Load SDXL's two text encoders as one CLIP."""
+    """Load two text encoders as one CLIP: SDXL's, or Flux's CLIP-L and T5-XXL."""
     from flowrun.diffusion.components import load_text_encoders
 
     fingerprints = [ctx.files.fingerprint("clip_name1"), ctx.files.fingerprint("clip_name2")]

@@ -42,6 +42,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.custom_sampling",
     "flowrun.nodes.clip_judge",
     "flowrun.nodes.flow_models",
+    "flowrun.nodes.flux",
     "flowrun.nodes.upscale_models",
     "flowrun.nodes.controlnet",
 )
