@@ -5,6 +5,8 @@ published parameter counts; guidance and bad inputs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,11 @@ def _pipeline(variant: str = "dev"):
     return pipe
 
 
+# the times ComfyUI's "simple" schedule takes at 3 steps from a 10000-step table (Flux) and a 1000-step one
+# (a flow with multiplier 1: schnell), before the shift; diffusers is given them as its sigmas
+SIMPLE_TIMES = {"dev": [1.0, 0.6667, 0.3334], "schnell": [1.0, 0.667, 0.334]}
+
+
 def _their_image(pipe, seed: int, guidance: float, **kwargs) -> np.ndarray:
     from flowrun.diffusion.flux_network import pack
     from flowrun.diffusion.noise import initial_noise
@@ -111,8 +118,137 @@ def test_split_files_render_as_flux_pipeline(flux_models, tmp_path):
     guidance, KSampler euler / simple at cfg 1: FluxPipeline with the same noise and the resolution-dependent
     shift gives the same picture within one 8-bit level."""
     ours = _run(tmp_path, flux_models, TXT2IMG)
-    theirs = _their_image(_pipeline(), seed=7, guidance=4.0)
+    theirs = _their_image(_pipeline(), seed=7, guidance=4.0, sigmas=SIMPLE_TIMES["dev"])
     diff = np.abs(ours - theirs)
     print(f"max difference {diff.max()} levels, mean {diff.mean():.4f}")
     assert diff.max() <= 1, f"max difference {diff.max()} levels"
     assert theirs.std() > 5  # the toy draws something, not a flat field
+
+
+def _meta_state(module) -> dict:
+    return dict(module.state_dict())
+
+
+def _full_size_bfl(guidance: bool, prefix: str = "") -> dict:
+    """The BFL-layout key set and shapes of a full-size Flux.1 dev (or schnell) transformer, on the meta device."""
+    from diffusers import FluxTransformer2DModel
+
+    from flowrun.diffusion.configs import DEFAULTS, FLUX
+    from flowrun.diffusion.flux_layout import to_bfl
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**{**DEFAULTS[FLUX]["unet"], "guidance_embeds": guidance})
+    return to_bfl(_meta_state(model), prefix)
+
+
+@pytest.mark.parametrize("variant, guidance, params", [("dev", True, 11_901_408_320), ("schnell", False, 11_891_178_560)])
+def test_full_size_transformer_layout_maps_as_diffusers(variant, guidance, params):
+    """The full-size BFL layout (as in flux1-dev / flux1-schnell.safetensors, with ComfyUI's prefix) is told
+    apart by its guidance embedding, mapped onto FluxTransformer2DModel as diffusers' own converter maps it,
+    and counts the published 11.9 B parameters."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from flowrun.diffusion import flux_files
+    from flowrun.diffusion.configs import DEFAULTS, FLUX
+    from flowrun.diffusion.flux_layout import PREFIX, strip_prefix, to_diffusers
+
+    state = _full_size_bfl(guidance, PREFIX)
+    assert flux_files.is_flux(state)
+    config, weights = flux_files.transformer_parts(state, None)
+    assert config == {**DEFAULTS[FLUX]["unet"], "guidance_embeds": guidance}
+    model = flux_files.build_transformer(config, weights, None)
+    assert sum(p.numel() for p in model.parameters()) == params
+    ours = to_diffusers(strip_prefix(state), {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(state))
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert flux_files.kind(config) == f"Flux.1 {variant}"
+
+
+def test_full_size_checkpoint_layout_detects_and_maps():
+    """A whole Flux.1 dev checkpoint (ComfyUI's all-in-one layout: transformer, `vae.`, CLIP-L and T5-XXL under
+    `text_encoders.`) at full size on the meta device: every part found and built, with its parameter count."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from flowrun.diffusion.checkpoint import load_state
+    from flowrun.diffusion.configs import DEFAULTS, FLUX
+    from flowrun.diffusion.ldm_layout import vae_to_ldm
+    from flowrun.diffusion.t5 import config_from_state
+
+    defaults = DEFAULTS[FLUX]
+    state = _full_size_bfl(True, "model.diffusion_model.")
+    with torch.device("meta"):
+        vae = AutoencoderKL(**defaults["vae"])
+        clip = CLIPTextModel(CLIPTextConfig(**defaults["text_encoders"][0]))
+        t5 = T5EncoderModel(T5Config(**defaults["text_encoders"][1]))
+    state.update({"vae." + k[len("first_stage_model."):]: v for k, v in vae_to_ldm(_meta_state(vae), defaults["vae"]).items()})
+    state.update({"text_encoders.clip_l.transformer." + k: v for k, v in _meta_state(clip).items()})
+    state.update({"text_encoders.t5xxl.transformer." + k: v for k, v in _meta_state(t5).items()
+                  if k != "encoder.embed_tokens.weight"})
+    config, transformer, (clip_l, t5xxl), vae = load_state(state, Path("flux1-dev.safetensors"), None)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert config.family == FLUX and config.unet["guidance_embeds"]
+    assert count(transformer) == 11_901_408_320
+    assert count(t5xxl) == 4_762_310_656 and config.text_encoders[1] == config_from_state(_meta_state(t5))
+    assert count(clip_l) == 123_060_480
+    assert count(vae) == 83_819_683 and vae.config.latent_channels == 16 and not vae.config.use_quant_conv
+
+
+def test_whole_checkpoint_renders_as_the_split_files(flux_models, tmp_path):
+    """CheckpointLoaderSimple on the all-in-one file gives the image of the split files (the same weights,
+    bit for bit; the float rounding of the passes may move a pixel by one level)."""
+    whole = TXT2IMG.replace("  unet: {type: UNETLoader, with: {unet_name: tiny-flux-dev}}\n",
+                            "  ckpt: {type: CheckpointLoaderSimple, with: {ckpt_name: tiny-flux}}\n")
+    whole = whole.replace("in: {model: unet}", "in: {model: ckpt.model}").replace("in: {clip: clip}", "in: {clip: ckpt.clip}")
+    whole = whole.replace("vae: vae}", "vae: ckpt.vae}")
+    whole = "\n".join(line for line in whole.splitlines() if not line.startswith(("  clip:", "  vae:")))
+    a, b = _run(tmp_path, flux_models, whole, "whole"), _run(tmp_path, flux_models, TXT2IMG, "split")
+    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+
+
+SCHNELL = TXT2IMG.replace("tiny-flux-dev", "tiny-flux-schnell").replace(
+    "  shift: {type: ModelSamplingFlux, in: {model: unet}, with: {width: 64, height: 64}}\n", "").replace(
+    "model: shift", "model: unet")
+
+
+def test_schnell_renders_as_flux_pipeline(flux_models, tmp_path):
+    """schnell (diffusers layout, no guidance embedding) on its default schedule (shift 1) and a plain
+    CLIPTextEncode: FluxPipeline without dynamic shifting gives the same picture within one level."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    wf = SCHNELL.replace("{type: CLIPTextEncodeFlux, in: {clip: clip}, with: {clip_l: PROMPT, t5xxl: PROMPT, guidance: 4.0}}"
+                         .replace("PROMPT", PROMPT), f"{{type: CLIPTextEncode, in: {{clip: clip}}, with: {{text: {PROMPT}}}}}")
+    ours = _run(tmp_path, flux_models, wf)
+    pipe = _pipeline("schnell")
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    theirs = _their_image(pipe, seed=7, guidance=0.0, sigmas=SIMPLE_TIMES["schnell"])
+    assert np.abs(ours - theirs).max() <= 1
+
+
+def test_guidance_on_a_model_without_guidance_embedding_is_an_error(flux_models, tmp_path):
+    """ComfyUI ignores a guidance on schnell; flowrun says which input carries it and what to do."""
+    from flowrun.errors import FlowrunError
+
+    with pytest.raises(FlowrunError) as info:
+        _run(tmp_path, flux_models, SCHNELL)
+    message = info.value.render()
+    assert "node 'sample'" in message and "input 'positive'" in message and "guidance of 4" in message
+    assert "no guidance embedding" in message
+
+
+def test_flux_vae_with_an_sdxl_latent_is_an_error(flux_models, tmp_path):
+    """A 16-channel autoencoder given a 4-channel latent (an SD model's) names the node and input."""
+    wf = """
+version: 1
+nodes:
+  vae: {type: VAELoader, with: {vae_name: tiny-ae}}
+  latent: {type: EmptyLatentImage, with: {width: 64, height: 64}}
+  decode: {type: VAEDecode, in: {samples: latent, vae: vae}}
+  save: {type: SaveImage, in: {images: decode}, with: {filename_prefix: x}}
+"""
+    from flowrun.errors import FlowrunError
+
+    with pytest.raises(FlowrunError) as info:
+        _run(tmp_path, flux_models, wf)
+    message = info.value.render()
+    assert "node 'decode'" in message and "input 'vae'" in message and "16" in message and "4" in message
