@@ -44,6 +44,8 @@ def flux_models(tmp_path_factory):
     models = tmp_path_factory.mktemp("flux-models")
     tiny_flux.write_split(models, "dev")
     tiny_flux.write_split(models, "schnell", layout="diffusers")
+    tiny_flux.write_split(models, "fill")
+    tiny_flux.write_split(models, "canny")
     tiny_flux.write_checkpoint(models)
     return models
 
@@ -72,13 +74,15 @@ def _reference_text(prompt: str):
     return context, pooled
 
 
-def _pipeline(variant: str = "dev"):
+def _pipeline(variant: str = "dev", cls=None, base_shift: float = 0.5):
+    """A diffusers Flux pipeline (FluxPipeline unless `cls`) on the toy transformer and autoencoder;
+    `base_shift` 1.15: the shift the model has without ModelSamplingFlux, whatever the image size."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=base_shift, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=tiny_flux.build_vae(), text_encoder=None, tokenizer=None,
-                        text_encoder_2=None, tokenizer_2=None, transformer=tiny_flux.build_transformer(variant))
+    pipe = (cls or FluxPipeline)(scheduler=scheduler, vae=tiny_flux.build_vae(), text_encoder=None, tokenizer=None,
+                                 text_encoder_2=None, tokenizer_2=None, transformer=tiny_flux.build_transformer(variant))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -252,3 +256,77 @@ nodes:
         _run(tmp_path, flux_models, wf)
     message = info.value.render()
     assert "node 'decode'" in message and "input 'vae'" in message and "16" in message and "4" in message
+
+
+ROOT = Path(__file__).resolve().parents[1]
+EDIT = """
+version: 1
+nodes:
+  unet: {type: UNETLoader, with: {unet_name: tiny-flux-VARIANT}}
+  clip: {type: DualCLIPLoader, with: {clip_name1: tiny-clip-l, clip_name2: tiny-t5xxl, type: flux}}
+  vae: {type: VAELoader, with: {vae_name: tiny-ae}}
+  image: {type: LoadImage, with: {image: inputs/red-circle.png}}
+  text: {type: CLIPTextEncode, in: {clip: clip}, with: {text: PROMPT}}
+  pos: {type: FluxGuidance, in: {conditioning: text}, with: {guidance: 2.5}}
+  neg: {type: ConditioningZeroOut, in: {conditioning: text}}
+EDIT_NODES
+  sample:
+    type: KSampler
+    in: {model: unet, positive: POSITIVE, negative: NEGATIVE, latent_image: LATENT}
+    with: {seed: 3, steps: 3, cfg: 1.0, sampler_name: euler, scheduler: simple}
+  decode: {type: VAEDecode, in: {samples: sample, vae: vae}}
+  save: {type: SaveImage, in: {images: decode}, with: {filename_prefix: edit}}
+""".replace("PROMPT", PROMPT)
+EDITS = {  # what each edit model adds to the graph, and its conditioning and latent
+    "kontext": ("dev", """  encoded: {type: VAEEncode, in: {pixels: image.image, vae: vae}}
+  ref: {type: ReferenceLatent, in: {conditioning: pos, latent: encoded}}
+  latent: {type: EmptySD3LatentImage, with: {width: 64, height: 64}}""", "ref", "neg", "latent"),
+    "fill": ("fill", """  mask: {type: LoadImageMask, with: {image: inputs/square.png, channel: red}}
+  inpaint: {type: InpaintModelConditioning, in: {positive: pos, negative: neg, vae: vae, pixels: image.image, mask: mask},
+            with: {noise_mask: false}}""", "inpaint.positive", "inpaint.negative", "inpaint.latent"),
+    "canny": ("canny", """  control: {type: InstructPixToPixConditioning, in: {positive: pos, negative: neg, vae: vae, pixels: image.image}}""",
+              "control.positive", "control.negative", "control.latent"),
+}
+
+
+def _edit_graph(kind: str) -> str:
+    variant, nodes, positive, negative, latent = EDITS[kind]
+    return (EDIT.replace("VARIANT", variant).replace("EDIT_NODES", nodes).replace("POSITIVE", positive)
+            .replace("NEGATIVE", negative).replace("LATENT", latent))
+
+
+@pytest.fixture()
+def edit_inputs(tmp_path):
+    """The red circle and a mask (a white square, the region to repaint) beside the workflow."""
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "red-circle.png").write_bytes((ROOT / "workflows" / "inputs" / "red-circle.png").read_bytes())
+    mask = np.zeros((64, 64, 3), dtype=np.uint8)
+    mask[16:48, 8:40] = 255
+    Image.fromarray(mask).save(tmp_path / "inputs" / "square.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", ["kontext", "fill", "canny"])
+def test_edit_models_render_as_diffusers_pipelines(kind, flux_models, edit_inputs, monkeypatch):
+    """Kontext (ReferenceLatent), Fill (InpaintModelConditioning) and Canny-type control models
+    (InstructPixToPixConditioning) on toy transformers equal FluxKontextPipeline, FluxFillPipeline and
+    FluxControlPipeline within one 8-bit level. The pipelines that sample the autoencoder's posterior for
+    the masked or control image are made to take its mean, as ComfyUI and flowrun encode."""
+    from diffusers import FluxControlPipeline, FluxFillPipeline, FluxKontextPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    ours = _run(edit_inputs, flux_models, _edit_graph(kind), kind)
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    circle = Image.open(edit_inputs / "inputs" / "red-circle.png").convert("RGB")
+    if kind == "kontext":
+        cls, extra = FluxKontextPipeline, {"image": circle, "_auto_resize": False, "max_area": 64 * 64}
+    elif kind == "fill":
+        mask = Image.open(edit_inputs / "inputs" / "square.png").convert("L")
+        cls, extra = FluxFillPipeline, {"image": circle, "mask_image": mask}
+    else:
+        cls, extra = FluxControlPipeline, {"control_image": circle}
+    pipe = _pipeline(EDITS[kind][0], cls, base_shift=1.15)
+    theirs = _their_image(pipe, seed=3, guidance=2.5, sigmas=SIMPLE_TIMES["dev"], **extra)
+    diff = np.abs(ours - theirs)
+    print(f"{kind}: max difference {diff.max()} levels, mean {diff.mean():.4f}")
+    assert diff.max() <= 1
