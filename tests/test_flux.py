@@ -330,3 +330,37 @@ def test_edit_models_render_as_diffusers_pipelines(kind, flux_models, edit_input
     diff = np.abs(ours - theirs)
     print(f"{kind}: max difference {diff.max()} levels, mean {diff.mean():.4f}")
     assert diff.max() <= 1
+
+
+def test_kontext_image_scale_picks_the_nearest_training_size():
+    from flowrun.nodes.flux import flux_kontext_image_scale
+
+    square = flux_kontext_image_scale(None, None, image=np.zeros((1, 64, 64, 3), dtype=np.float32))
+    wide = flux_kontext_image_scale(None, None, image=np.full((2, 50, 100, 3), 0.5, dtype=np.float32))
+    assert square.shape == (1, 1024, 1024, 3)
+    assert wide.shape == (2, 720, 1456, 3) and np.allclose(wide, 127 / 255)  # Lanczos through 8-bit Pillow, as ComfyUI
+
+
+def test_reference_latents_are_placed_as_comfyui_places_them():
+    """ComfyUI's "offset" placement: index 1; a second reference goes below the first when that keeps the
+    layout squarer (offsets in latent pixels, rounded up to patches)."""
+    from flowrun.diffusion.flux_network import reference_tokens
+
+    tokens, ids = reference_tokens([torch.zeros(1, 16, 8, 8), torch.zeros(1, 16, 8, 12)])
+    assert [t.shape for t in tokens] == [(1, 16, 64), (1, 24, 64)]
+    assert (ids[0][:, 0] == 1).all() and ids[0][:, 1].tolist()[:5] == [0, 0, 0, 0, 1]
+    assert ids[1][:, 1].min() == 4 and ids[1][:, 2].min() == 0 and ids[1][:, 2].max() == 5
+
+
+def test_odd_latent_sizes_pad_around_as_comfyui():
+    """A latent of odd height and width is padded (wrapping around) to whole 2x2 patches and cropped back."""
+    from flowrun.diffusion.flux_network import FluxNetwork
+
+    network = FluxNetwork(tiny_flux.build_transformer("dev"))
+    x, context = torch.randn(1, 16, 9, 7), torch.randn(1, 4, 32)
+    added = {"pooled_projections": torch.randn(1, 32), "guidance": torch.tensor([[3.5]])}
+    with torch.no_grad():
+        out, = network(x, torch.tensor([0.5]), encoder_hidden_states=context, added_cond_kwargs=added)
+        padded = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="circular")
+        whole, = network(padded, torch.tensor([0.5]), encoder_hidden_states=context, added_cond_kwargs=added)
+    assert out.shape == x.shape and torch.allclose(out, whole[:, :, :9, :7])
