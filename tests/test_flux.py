@@ -364,3 +364,26 @@ def test_odd_latent_sizes_pad_around_as_comfyui():
         padded = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="circular")
         whole, = network(padded, torch.tensor([0.5]), encoder_hidden_states=context, added_cond_kwargs=added)
     assert out.shape == x.shape and torch.allclose(out, whole[:, :, :9, :7])
+
+
+def test_dual_clip_loader_flux_wants_one_clip_l_and_one_t5(flux_models, tmp_path):
+    wf = TXT2IMG.replace("clip_name1: tiny-t5xxl", "clip_name1: tiny-clip-l")
+    from flowrun.errors import FlowrunError
+
+    with pytest.raises(FlowrunError) as info:
+        _run(tmp_path, flux_models, wf)
+    message = info.value.render()
+    assert "node 'clip'" in message and "both CLIP text encoders" in message and "CLIP-L and T5-XXL" in message
+
+
+def test_fp8_weights_round_as_comfyui_stores_them(flux_models):
+    """UNETLoader's fp8_e4m3fn: every weight rounded to fp8 and computed in float32; close to the full
+    weights, not equal."""
+    from flowrun.diffusion.components import load_unet
+
+    path = flux_models / "diffusion_models" / "tiny-flux-dev.safetensors"
+    full = load_unet(path, "a").unet.transformer
+    fp8 = load_unet(path, "b", weight_dtype="fp8_e4m3fn").unet.transformer
+    a, b = full.x_embedder.weight, fp8.x_embedder.weight
+    assert b.dtype == torch.float32 and not torch.equal(a, b)
+    assert torch.equal(b, a.to(torch.float8_e4m3fn).float())
