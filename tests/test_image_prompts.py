@@ -299,7 +299,7 @@ def test_a_flux_redux_or_unknown_style_file_is_refused(tmp_path):
     from flowrun.diffusion.style_model import load
 
     save_file({"redux_down.weight": torch.zeros(2, 2)}, str(tmp_path / "redux.safetensors"))
-    with pytest.raises(CheckpointError, match="Flux Redux style model; flowrun runs no Flux"):
+    with pytest.raises(CheckpointError, match="Flux Redux style model; flowrun does not read Redux"):
         load(tmp_path / "redux.safetensors", "r")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not a style model flowrun knows"):

@@ -5,7 +5,7 @@ last hidden state [b, 1 + patches, w] followed by learned style tokens, a pre-no
 blocks (OpenAI CLIP's, QuickGELU), a post-norm over the style tokens and a projection to the text
 embedding's width. Its sizes are read off the weights; its 8 heads are ComfyUI's. diffusers has no style
 adapter, so the module is written here with torch's own attention (its weight names match the files).
-Flux's Redux is a style model too, for a model family flowrun does not run.
+Flux's Redux is a style model too, which flowrun does not read yet.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def load(path: Path, fingerprint: str, *, allow_pickle: bool = False) -> StyleMo
 
     state = read_state_dict(path, allow_pickle)
     if "redux_down.weight" in state:
-        raise CheckpointError(f"{path}: a Flux Redux style model; flowrun runs no Flux models, so it cannot be used")
+        raise CheckpointError(f"{path}: a Flux Redux style model; flowrun does not read Redux models (nor the SigLIP "
+                              "vision model they take) yet")
     if "style_embedding" not in state or "proj" not in state:
         raise CheckpointError(f"{path}: not a style model flowrun knows: expected the T2I style adapter's "
                               "'style_embedding' and 'proj' weights")
