@@ -47,6 +47,7 @@ def flux_models(tmp_path_factory):
     tiny_flux.write_split(models, "fill")
     tiny_flux.write_split(models, "canny")
     tiny_flux.write_checkpoint(models)
+    tiny_flux.write_redux(models)
     return models
 
 
@@ -387,3 +388,40 @@ def test_fp8_weights_round_as_comfyui_stores_them(flux_models):
     a, b = full.x_embedder.weight, fp8.x_embedder.weight
     assert b.dtype == torch.float32 and not torch.equal(a, b)
     assert torch.equal(b, a.to(torch.float8_e4m3fn).float())
+
+
+REDUX = TXT2IMG.replace("  latent:", """  vision: {type: CLIPVisionLoader, with: {clip_name: tiny-siglip}}
+  image: {type: LoadImage, with: {image: inputs/red-circle.png}}
+  seen: {type: CLIPVisionEncode, in: {clip_vision: vision, image: image.image}, with: {crop: center}}
+  redux: {type: StyleModelLoader, with: {style_model_name: tiny-redux}}
+  styled: {type: StyleModelApply, in: {conditioning: pos, style_model: redux, clip_vision_output: seen}}
+  latent:""").replace("positive: pos,", "positive: styled,")
+
+
+def test_redux_renders_as_flux_pipeline_with_its_tokens(flux_models, edit_inputs):
+    """Redux: a SigLIP vision model (CLIPVisionLoader) and the Redux projector (StyleModelLoader) append their
+    tokens to the prompt's (StyleModelApply). The tokens equal transformers' SiglipVisionModel (with
+    SiglipImageProcessor) through diffusers' ReduxImageEncoder, and the render equals FluxPipeline given
+    the prompt's T5 tokens followed by them, within one 8-bit level."""
+    from transformers import SiglipImageProcessor
+
+    ours = _run(edit_inputs, flux_models, REDUX, "redux")
+    vision, redux = tiny_flux.build_redux()
+    processor = SiglipImageProcessor(size={"height": 64, "width": 64})
+    circle = Image.open(edit_inputs / "inputs" / "red-circle.png").convert("RGB")
+    with torch.no_grad():
+        hidden = vision(**processor(images=circle, return_tensors="pt")).last_hidden_state
+        tokens = redux(hidden).image_embeds
+    context, pooled = _reference_text(PROMPT)
+    pipe = _pipeline()
+    pipe_prompt = torch.cat([context, tokens], dim=1)
+    from flowrun.diffusion.flux_network import pack
+    from flowrun.diffusion.noise import initial_noise
+
+    image = pipe(prompt_embeds=pipe_prompt, pooled_prompt_embeds=pooled, height=64, width=64, num_inference_steps=3,
+                 guidance_scale=4.0, latents=pack(initial_noise(torch.zeros(1, 16, 8, 8), 7)), output_type="np",
+                 sigmas=SIMPLE_TIMES["dev"]).images[0]
+    theirs = np.clip(255 * image, 0, 255).astype(np.uint8).astype(int)
+    diff = np.abs(ours - theirs)
+    print(f"redux: max difference {diff.max()} levels, mean {diff.mean():.4f}")
+    assert diff.max() <= 1

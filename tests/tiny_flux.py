@@ -101,3 +101,30 @@ def write_checkpoint(models_dir: Path, name: str = "tiny-flux", variant: str = "
     state.update({"text_encoders.clip_l.transformer." + k: v for k, v in clip.state_dict().items()})
     state.update({"text_encoders.t5xxl.transformer." + k: v for k, v in _t5_state(t5).items()})
     return tiny_sd3.save(state, Path(models_dir) / "checkpoints" / f"{name}.safetensors", SIDECAR)
+
+
+TINY_SIGLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "image_size": 64, "patch_size": 16, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
+
+
+def build_redux(seed: int = 4):
+    """(toy SiglipVisionModel, ReduxImageEncoder from its width to the toy T5 width)."""
+    import torch
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    vision = SiglipVisionModel(SiglipVisionConfig(**TINY_SIGLIP)).eval()
+    return vision, ReduxImageEncoder(redux_dim=32, txt_in_features=TINY_FLUX["joint_attention_dim"]).eval()
+
+
+def write_redux(models_dir: Path) -> dict[str, Path]:
+    """clip_vision/tiny-siglip.safetensors (`vision_model.*`, as ComfyUI's sigclip file; its heads in a sidecar)
+    and style_models/tiny-redux.safetensors."""
+    vision, redux = build_redux()
+    models_dir = Path(models_dir)
+    from flowrun.diffusion.siglip import with_prefix
+
+    return {"clip_vision": tiny_sd3.save(with_prefix(vision.state_dict()), models_dir / "clip_vision" / "tiny-siglip.safetensors",
+                                         {"clip_vision": {"num_attention_heads": 2}}),
+            "style_model": tiny_sd3.save(redux.state_dict(), models_dir / "style_models" / "tiny-redux.safetensors")}

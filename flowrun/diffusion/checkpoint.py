@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     from flowrun.diffusion import flux_files
 
     if flux_files.is_flux(state):
-        return flux_files.load_checkpoint(state, path, side)
+        return _flux_parts(state, path, side)
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
     if side:
         config = ModelConfig.from_sidecar(side, found.family)
@@ -183,6 +184,36 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
         texts.append(_load_text(config.text_encoders[0], clip_state, False, "CLIP-L text encoder", path))
         texts.append(_load_open_clip(config.text_encoders[1], state, "conditioner.embedders.1.model.", True, path))
     return config, unet, texts, vae
+
+
+def _flux_parts(state: dict[str, torch.Tensor], path: Path, side: Path | None) -> tuple[ModelConfig, Any, list[Any], Any]:
+    """(config, transformer, [clip_l, t5xxl], autoencoder) of a whole Flux checkpoint, its parts under ComfyUI's
+    prefixes (flowrun.diffusion.flux_files); a part it lacks is an error naming the prefix."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from flowrun.diffusion import flux_files, t5
+    from flowrun.diffusion.flux_layout import PREFIX
+
+    base = ModelConfig.from_sidecar(side, FLUX) if side else None
+    config_unet, weights = flux_files.transformer_parts({k: v for k, v in state.items() if k.startswith(PREFIX)},
+                                                        path, base)
+    config = replace(base or ModelConfig.default(FLUX), unet=config_unet, source=str(side or path))
+    parts = {}
+    for prefix, what in ((flux_files.VAE_PREFIX, "autoencoder"), (flux_files.CLIP_L_PREFIX, "CLIP-L text encoder"),
+                         (flux_files.T5_PREFIX, "T5-XXL text encoder")):
+        parts[prefix] = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not parts[prefix]:
+            raise CheckpointError(f"{path}: a Flux transformer without its {what} ('{prefix}*'): load the transformer "
+                                  "with UNETLoader and the other parts with DualCLIPLoader (type flux) and VAELoader")
+    transformer = flux_files.build_transformer(config_unet, weights, path)
+    # the autoencoder as SD checkpoints' is read, with the 16-channel configuration (no quant convolutions)
+    vae_state = convert_ldm_vae_checkpoint(parts[flux_files.VAE_PREFIX], config.vae)
+    vae = _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path)
+    clip_l = _load_text(config.text_encoders[0], parts[flux_files.CLIP_L_PREFIX], False, "CLIP-L text encoder", path)
+    t5_state = parts[flux_files.T5_PREFIX]
+    config.text_encoders = [config.text_encoders[0], t5.config_from_state(t5_state)]
+    return config, transformer, [clip_l, t5.build(t5_state, torch.float32)], vae
 
 
 def _load_text(cfg: dict, state: dict, projection: bool, what: str, path: Path):

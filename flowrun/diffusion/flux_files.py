@@ -1,8 +1,7 @@
-"""Flux.1 model files: the transformer alone (UNETLoader: BFL's layout with or without ComfyUI's
-`model.diffusion_model.`, or diffusers'), whole checkpoints (CheckpointLoaderSimple: the transformer under
-`model.diffusion_model.`, the autoencoder under `vae.`, CLIP-L and T5-XXL under `text_encoders.clip_l.transformer.`
-and `text_encoders.t5xxl.transformer.`, ComfyUI's prefixes) and the two text encoders (DualCLIPLoader type
-flux, either order, told apart by their weights).
+"""Flux.1 transformer files: the transformer alone (UNETLoader: BFL's layout with or without ComfyUI's
+`model.diffusion_model.`, or diffusers') and inside whole checkpoints (CheckpointLoaderSimple, which reads
+the rest of such a file in flowrun.diffusion.checkpoint; DualCLIPLoader type flux reads the text encoders
+in flowrun.diffusion.components), and the MODEL value made of it.
 
 The transformer's configuration is read off the weights (width, depth, input channels: 64 dev / schnell,
 384 Fill, 128 Canny / Depth; guidance embedding: dev yes, schnell no); a sidecar `<name>.json` gives what the
@@ -14,7 +13,6 @@ upcast at load, since CPUs cannot compute in fp8).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from flowrun.diffusion import flux_layout
 from flowrun.diffusion.configs import FLUX, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
 
+# where ComfyUI's whole Flux checkpoints keep the other parts
 VAE_PREFIX = "vae."
 CLIP_L_PREFIX = "text_encoders.clip_l.transformer."
 T5_PREFIX = "text_encoders.t5xxl.transformer."
@@ -47,18 +46,6 @@ def kind(config: dict) -> str:
     base = "dev" if config.get("guidance_embeds") else "schnell"
     return {16: f"Flux.1 {base}", 32: f"Flux.1 {base} Canny/Depth", 96: f"Flux.1 {base} Fill"}.get(
         channels, f"Flux.1-type ({channels} input channels)")
-
-
-def _sidecar_config(path: Path | None) -> ModelConfig | None:
-    from flowrun.diffusion.checkpoint import sidecar
-
-    side = sidecar(path) if path is not None else None
-    if side is None:
-        return None
-    try:
-        return ModelConfig.from_sidecar(side, FLUX)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
 
 
 def transformer_parts(state: dict[str, torch.Tensor], path: Path | None, base: ModelConfig | None = None
@@ -122,85 +109,14 @@ def diffusion_model(transformer, config: ModelConfig, fingerprint: str, device: 
                           dtype=transformer.dtype, latent_format=latent_format)
 
 
-def load_unet(state: dict[str, torch.Tensor], path: Path, fingerprint: str, *, device: str = "cpu",
-              weight_dtype: str = "default"):
-    """MODEL from a Flux transformer file (UNETLoader). An fp8 `weight_dtype` rounds the weights to that
-    format first, as ComfyUI stores them, and computes in float32."""
-    side = _sidecar_config(path)
+def load_unet(state: dict[str, torch.Tensor], path: Path, fingerprint: str, side: ModelConfig | None = None, *,
+              device: str = "cpu", weight_dtype: str = "default"):
+    """MODEL from a Flux transformer file (UNETLoader); `side`: its sidecar's configs. An fp8 `weight_dtype`
+    rounds the weights to that format first, as ComfyUI stores them, and computes in float32."""
     config_unet, weights = transformer_parts(state, path, side)
     if weight_dtype in FP8:
         fp8 = getattr(torch, FP8[weight_dtype])
         weights = {k: v.to(fp8) if v.is_floating_point() else v for k, v in weights.items()}
     transformer = build_transformer(config_unet, weights, path)
-    config = side or ModelConfig.default(FLUX)
-    config = dataclasses.replace(config, unet=config_unet, source=str(path))
+    config = dataclasses.replace(side or ModelConfig.default(FLUX), unet=config_unet, source=str(path))
     return diffusion_model(transformer, config, fingerprint, device)
-
-
-def _under(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def load_checkpoint(state: dict[str, torch.Tensor], path: Path, side: Path | None) -> tuple[ModelConfig, Any, list, Any]:
-    """(config, transformer, [clip_l, t5xxl], autoencoder) of a whole Flux checkpoint, its parts under
-    ComfyUI's prefixes; a part it lacks is an error naming the prefix."""
-    from flowrun.diffusion import t5
-    from flowrun.diffusion.checkpoint import _load_text
-    from flowrun.diffusion.components import build_vae, vae_config
-
-    base = _sidecar_config(path) if side is not None else None
-    config_unet, weights = transformer_parts({k: v for k, v in state.items() if k.startswith(flux_layout.PREFIX)},
-                                             path, base)
-    config = dataclasses.replace(base or ModelConfig.default(FLUX), unet=config_unet, source=str(side or path))
-    for prefix, what in ((VAE_PREFIX, "autoencoder"), (CLIP_L_PREFIX, "CLIP-L text encoder"),
-                         (T5_PREFIX, "T5-XXL text encoder")):
-        if not any(k.startswith(prefix) for k in state):
-            raise CheckpointError(f"{path}: a Flux transformer without its {what} ('{prefix}*'): load the transformer "
-                                  "with UNETLoader and the other parts with DualCLIPLoader (type flux) and VAELoader")
-    transformer = build_transformer(config_unet, weights, path)
-    vae_state = _under(state, VAE_PREFIX)
-    if base is None:
-        config.vae = {**vae_config(vae_state, config.vae), "scaling_factor": config.vae["scaling_factor"],
-                      "shift_factor": config.vae["shift_factor"]}
-    vae = build_vae(vae_state, config.vae, path).float().eval().requires_grad_(False)
-    clip_l = _load_text(config.text_encoders[0], _under(state, CLIP_L_PREFIX), False, "CLIP-L text encoder", path)
-    t5_state = _under(state, T5_PREFIX)
-    config.text_encoders = [config.text_encoders[0], t5.config_from_state(t5_state)]
-    encoder = t5.build(t5_state, torch.float32)
-    return config, transformer, [clip_l, encoder], vae
-
-
-def load_text_encoders(paths: list[Path], fingerprints: list[str], *, allow_pickle: bool = False):
-    """CLIP for Flux from two files, CLIP-L and T5-XXL in either order (DualCLIPLoader type flux)."""
-    from flowrun.diffusion import t5
-    from flowrun.diffusion.checkpoint import _load_text, read_state_dict, tokenizer
-    from flowrun.diffusion.components import CLIP_PREFIXES, _strip
-    from flowrun.diffusion.configs import _CLIP_L
-    from flowrun.diffusion.model import TextEncoder
-
-    if len(paths) != 2:
-        raise CheckpointError("flux takes two text encoders, CLIP-L and T5-XXL")
-    clip_l = encoder = None
-    clip_cfg = t5_cfg = None
-    for path in paths:
-        state = _strip(read_state_dict(path, allow_pickle), (T5_PREFIX, "t5xxl.transformer.") + CLIP_PREFIXES)
-        if t5.is_t5(state):
-            if encoder is not None:
-                raise CheckpointError(f"{paths[0]} and {paths[1]} are both T5 encoders; flux takes CLIP-L and T5-XXL")
-            t5_cfg, encoder = t5.config_from_state(state), t5.build(state, torch.float32)
-            continue
-        key = next((k for k in state if k.endswith("embeddings.token_embedding.weight")), None)
-        if key is None:
-            raise CheckpointError(f"{path}: neither CLIP-L nor T5: no token embedding among keys like {sorted(state)[:3]}")
-        if clip_l is not None:
-            raise CheckpointError(f"{paths[0]} and {paths[1]} are both CLIP text encoders; flux takes CLIP-L and T5-XXL")
-        width = state[key].shape[1]
-        side = _sidecar_config(path)
-        clip_cfg = side.text_encoders[0] if side is not None else (_CLIP_L if width == 768 else None)
-        if clip_cfg is None:
-            raise CheckpointError(f"{path}: a CLIP text encoder {width} wide; flux takes CLIP-L (768); for a model of "
-                                  f"another size put its configs in {path.with_suffix('.json')}")
-        clip_l = _load_text(clip_cfg, state, False, "CLIP-L text encoder", path)
-    config = dataclasses.replace(ModelConfig.default(FLUX), text_encoders=[clip_cfg, t5_cfg], source=str(paths[0]))
-    fingerprint = hashlib.sha256("\0".join(fingerprints).encode()).hexdigest()
-    return TextEncoder(tokenizer(), [clip_l, encoder], config, fingerprint)

@@ -135,8 +135,7 @@ def config_from_bfl(state: dict[str, Any], axes_dims_rope=None) -> dict[str, Any
     """A FluxTransformer2DModel configuration read off BFL-layout weights' shapes (prefix stripped); the
     rotary axes are Flux.1's (16, 56, 56) for its 128-wide heads unless given."""
     hidden, in_channels = state["img_in.weight"].shape
-    head_dim = state["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0] if "double_blocks.0.img_attn.norm.query_norm.scale" in state \
-        else state["single_blocks.0.norm.query_norm.scale"].shape[0]
+    head_dim = state["single_blocks.0.norm.query_norm.scale"].shape[0]
     out_channels = state["final_layer.linear.weight"].shape[0]
     if axes_dims_rope is None:
         if head_dim != 128:

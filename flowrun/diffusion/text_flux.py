@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion import t5
-from flowrun.diffusion.clip import END, tokenize
+from flowrun.diffusion.clip_tokens import END, tokenize
 from flowrun.diffusion.model import TextEncoder
 from flowrun.values import CondEntry, Conditioning
 

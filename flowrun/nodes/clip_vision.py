@@ -128,7 +128,8 @@ def style_model_apply(p: StyleApplyParams, ctx, *, conditioning: Conditioning, s
     def append(entry):
         if entry.embedding.shape[-1] != tokens.shape[-1]:
             raise NodeError(f"input 'conditioning': text embeddings of width {entry.embedding.shape[-1]}, the style "
-                            f"model makes tokens of width {tokens.shape[-1]} (it goes with SD1 models: 768)")
+                            f"model makes tokens of width {tokens.shape[-1]} (the style adapter goes with SD1 models: "
+                            "768, Redux with Flux: 4096)")
         return entry.replace(embedding=torch.cat([entry.embedding, tokens.to(entry.embedding.dtype)], dim=1))
 
     return Conditioning(conditioning).map(append)
