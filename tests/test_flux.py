@@ -425,3 +425,24 @@ def test_redux_renders_as_flux_pipeline_with_its_tokens(flux_models, edit_inputs
     diff = np.abs(ours - theirs)
     print(f"redux: max difference {diff.max()} levels, mean {diff.mean():.4f}")
     assert diff.max() <= 1
+
+
+def test_a_lora_on_a_flux_model_is_refused_by_name(flux_models, tmp_path):
+    """LoRAs are not applied to Flux yet: LoraLoaderModelOnly says so instead of failing deep inside."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "models" / "loras").mkdir(parents=True)
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 32),
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(96, 4)},
+              str(tmp_path / "models" / "loras" / "flux-style.safetensors"))
+    wf = TXT2IMG.replace("  shift: {type: ModelSamplingFlux, in: {model: unet},",
+                         "  lora: {type: LoraLoaderModelOnly, in: {model: unet}, with: {lora_name: flux-style}}\n"
+                         "  shift: {type: ModelSamplingFlux, in: {model: lora},")
+    from flowrun.errors import FlowrunError
+
+    (tmp_path / "wf.yaml").write_text(wf)
+    settings = Settings(out_dir=tmp_path / "o", use_cache=False, models_dirs=(str(flux_models), str(tmp_path / "models")),
+                        device="cpu")
+    with pytest.raises(FlowrunError) as info:
+        api.run(api.load(tmp_path / "wf.yaml"), settings)
+    assert "node 'lora'" in info.value.render() and "LoRAs for Flux models are not supported yet" in info.value.render()
