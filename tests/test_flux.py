@@ -446,3 +446,15 @@ def test_a_lora_on_a_flux_model_is_refused_by_name(flux_models, tmp_path):
     with pytest.raises(FlowrunError) as info:
         api.run(api.load(tmp_path / "wf.yaml"), settings)
     assert "node 'lora'" in info.value.render() and "LoRAs for Flux models are not supported yet" in info.value.render()
+
+
+def test_unet_patches_on_a_flux_model_are_refused_by_name(flux_models, tmp_path):
+    """FreeU and its kin change a UNet's blocks; on Flux they say so instead of failing inside the sampler."""
+    wf = TXT2IMG.replace("  shift: {type: ModelSamplingFlux, in: {model: unet},",
+                         "  freeu: {type: FreeU_V2, in: {model: unet}}\n"
+                         "  shift: {type: ModelSamplingFlux, in: {model: freeu},")
+    from flowrun.errors import FlowrunError
+
+    with pytest.raises(FlowrunError) as info:
+        _run(tmp_path, flux_models, wf)
+    assert "node 'freeu'" in info.value.render() and "FreeU_V2 patches a UNet's blocks" in info.value.render()
