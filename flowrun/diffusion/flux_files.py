@@ -6,8 +6,8 @@ in flowrun.diffusion.components), and the MODEL value made of it.
 The transformer's configuration is read off the weights (width, depth, input channels: 64 dev / schnell,
 384 Fill, 128 Canny / Depth; guidance embedding: dev yes, schnell no); a sidecar `<name>.json` gives what the
 weights cannot (a toy model's rotary axes). Networks are built on the meta device and given the file's
-tensors (assign), converted once to the compute dtype (float32 unless asked otherwise; fp8 files are
-upcast at load, since CPUs cannot compute in fp8).
+tensors (assign), converted once to the compute dtype (compute_dtype: float32 on the CPU, the file's
+fp16 / bf16 on an accelerator; fp8 files are upcast at load, to bf16 there).
 """
 
 from __future__ import annotations
@@ -109,14 +109,31 @@ def diffusion_model(transformer, config: ModelConfig, fingerprint: str, device: 
                           dtype=transformer.dtype, latent_format=latent_format)
 
 
+def compute_dtype(weights: dict[str, torch.Tensor], device: str) -> torch.dtype:
+    """The dtype a transformer is held and computed in: float32 on the CPU (the same numbers everywhere); on
+    an accelerator the file's fp16 or bf16 (a 12 B model in 24 GB, not 48), bf16 for an fp8 file (upcast
+    at load), float32 for a float32 file."""
+    if str(device).startswith("cpu"):
+        return torch.float32
+    counts: dict[torch.dtype, int] = {}
+    for v in weights.values():
+        if v.is_floating_point():
+            counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
+    stored = max(counts, key=counts.get) if counts else torch.float32
+    if stored in (torch.float16, torch.bfloat16, torch.float32):
+        return stored
+    return torch.bfloat16
+
+
 def load_unet(state: dict[str, torch.Tensor], path: Path, fingerprint: str, side: ModelConfig | None = None, *,
               device: str = "cpu", weight_dtype: str = "default"):
     """MODEL from a Flux transformer file (UNETLoader); `side`: its sidecar's configs. An fp8 `weight_dtype`
-    rounds the weights to that format first, as ComfyUI stores them, and computes in float32."""
+    rounds the weights to that format first, as ComfyUI stores them; they are computed in compute_dtype."""
     config_unet, weights = transformer_parts(state, path, side)
+    dtype = compute_dtype(weights, device)
     if weight_dtype in FP8:
         fp8 = getattr(torch, FP8[weight_dtype])
         weights = {k: v.to(fp8) if v.is_floating_point() else v for k, v in weights.items()}
-    transformer = build_transformer(config_unet, weights, path)
+    transformer = build_transformer(config_unet, weights, path, dtype)
     config = dataclasses.replace(side or ModelConfig.default(FLUX), unet=config_unet, source=str(path))
     return diffusion_model(transformer, config, fingerprint, device)
