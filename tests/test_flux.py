@@ -227,7 +227,9 @@ def test_schnell_renders_as_flux_pipeline(flux_models, tmp_path):
     pipe = _pipeline("schnell")
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
     theirs = _their_image(pipe, seed=7, guidance=0.0, sigmas=SIMPLE_TIMES["schnell"])
-    assert np.abs(ours - theirs).max() <= 1
+    diff = np.abs(ours - theirs)
+    print(f"schnell: max difference {diff.max()} levels, mean {diff.mean():.4f}")
+    assert diff.max() <= 1
 
 
 def test_guidance_on_a_model_without_guidance_embedding_is_an_error(flux_models, tmp_path):
