@@ -1,7 +1,7 @@
 """What a model family takes beside the prompt's token embeddings, per conditioning entry (the `added` inputs
-of a forward pass): SDXL's pooled text embedding and size/crop time ids. A family that takes more (a pooled
-vector, a guidance strength) adds its function to BY_FAMILY; the values are [1, n] tensors, which guidance
-batches along the first dimension and DiffusionModel hands to its network as `added_cond_kwargs`.
+of a forward pass): SDXL's pooled text embedding and size/crop time ids, SD3's pooled vector. A family that
+takes more (a pooled vector, a guidance strength) adds its function to BY_FAMILY; the values are [1, n] tensors,
+which guidance batches along the first dimension and DiffusionModel hands to its network as `added_cond_kwargs`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from flowrun.diffusion.configs import FLUX, SDXL, SDXL_REFINER, TIME_IDS
+from flowrun.diffusion.configs import FLUX, SD3, SDXL, SDXL_REFINER, TIME_IDS
 
 
 def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -55,8 +55,17 @@ def _flux(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor
     return out
 
 
+def _sd3(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
+    """SD3's pooled text vector (CLIP-L's and CLIP-G's side by side; zeros without one, as ComfyUI's SD3)."""
+    pooled = cond.pooled_output
+    if pooled is None:
+        pooled = torch.zeros(1, int(model.unet.config.pooled_projection_dim))
+    return {"pooled_projections": pooled.float()}
+
+
 # family -> f(model, conditioning entry, positive, latent height, latent width) -> added inputs
-BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, FLUX: _flux}
+BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3,
+                                                                     FLUX: _flux}
 
 
 def added_inputs(model: Any, cond: Any, positive: bool, h: int, w: int) -> dict[str, torch.Tensor] | None:

@@ -7,114 +7,29 @@ Pickle files are refused unless allowed, and then read with `torch.load(weights_
 
 from __future__ import annotations
 
-import functools
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
-from flowrun.diffusion.configs import FLUX, SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
+from flowrun.diffusion.configs import FLUX, SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
-from flowrun.diffusion.pickles import read_pickle
 from flowrun.diffusion.export import CONFIG_KEY
-from flowrun.files import PICKLE_SUFFIXES, SAFE_SUFFIXES
+from flowrun.files import SAFE_SUFFIXES
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
+from flowrun.diffusion.weights import (TOKENIZER_DIR, _check_shapes, _fit_keys, _instantiate,  # noqa: F401
+                                       _load_open_clip, _load_text, _text_model, read_state_dict, sidecar,
+                                       tokenizer)
 
 import torch
 
-TOKENIZER_DIR = Path(__file__).resolve().parent / "clip_tokenizer"
 # ComfyUI's heuristic for SD2 768-v checkpoints: this norm's bias spreads wider in v-prediction models.
 _V_PRED_PROBE = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
 UNCLIP_LABELS = "model.diffusion_model.label_emb.0.0.weight"  # an SD2 UNet with class labels: unCLIP
 
 
-@functools.lru_cache(maxsize=1)
-def tokenizer():
-    """The CLIP tokenizer from the vocabulary shipped in the package (SD1, SD2 and SDXL share it)."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
-
-
-def sidecar(path: Path) -> Path | None:
-    """`<name>.json` beside the checkpoint, or beside the file a link leads to (shared model drives)."""
-    for candidate in (path, path.resolve()):
-        side = candidate.with_suffix(".json")
-        if side.is_file():
-            return side
-    return None
-
-
-def read_state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if path.suffix in PICKLE_SUFFIXES:
-        data = read_pickle(path, allow_pickle)
-        data = data.get("state_dict", data) if isinstance(data, dict) else data
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: expected a state dict, found {type(data).__name__}")
-        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    read_header(path)  # validates every offset before anything is allocated
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors file: {exc}") from None
-
-
-def _fit_keys(state: dict[str, torch.Tensor], module) -> dict[str, torch.Tensor]:
-    """Match a CLIP state dict's `text_model.` level to the module's (transformers 4 has it in
-    CLIPTextModel, transformers 5 does not; CLIPTextModelWithProjection has it in both)."""
-    expected = set(module.state_dict())
-    out = {}
-    for key, value in state.items():
-        if key not in expected:
-            if key.startswith("text_model.") and key[len("text_model."):] in expected:
-                key = key[len("text_model."):]
-            elif "text_model." + key in expected:
-                key = "text_model." + key
-        out[key] = value
-    return out
-
-
-def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path):
-    """Build a module on the meta device (no memory, no random init) and load the weights into it."""
-    with torch.device("meta"):
-        module = build()
-    state = _fit_keys(state, module)
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing:
-        raise CheckpointError(f"{file}: {what} weights are missing {len(missing)} tensors, e.g. {missing[:3]}; "
-                              "the file does not match the model configuration")
-    for name, buf in list(module.named_buffers()):
-        if buf.is_meta:  # non-persistent buffers (CLIP's position_ids) are not in checkpoints
-            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-            if name.endswith("position_ids"):
-                owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand((1, -1)), persistent=False)
-            else:
-                raise CheckpointError(f"{file}: {what}: no value for buffer {name}")
-    # float32 whatever the file stores (fp16 checkpoints too): the same numbers on every device
-    return module.float().eval().requires_grad_(False)
-
-
-def _text_model(cfg: dict[str, Any], projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(**cfg)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
-
-
-def _check_shapes(module, state: dict[str, torch.Tensor], what: str, file: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    wrong = [(k, expected[k], tuple(v.shape)) for k, v in state.items() if k in expected and expected[k] != tuple(v.shape)]
-    if wrong:
-        k, want, got = wrong[0]
-        raise CheckpointError(f"{file}: {what} weight {k} has shape {got}, the configuration expects {want} "
-                              f"({len(wrong)} mismatches); is the sidecar config right for this file?")
-
-
-def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_single_file(path: Path, allow_pickle: bool = False, device: str = "cpu"
+                     ) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, unet, text models, vae) from an original-layout checkpoint. Its configs come from the
     sidecar `<name>.json` if there is one, else from the file's metadata (what flowrun writes), else
     from the family's defaults."""
@@ -122,11 +37,11 @@ def load_single_file(path: Path, allow_pickle: bool = False) -> tuple[ModelConfi
     embedded = None
     if side is None and path.suffix in SAFE_SUFFIXES:
         embedded = read_header(path).metadata.get(CONFIG_KEY)
-    return load_state(read_state_dict(path, allow_pickle), path, side, embedded)
+    return load_state(read_state_dict(path, allow_pickle), path, side, embedded, device)
 
 
-def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, embedded: str | None = None
-               ) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, embedded: str | None = None,
+               device: str = "cpu") -> tuple[ModelConfig, Any, list[Any], Any]:
     """Detect, configure and build the components of an original-layout state dict (also on the meta
     device: tests check the key mapping of full-size SD1.5, SD2.1 and SDXL this way, without memory).
     `embedded`: the configs as JSON text, from the file's metadata."""
@@ -134,10 +49,12 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
-    from flowrun.diffusion import flux_files
+    from flowrun.diffusion import flux_files, sd3_files
 
-    if flux_files.is_flux(state):
-        return _flux_parts(state, path, side)
+    if sd3_files.is_sd3(state):  # an MMDiT, not a UNet: SD3 / SD3.5 (the transformer's weights held for `device`)
+        return sd3_files.load_state(state, path, side, device)
+    if flux_files.is_flux(state):  # Flux.1's transformer with its autoencoder and text encoders
+        return flux_files.load_state(state, path, side)
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
     if side:
         config = ModelConfig.from_sidecar(side, found.family)
@@ -186,66 +103,6 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     return config, unet, texts, vae
 
 
-def _flux_parts(state: dict[str, torch.Tensor], path: Path, side: Path | None) -> tuple[ModelConfig, Any, list[Any], Any]:
-    """(config, transformer, [clip_l, t5xxl], autoencoder) of a whole Flux checkpoint, its parts under ComfyUI's
-    prefixes (flowrun.diffusion.flux_files); a part it lacks is an error naming the prefix."""
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    from flowrun.diffusion import flux_files, t5
-    from flowrun.diffusion.flux_layout import PREFIX
-
-    base = ModelConfig.from_sidecar(side, FLUX) if side else None
-    config_unet, weights = flux_files.transformer_parts({k: v for k, v in state.items() if k.startswith(PREFIX)},
-                                                        path, base)
-    config = replace(base or ModelConfig.default(FLUX), unet=config_unet, source=str(side or path))
-    parts = {}
-    for prefix, what in ((flux_files.VAE_PREFIX, "autoencoder"), (flux_files.CLIP_L_PREFIX, "CLIP-L text encoder"),
-                         (flux_files.T5_PREFIX, "T5-XXL text encoder")):
-        parts[prefix] = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not parts[prefix]:
-            raise CheckpointError(f"{path}: a Flux transformer without its {what} ('{prefix}*'): load the transformer "
-                                  "with UNETLoader and the other parts with DualCLIPLoader (type flux) and VAELoader")
-    transformer = flux_files.build_transformer(config_unet, weights, path)
-    # the autoencoder as SD checkpoints' is read, with the 16-channel configuration (no quant convolutions)
-    vae_state = convert_ldm_vae_checkpoint(parts[flux_files.VAE_PREFIX], config.vae)
-    vae = _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path)
-    clip_l = _load_text(config.text_encoders[0], parts[flux_files.CLIP_L_PREFIX], False, "CLIP-L text encoder", path)
-    t5_state = parts[flux_files.T5_PREFIX]
-    config.text_encoders = [config.text_encoders[0], t5.config_from_state(t5_state)]
-    return config, transformer, [clip_l, t5.build(t5_state, torch.float32)], vae
-
-
-def _load_text(cfg: dict, state: dict, projection: bool, what: str, path: Path):
-    with torch.device("meta"):
-        probe = _text_model(cfg, projection)
-    _check_shapes(probe, _fit_keys(state, probe), what, path)
-    return _instantiate(lambda: _text_model(cfg, projection), state, what, path)
-
-
-def _load_open_clip(cfg: dict, state: dict, prefix: str, projection: bool, path: Path):
-    """OpenCLIP text towers (SD2's ViT-H, SDXL's bigG) into transformers' CLIP text model, all layers kept."""
-    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
-
-    with torch.device("meta"):
-        probe = _text_model(cfg, projection)
-    converted = convert_open_clip_checkpoint(probe, state, prefix=prefix)
-    # diffusers drops SD2's last resblock (its pipelines read the penultimate layer); ComfyUI keeps all 24
-    # layers so that CLIPSetLastLayer -1 means the true last one. Convert that block under another index.
-    last = cfg["num_hidden_layers"] - 1
-    tail = f"{prefix}transformer.resblocks.{last}."
-    if not any(k.startswith(f"text_model.encoder.layers.{last}.") for k in converted) and any(k.startswith(tail) for k in state):
-        moved = {k.replace(tail, f"{prefix}transformer.resblocks.0."): v for k, v in state.items() if k.startswith(tail)}
-        block = convert_open_clip_checkpoint(probe, moved, prefix=prefix)
-        converted.update({k.replace("text_model.encoder.layers.0.", f"text_model.encoder.layers.{last}."): v
-                          for k, v in block.items() if k.startswith("text_model.encoder.layers.0.")})
-    if not projection:
-        converted.pop("text_projection.weight", None)
-    what = "OpenCLIP text encoder"
-    _check_shapes(probe, _fit_keys(converted, probe), what, path)
-    return _instantiate(lambda: _text_model(cfg, projection), converted, what, path)
-
-
 def load_diffusers_folder(path: Path) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, unet, text models, vae) from a diffusers pipeline folder, local files only."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -292,19 +149,23 @@ def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pick
     if path.is_dir():
         config, unet, texts, vae = load_diffusers_folder(path)
     else:
-        config, unet, texts, vae = load_single_file(path, allow_pickle)
+        config, unet, texts, vae = load_single_file(path, allow_pickle, device)
     return bundle(config, unet, texts, vae, fingerprint, device)
 
 
 def bundle(config: ModelConfig, unet, texts: list, vae, fingerprint: str, device: str = "cpu"
            ) -> tuple[DiffusionModel, TextEncoder, Vae]:
     """MODEL, CLIP and VAE values of loaded components; the UNet and VAE moved to `device`."""
-    unet.to(device)
     vae.to(device)
-    if config.family == FLUX:
-        from flowrun.diffusion.flux_files import diffusion_model
+    if config.family == SD3:
+        from flowrun.diffusion.sd3_files import diffusion_model
 
         model = diffusion_model(unet, config, fingerprint, device)
+    elif config.family == FLUX:
+        from flowrun.diffusion.flux_files import diffusion_model as flux_model
+
+        model = flux_model(unet, config, fingerprint, device)
     else:
+        unet.to(device)
         model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)
     return model, TextEncoder(tokenizer(), texts, config, fingerprint), Vae(vae, config, fingerprint)

@@ -1,6 +1,6 @@
 """A prompt as CLIP's 77-token chunks, ComfyUI's way: each whitespace word tokenized on its own and kept
 whole in a chunk (start + 75 + end) unless it is 8 tokens or longer, weights from the emphasis syntax,
-`embedding:NAME` words as vectors (flowrun.diffusion.clip encodes the chunks)."""
+`embedding:NAME` words as vectors (flowrun.diffusion.clip_tower encodes the chunks)."""
 
 from __future__ import annotations
 

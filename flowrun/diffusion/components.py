@@ -19,10 +19,10 @@ import torch
 from flowrun.diffusion import flux_files
 from flowrun.diffusion.checkpoint import (_V_PRED_PROBE, _instantiate, _load_open_clip, _load_text, read_state_dict,
                                           sidecar, tokenizer)
-from flowrun.diffusion.configs import (_CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, _VAE_16, FLUX, SD1, SD2, SDXL,
-                                       ModelConfig)
+from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, FLUX, SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CONTEXT_WIDTH, UNET, CheckpointError
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
+from flowrun.diffusion.weights import build_vae, vae_config
 
 FP8 = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -61,12 +61,23 @@ def _load(build, state: dict, what: str, path: Path):
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False) -> DiffusionModel:
-    """MODEL from a UNet file (models/diffusion_models). An fp8 `weight_dtype` rounds every weight to that
-    format, as ComfyUI stores them, and computes in float32."""
+    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 (sd3_files) or Flux.1 (flux_files)
+    transformer file. An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores them, and
+    computes in float32."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
+    from flowrun.diffusion import sd3_files
+
     state = read_state_dict(path, allow_pickle)
+    if sd3_files.is_sd3(state):  # SD3 / SD3.5's MMDiT
+        config, _ = _config(path, sd3_files.SD3)
+        if config.family != sd3_files.SD3:
+            raise CheckpointError(f"{path}: its keys say sd3 (an MMDiT), its config {config.source} says "
+                                  f"{config.family}")
+        side = config if sidecar(path) is not None else None
+        fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
+        return sd3_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
     if flux_files.is_flux(state):
         side = sidecar(path)
         try:
@@ -79,7 +90,8 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}
         if UNET + "input_blocks.0.0.weight" not in state:
             raise CheckpointError(f"{path}: not a UNet: expected 'input_blocks.*' (original layout) or 'conv_in.*' "
-                                  f"(diffusers layout) weights, found keys like {sorted(state)[:3]}")
+                                  f"(diffusers layout) weights, or an SD3 MMDiT's 'joint_blocks.*', found keys like "
+                                  f"{sorted(state)[:3]}")
     contexts = {v.shape[1] for k, v in state.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
     sdxl = (UNET + "label_emb.0.0.weight") in state or "add_embedding.linear_1.weight" in state
     family = SDXL if sdxl else CONTEXT_WIDTH.get(next(iter(contexts)) if len(contexts) == 1 else None)
@@ -116,31 +128,15 @@ def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle:
     return Vae(vae, config, fingerprint)
 
 
-def build_vae(state: dict, config: dict, path: Path):
-    """AutoencoderKL from a VAE state dict without prefix, original or diffusers layout (also on the meta
-    device: tests check the full-size 16-channel layout this way)."""
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in state)
-    vae_state = state if diffusers_layout else convert_ldm_vae_checkpoint(state, config)
-    return _load(lambda: AutoencoderKL(**config), vae_state, "VAE", path)
-
-
-def vae_config(state: dict, base: dict) -> dict:
-    """`base` (an AutoencoderKL config) fitted to a VAE state dict (original or diffusers layout, no prefix):
-    its latent channels, and whether it has the quant convolutions that SD3's and Flux's 16-channel
-    autoencoder lacks (with SD3's latent scale and shift for such a one)."""
-    channels = int(state["decoder.conv_in.weight"].shape[1])
-    config = {**(_VAE_16 if channels == 16 else base), "latent_channels": channels}
-    config["use_quant_conv"] = "quant_conv.weight" in state
-    config["use_post_quant_conv"] = "post_quant_conv.weight" in state
-    return config
-
-
 def _text_part(path: Path, allow_pickle: bool) -> tuple[str | None, dict, Any, int]:
     """(family, config, a builder taking (projection, what), width) of one text-encoder file."""
+    from flowrun.diffusion import t5
+
     state = read_state_dict(path, allow_pickle)
+    if t5.is_t5(_strip(state, ("text_encoders.t5xxl.transformer.",))):
+        raise CheckpointError(f"{path}: a T5 text encoder (as SD3 and Flux read), not the CLIP text encoder this "
+                              "loader type expects; SD3's load with TripleCLIPLoader, or CLIPLoader / DualCLIPLoader "
+                              "type sd3; Flux's with DualCLIPLoader type flux")
     open_clip = _strip(state, OPEN_CLIP_PREFIXES)
     if "token_embedding.weight" in open_clip:  # OpenCLIP layout (SD2's ViT-H, SDXL's bigG)
         width, prefix = open_clip["token_embedding.weight"].shape[1], "oc."

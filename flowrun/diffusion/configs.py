@@ -1,8 +1,8 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
-Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner), in the diffusers /
-transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
-configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
+Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5, Flux.1), in
+the diffusers / transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one)
+carries its own configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
 """
 
 from __future__ import annotations
@@ -53,13 +53,27 @@ _OPEN_CLIP_BIGG = {
     "projection_dim": 1280, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
 }
 
-# T5 v1.1 XXL, the encoder of SD3 and Flux (transformers' T5Config fields; flowrun.diffusion.t5 reads a file's own)
+# T5 v1.1 XXL's encoder as SD3 and Flux read it (t5.config_from_state reads the same off a file's shapes)
 _T5_XXL = {
     "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
-    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-    "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False, "use_cache": False,
-    "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6,
 }
+
+# SD3's MMDiT in diffusers' SD3Transformer2DModel vocabulary, by variant (stabilityai's transformer/config.json).
+# SD3.5 large turbo is SD3.5 large's network distilled: the same configuration.
+SD3_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "sd3 medium": {
+        "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
+        "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
+        "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192, "dual_attention_layers": [],
+        "qk_norm": None,
+    },
+}
+SD3_TRANSFORMERS["sd3.5 large"] = {**SD3_TRANSFORMERS["sd3 medium"], "num_layers": 38, "num_attention_heads": 38,
+                                   "caption_projection_dim": 2432, "qk_norm": "rms_norm"}
+SD3_TRANSFORMERS["sd3.5 medium"] = {**SD3_TRANSFORMERS["sd3 medium"], "pos_embed_max_size": 384, "qk_norm": "rms_norm",
+                                    "dual_attention_layers": list(range(13))}
 
 # the 16-channel autoencoder of Flux.1 (ae.safetensors) with Flux's latent scale and shift
 _FLUX_VAE = {**_VAE_16, "scaling_factor": 0.3611, "shift_factor": 0.1159}
@@ -128,6 +142,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
         "text_encoders": [_OPEN_CLIP_BIGG],
         "prediction_type": "epsilon",
+    },
+    SD3: {  # the transformer's config under "unet" (SD3 medium's; the loader reads the variant off the weights)
+        "unet": SD3_TRANSFORMERS["sd3 medium"],
+        "vae": _VAE_16,
+        "text_encoders": [_CLIP_L, _OPEN_CLIP_BIGG, _T5_XXL],  # CLIP-L, CLIP-G, T5-XXL
+        "prediction_type": "flow",
     },
     FLUX: {  # text encoders in the order of the CLIP value's models: [clip_l, t5xxl]
         "unet": _FLUX_DEV,

@@ -88,6 +88,37 @@ def build_transformer(config: dict[str, Any], state: dict[str, torch.Tensor], pa
     return model.eval().requires_grad_(False)
 
 
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None) -> tuple[ModelConfig, Any, list[Any], Any]:
+    """(config, transformer, [clip_l, t5xxl], autoencoder) of a whole Flux checkpoint, its parts under ComfyUI's
+    prefixes (CheckpointLoaderSimple: flowrun.diffusion.checkpoint dispatches here); a part it lacks is an error
+    naming the prefix."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from flowrun.diffusion import t5
+    from flowrun.diffusion.weights import _instantiate, _load_text
+
+    base = ModelConfig.from_sidecar(side, FLUX) if side else None
+    config_unet, weights = transformer_parts({k: v for k, v in state.items() if k.startswith(flux_layout.PREFIX)},
+                                                 path, base)
+    config = dataclasses.replace(base or ModelConfig.default(FLUX), unet=config_unet, source=str(side or path))
+    parts = {}
+    for prefix, what in ((VAE_PREFIX, "autoencoder"), (CLIP_L_PREFIX, "CLIP-L text encoder"),
+                         (T5_PREFIX, "T5-XXL text encoder")):
+        parts[prefix] = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not parts[prefix]:
+            raise CheckpointError(f"{path}: a Flux transformer without its {what} ('{prefix}*'): load the transformer "
+                                  "with UNETLoader and the other parts with DualCLIPLoader (type flux) and VAELoader")
+    transformer = build_transformer(config_unet, weights, path)
+    # the autoencoder as SD checkpoints' is read, with the 16-channel configuration (no quant convolutions)
+    vae_state = convert_ldm_vae_checkpoint(parts[VAE_PREFIX], config.vae)
+    vae = _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path)
+    clip_l = _load_text(config.text_encoders[0], parts[CLIP_L_PREFIX], False, "CLIP-L text encoder", path)
+    t5_state = parts[T5_PREFIX]
+    config.text_encoders = [config.text_encoders[0], t5.config_from_state(t5_state)]
+    return config, transformer, [clip_l, t5.build(t5_state, torch.float32)], vae
+
+
 def sampling(config: dict[str, Any]):
     """The model's default schedule, as ComfyUI's model configs: a guidance-distilled model (dev) on Flux's
     schedule with shift (mu) 1.15 (ModelSamplingFlux's default); schnell on a plain flow, shift 1,
