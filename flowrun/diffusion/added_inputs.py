@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from flowrun.diffusion.configs import SD3, SDXL, SDXL_REFINER, TIME_IDS
+from flowrun.diffusion.configs import FLUX, SD3, SDXL, SDXL_REFINER, TIME_IDS
 
 
 def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -32,6 +32,29 @@ def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor
     return {"text_embeds": pooled.float(), "time_ids": time_ids}
 
 
+FLUX_GUIDANCE = 3.5  # ComfyUI's Flux model takes this distilled guidance when no FluxGuidance set one
+
+
+def _flux(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
+    """Flux's pooled CLIP-L vector (zeros without one) and, for a guidance-distilled model (dev), the
+    entry's guidance (`extra["guidance"]`, set by FluxGuidance or CLIPTextEncodeFlux; 3.5 otherwise). A
+    guidance set on a model without a guidance embedding (schnell) is an error: ComfyUI ignores it
+    silently, which hides a node that does nothing."""
+    config = model.unet.config
+    pooled = cond.pooled_output
+    if pooled is None:
+        pooled = torch.zeros(1, config.pooled_projection_dim)
+    out = {"pooled_projections": pooled.float().reshape(1, -1)}
+    guidance = cond.extra.get("guidance")
+    if config.guidance_embeds:
+        out["guidance"] = torch.tensor([[FLUX_GUIDANCE if guidance is None else float(guidance)]])
+    elif guidance is not None:
+        raise ValueError(f"input '{'positive' if positive else 'negative'}': the conditioning sets a Flux guidance "
+                         f"of {float(guidance):g} (FluxGuidance or CLIPTextEncodeFlux, field 'guidance'), but this "
+                         "model has no guidance embedding (a Flux schnell-type model): leave the guidance out")
+    return out
+
+
 def _sd3(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
     """SD3's pooled text vector (CLIP-L's and CLIP-G's side by side; zeros without one, as ComfyUI's SD3)."""
     pooled = cond.pooled_output
@@ -41,7 +64,8 @@ def _sd3(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]
 
 
 # family -> f(model, conditioning entry, positive, latent height, latent width) -> added inputs
-BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3}
+BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3,
+                                                                     FLUX: _flux}
 
 
 def added_inputs(model: Any, cond: Any, positive: bool, h: int, w: int) -> dict[str, torch.Tensor] | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
-from flowrun.diffusion.configs import SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
+from flowrun.diffusion.configs import FLUX, SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError, detect, read_header
 from flowrun.diffusion.export import CONFIG_KEY
 from flowrun.files import SAFE_SUFFIXES
@@ -49,10 +49,12 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
-    from flowrun.diffusion import sd3_files
+    from flowrun.diffusion import flux_files, sd3_files
 
     if sd3_files.is_sd3(state):  # an MMDiT, not a UNet: SD3 / SD3.5 (the transformer's weights held for `device`)
         return sd3_files.load_state(state, path, side, device)
+    if flux_files.is_flux(state):  # Flux.1's transformer with its autoencoder and text encoders
+        return flux_files.load_state(state, path, side)
     found = detect({k: tuple(v.shape) for k, v in state.items()}, str(path))
     if side:
         config = ModelConfig.from_sidecar(side, found.family)
@@ -159,6 +161,10 @@ def bundle(config: ModelConfig, unet, texts: list, vae, fingerprint: str, device
         from flowrun.diffusion.sd3_files import diffusion_model
 
         model = diffusion_model(unet, config, fingerprint, device)
+    elif config.family == FLUX:
+        from flowrun.diffusion.flux_files import diffusion_model as flux_model
+
+        model = flux_model(unet, config, fingerprint, device)
     else:
         unet.to(device)
         model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from flowrun.diffusion import flux_files
 from flowrun.diffusion.checkpoint import (_V_PRED_PROBE, _instantiate, _load_open_clip, _load_text, read_state_dict,
                                           sidecar, tokenizer)
-from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, SD1, SD2, SDXL, ModelConfig
+from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, FLUX, SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CONTEXT_WIDTH, UNET, CheckpointError
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
 from flowrun.diffusion.weights import build_vae, vae_config
@@ -60,8 +61,9 @@ def _load(build, state: dict, what: str, path: Path):
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False) -> DiffusionModel:
-    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 transformer file (sd3_files). An fp8
-    `weight_dtype` rounds every weight to that format, as ComfyUI stores them, and computes in float32."""
+    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 (sd3_files) or Flux.1 (flux_files)
+    transformer file. An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores them, and
+    computes in float32."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
@@ -76,6 +78,13 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
         side = config if sidecar(path) is not None else None
         fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
         return sd3_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
+    if flux_files.is_flux(state):
+        side = sidecar(path)
+        try:
+            config = ModelConfig.from_sidecar(side, FLUX) if side else None
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        return flux_files.load_unet(state, path, fingerprint, config, device=device, weight_dtype=weight_dtype)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}
@@ -127,7 +136,7 @@ def _text_part(path: Path, allow_pickle: bool) -> tuple[str | None, dict, Any, i
     if t5.is_t5(_strip(state, ("text_encoders.t5xxl.transformer.",))):
         raise CheckpointError(f"{path}: a T5 text encoder (as SD3 and Flux read), not the CLIP text encoder this "
                               "loader type expects; SD3's load with TripleCLIPLoader, or CLIPLoader / DualCLIPLoader "
-                              "type sd3")
+                              "type sd3; Flux's with DualCLIPLoader type flux")
     open_clip = _strip(state, OPEN_CLIP_PREFIXES)
     if "token_embedding.weight" in open_clip:  # OpenCLIP layout (SD2's ViT-H, SDXL's bigG)
         width, prefix = open_clip["token_embedding.weight"].shape[1], "oc."
@@ -160,6 +169,8 @@ def load_text_encoders(paths: list[Path], fingerprints: list[str], kind: str, *,
                        ) -> TextEncoder:
     """CLIP from one file (`stable_diffusion`: SD1's CLIP-L or SD2's OpenCLIP-H, told by width) or two
     (`sdxl`: CLIP-L and OpenCLIP-bigG, in either order)."""
+    if kind == "flux":
+        return _flux_text_encoders(paths, fingerprints, allow_pickle)
     parts = [_text_part(p, allow_pickle) for p in paths]
     if kind == "sdxl":
         if len(parts) != 2:
@@ -180,6 +191,41 @@ def load_text_encoders(paths: list[Path], fingerprints: list[str], kind: str, *,
     fingerprint = fingerprints[0] if len(fingerprints) == 1 else hashlib.sha256(
         "\0".join(fingerprints).encode()).hexdigest()
     return TextEncoder(tokenizer(), models, config, fingerprint)
+
+
+def _flux_text_encoders(paths: list[Path], fingerprints: list[str], allow_pickle: bool) -> TextEncoder:
+    """CLIP for Flux from two files, CLIP-L and T5-XXL in either order (DualCLIPLoader type flux), told
+    apart by their weights (flowrun.diffusion.t5.is_t5)."""
+    from flowrun.diffusion import t5
+
+    if len(paths) != 2:
+        raise CheckpointError("flux takes two text encoders, CLIP-L and T5-XXL")
+    models: dict[str, Any] = {}
+    configs: dict[str, dict] = {}
+    for path in paths:
+        state = _strip(read_state_dict(path, allow_pickle),
+                       (flux_files.T5_PREFIX, "t5xxl.transformer.") + CLIP_PREFIXES)
+        if t5.is_t5(state):
+            if "t5" in models:
+                raise CheckpointError(f"{paths[0]} and {paths[1]} are both T5 encoders; flux takes CLIP-L and T5-XXL")
+            configs["t5"], models["t5"] = t5.config_from_state(state), t5.build(state, torch.float32)
+            continue
+        key = next((k for k in state if k.endswith("embeddings.token_embedding.weight")), None)
+        if key is None:
+            raise CheckpointError(f"{path}: neither CLIP-L nor T5: no token embedding among keys like {sorted(state)[:3]}")
+        if "clip_l" in models:
+            raise CheckpointError(f"{paths[0]} and {paths[1]} are both CLIP text encoders; flux takes CLIP-L and T5-XXL")
+        width = state[key].shape[1]
+        side, _ = _config(path, FLUX) if sidecar(path) else (None, False)
+        cfg = side.text_encoders[0] if side is not None else (_CLIP_L if width == 768 else None)
+        if cfg is None:
+            raise CheckpointError(f"{path}: a CLIP text encoder {width} wide; flux takes CLIP-L (768); for a model of "
+                                  f"another size put its configs in {path.with_suffix('.json')}")
+        configs["clip_l"], models["clip_l"] = cfg, _load_text(cfg, state, False, "CLIP-L text encoder", path)
+    config = dataclasses.replace(ModelConfig.default(FLUX), text_encoders=[configs["clip_l"], configs["t5"]],
+                                 source=str(paths[0]))
+    fingerprint = hashlib.sha256("\0".join(fingerprints).encode()).hexdigest()
+    return TextEncoder(tokenizer(), [models["clip_l"], models["t5"]], config, fingerprint)
 
 
 def with_ldm_config(model: DiffusionModel, yaml_path: Path) -> DiffusionModel:

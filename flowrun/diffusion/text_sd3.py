@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion import t5
-from flowrun.diffusion.clip_tower import END, _encode_one, tokenize
+from flowrun.diffusion.clip_tokens import END, tokenize
+from flowrun.diffusion.clip_tower import _encode_one
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import embedding_names
 from flowrun.values import CondEntry, Conditioning

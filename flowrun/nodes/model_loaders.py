@@ -75,8 +75,9 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
 class DualClipParams(NodeParams):
     clip_name1: str = Field(min_length=1, description="CLIP-L file by name, under text_encoders/ or clip/.")
     clip_name2: str = Field(min_length=1, description="OpenCLIP-bigG file by name (the two may come in either order).")
-    type: Literal["sdxl", "sd3"] = Field("sdxl", description="sdxl: CLIP-L and OpenCLIP-bigG; sd3: two of SD3's "
-                                         "CLIP-L, CLIP-G and T5-XXL, in either order (the third left out).")
+    type: Literal["sdxl", "sd3", "flux"] = Field(
+        "sdxl", description="sdxl: CLIP-L and OpenCLIP-bigG; sd3: two of SD3's CLIP-L, CLIP-G and T5-XXL, in either "
+        "order (the third left out); flux: CLIP-L and T5-XXL (either order, told from the weights).")
 
     _inside1 = stays_inside("clip_name1", LEAVES_MODELS)
     _inside2 = stays_inside("clip_name2", LEAVES_MODELS)
@@ -85,7 +86,7 @@ class DualClipParams(NodeParams):
 @node("DualCLIPLoader", outputs={"clip": ports.CLIP}, category="loaders",
       files={"clip_name1": "text_encoders", "clip_name2": "text_encoders"})
 def dual_clip_loader(p: DualClipParams, ctx) -> ports.Clip:
-    """Load SDXL's two text encoders (or two of SD3's three) as one CLIP."""
+    """Load two text encoders as one CLIP: SDXL's, two of SD3's three, or Flux's CLIP-L and T5-XXL."""
     from flowrun.diffusion.components import load_text_encoders
 
     if p.type == "sd3":

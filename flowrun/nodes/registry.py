@@ -42,6 +42,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.custom_sampling",
     "flowrun.nodes.clip_judge",
     "flowrun.nodes.flow_models",
+    "flowrun.nodes.flux",
     "flowrun.nodes.sd3",
     "flowrun.nodes.upscale_models",
     "flowrun.nodes.controlnet",
