@@ -24,6 +24,7 @@ from flowrun.spec.sweep import Overrides
 
 if TYPE_CHECKING:  # typing only: these import networkx, which `validate` does not need
     from flowrun.cache.memory import MemoryCache
+    from flowrun.execute.context import ModelPool
     from flowrun.execute.events import Events
     from flowrun.graph.build import Graph
     from flowrun.graph.plan import Step
@@ -254,9 +255,10 @@ class RunResult:
 
 
 def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Events | None" = None,
-        memory: "MemoryCache | None" = None) -> RunResult:
+        memory: "MemoryCache | None" = None, models: "ModelPool | None" = None) -> RunResult:
     """Run a loaded workflow and write its outputs and run.json. Raises RunFailed if a node fails (run.json
-    is written all the same, with the failure recorded)."""
+    is written all the same, with the failure recorded). `memory` and `models`, kept by the caller, carry
+    results and loaded models from one run to the next (flowrun watch)."""
     from flowrun.execute.executor import cells_of, make_executor
     from flowrun.execute.manifest import build_manifest, now, write_manifest
     from flowrun.execute.resources import open_cache, services
@@ -272,7 +274,7 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
             raise UsageError(problem)
     out_dir = Path(settings.out_dir or default_out_dir(resolved.file))
     cache = open_cache(settings, memory)
-    shared = services(resolved.file, settings)
+    shared = services(resolved.file, settings, models)
     graph = build(resolved, shared.lookup, settings.device, settings.dtype)
     steps = make_plan(graph, cache)
     executor = make_executor(settings, graph, steps, cache, out_dir, shared, events)

@@ -139,7 +139,7 @@ def test_import_ui_format_with_muted_bypassed_primitive_and_reroute(cli, tmp_pat
 @pytest.mark.parametrize("name", ["txt2img-api", "img2img-api", "hires-lora-api", "sdxl-refiner-api", "regional-api",
                                   "custom-sampling-api", "sdxl-split-api", "sdxl-refiner-nodes-api",
                                   "unclip-style-api", "gligen-api", "flow-sampling-api", "inpainting-api",
-                                  "outpainting-api", "controlnet-api"])
+                                  "outpainting-api", "controlnet-api", "sd3-api", "sd3-split-api"])
 def test_hand_written_api_graphs_round_trip(name, cli, tmp_path):
     source = ROOT / "tests" / "comfyui" / f"{name}.json"
     assert cli("import", source, "--out", tmp_path / "wf.yaml").code == 0
@@ -167,7 +167,7 @@ def test_import_from_png_chunks(cli, tmp_path):
 
 @pytest.mark.parametrize("shape", ["img2img", "hires-lora", "sdxl-refiner", "regional", "custom-sampling",
                                    "unclip-style", "gligen", "flow-sampling", "inpainting", "outpainting",
-                                   "controlnet"])
+                                   "controlnet", "sd3", "sd3-split"])
 def test_ui_format_graphs_equal_their_api_twins(shape, cli, tmp_path):
     """Each UI-format graph imports to the same graph as the API-format one beside it, and round-trips."""
     from flowrun import api
@@ -232,3 +232,36 @@ def test_upscale_graphs_import_validate_run_and_round_trip(cli, tmp_path):
     out = Image.open(tmp_path / "o" / "upscaled.png")
     assert out.size == (96, 96) and np.asarray(out).std() > 0
     assert "UpscaleModelLoader" in {n["class_type"] for n in json.loads(out.info["prompt"]).values()}  # opens in ComfyUI
+
+
+@pytest.mark.parametrize("shape", ["flux-txt2img", "flux-kontext", "flux-fill"])
+def test_flux_graphs_import_validate_run_and_round_trip(shape, cli, tmp_path):
+    """Flux txt2img (UNETLoader, DualCLIPLoader flux, VAELoader ae, FluxGuidance, SamplerCustomAdvanced), a
+    Kontext edit (ReferenceLatent) and a Fill inpaint, in both formats: they import to the same graph, which
+    validates, runs on toy Flux files beside it and exports back to itself."""
+    import tiny_flux
+
+    from flowrun import api
+    from flowrun.interop.comfy_import import load_graph
+
+    tiny_flux.write_split(tmp_path / "models", "fill" if shape == "flux-fill" else "dev")
+    (tmp_path / "inputs").mkdir()
+    circle = Image.open(ROOT / "workflows" / "inputs" / "red-circle.png").convert("RGBA")
+    (tmp_path / "inputs" / "red-circle.png").write_bytes((ROOT / "workflows" / "inputs" / "red-circle.png").read_bytes())
+    alpha = np.full((64, 64), 255, dtype=np.uint8)
+    alpha[16:48, 16:48] = 0  # LoadImage's mask is 1 - alpha: the square to repaint
+    circle.putalpha(Image.fromarray(alpha))
+    circle.save(tmp_path / "inputs" / "circle-masked.png")
+    source = ROOT / "tests" / "comfyui" / f"{shape}-api.json"
+    twin = json.loads(source.read_text())
+    assert _shape(load_graph(ROOT / "tests" / "comfyui" / f"{shape}-ui.json", api.registry())) == _shape(twin)
+    for fmt in ("api", "ui"):
+        assert cli("import", ROOT / "tests" / "comfyui" / f"{shape}-{fmt}.json", "--out", tmp_path / f"{fmt}.yaml").code == 0
+        r = cli("validate", tmp_path / f"{fmt}.yaml")
+        assert r.code == 0, r.err
+        assert cli("export", tmp_path / f"{fmt}.yaml", "--out", tmp_path / f"e-{fmt}").code == 0
+        assert _shape(json.loads((tmp_path / f"e-{fmt}" / f"{fmt}.json").read_text())) == _shape(twin)
+    r = cli("run", tmp_path / "api.yaml", "--out", tmp_path / "o")
+    assert r.code == 0, r.err
+    image = np.asarray(Image.open(tmp_path / "o" / f"{shape}.png"))
+    assert image.shape == (64, 64, 3) and image.std() > 1.0

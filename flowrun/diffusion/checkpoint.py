@@ -7,118 +7,27 @@ Pickle files are refused unless allowed, and then read with `torch.load(weights_
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
-from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER, ModelConfig
+from flowrun.diffusion.configs import FLUX, SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import UNET, VAE, CheckpointError, detect, read_header
-from flowrun.diffusion.pickles import read_pickle
 from flowrun.diffusion.export import CONFIG_KEY
 from flowrun.files import PICKLE_SUFFIXES, SAFE_SUFFIXES
 from flowrun.diffusion.lazy import Deferred
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
-from flowrun.diffusion.precision import PartDtypes, part_dtypes
+from flowrun.diffusion.precision import ALL_FLOAT32, PartDtypes, part_dtypes
+from flowrun.diffusion.weights import (TOKENIZER_DIR, _check_shapes, _fit_keys, _instantiate,  # noqa: F401
+                                       _load_open_clip, _load_text, _text_model, read_state_dict, sidecar,
+                                       tokenizer)
 
 import torch
 
-TOKENIZER_DIR = Path(__file__).resolve().parent / "clip_tokenizer"
 # ComfyUI's heuristic for SD2 768-v checkpoints: this norm's bias spreads wider in v-prediction models.
 _V_PRED_PROBE = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
 UNCLIP_LABELS = "model.diffusion_model.label_emb.0.0.weight"  # an SD2 UNet with class labels: unCLIP
-FLOAT32 = PartDtypes(unet=torch.float32, vae=torch.float32)
-
-
-@functools.lru_cache(maxsize=1)
-def tokenizer():
-    """The CLIP tokenizer from the vocabulary shipped in the package (SD1, SD2 and SDXL share it)."""
-    from transformers.models.clip.tokenization_clip import CLIPTokenizer
-
-    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
-
-
-def sidecar(path: Path) -> Path | None:
-    """`<name>.json` beside the checkpoint, or beside the file a link leads to (shared model drives)."""
-    for candidate in (path, path.resolve()):
-        side = candidate.with_suffix(".json")
-        if side.is_file():
-            return side
-    return None
-
-
-def read_state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if path.suffix in PICKLE_SUFFIXES:
-        data = read_pickle(path, allow_pickle)
-        data = data.get("state_dict", data) if isinstance(data, dict) else data
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: expected a state dict, found {type(data).__name__}")
-        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    read_header(path)  # validates every offset before anything is allocated
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors file: {exc}") from None
-
-
-def _fit_keys(state: dict[str, torch.Tensor], module) -> dict[str, torch.Tensor]:
-    """Match a CLIP state dict's `text_model.` level to the module's (transformers 4 has it in
-    CLIPTextModel, transformers 5 does not; CLIPTextModelWithProjection has it in both)."""
-    expected = set(module.state_dict())
-    out = {}
-    for key, value in state.items():
-        if key not in expected:
-            if key.startswith("text_model.") and key[len("text_model."):] in expected:
-                key = key[len("text_model."):]
-            elif "text_model." + key in expected:
-                key = "text_model." + key
-        out[key] = value
-    return out
-
-
-def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path, dtype: torch.dtype = torch.float32):
-    """Build a module on the meta device (no memory, no random init) and assign the weights to it, each
-    cast to `dtype` on its own (a float32 file in float32 keeps its memory-mapped tensors: no copy; in
-    bfloat16 each tensor is cast as it is assigned, never a second whole state dict)."""
-    with torch.device("meta"):
-        module = build()
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _fit_keys(state, module).items()}
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    del state
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing:
-        raise CheckpointError(f"{file}: {what} weights are missing {len(missing)} tensors, e.g. {missing[:3]}; "
-                              "the file does not match the model configuration")
-    for name, buf in list(module.named_buffers()):
-        if buf.is_meta:  # non-persistent buffers (CLIP's position_ids) are not in checkpoints
-            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-            if name.endswith("position_ids"):
-                owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand((1, -1)), persistent=False)
-            else:
-                raise CheckpointError(f"{file}: {what}: no value for buffer {name}")
-    # `dtype` whatever the file stores (fp16 checkpoints in float32 too): the same numbers on every device
-    return module.to(dtype).eval().requires_grad_(False)
-
-
-def _text_model(cfg: dict[str, Any], projection: bool):
-    # the module itself, not `transformers`' lazy top level, which imports far more on first attribute
-    from transformers.models.clip.configuration_clip import CLIPTextConfig
-    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(**cfg)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
-
-
-def _check_shapes(module, state: dict[str, torch.Tensor], what: str, file: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    wrong = [(k, expected[k], tuple(v.shape)) for k, v in state.items() if k in expected and expected[k] != tuple(v.shape)]
-    if wrong:
-        k, want, got = wrong[0]
-        raise CheckpointError(f"{file}: {what} weight {k} has shape {got}, the configuration expects {want} "
-                              f"({len(wrong)} mismatches); is the sidecar config right for this file?")
 
 
 def load_single_file(path: Path, allow_pickle: bool = False, dtypes: PartDtypes | None = None
@@ -137,8 +46,15 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
                dtypes: PartDtypes | None = None) -> tuple[ModelConfig, Any, list[Any], Any]:
     """Detect, configure and build the components of an original-layout state dict (also on the meta
     device: tests check the key mapping of full-size SD1.5, SD2.1 and SDXL this way, without memory).
-    `embedded`: the configs as JSON text, from the file's metadata."""
-    dtypes = dtypes or FLOAT32
+    `embedded`: the configs as JSON text, from the file's metadata. SD3 and Flux files go to their own
+    modules (sd3_files, flux_files), which read their configuration off the weights."""
+    from flowrun.diffusion import flux_files, sd3_files
+
+    dtypes = dtypes or ALL_FLOAT32
+    if sd3_files.is_sd3(state):  # an MMDiT, not a UNet: SD3 / SD3.5
+        return sd3_files.load_state(state, path, side, dtypes)
+    if flux_files.is_flux(state):  # Flux.1's transformer with its autoencoder and text encoders
+        return flux_files.load_state(state, path, side, dtypes)
     config = checkpoint_config(state, path, side, embedded)
     return (config, build_unet(config, state, path, dtypes.unet), build_texts(config, state, path),
             build_vae(config, state, path, dtypes.vae))
@@ -216,43 +132,13 @@ def build_texts(config: ModelConfig, state: dict[str, torch.Tensor], path: Path)
             _load_open_clip(config.text_encoders[1], state, "conditioner.embedders.1.model.", True, path)]
 
 
-def _load_text(cfg: dict, state: dict, projection: bool, what: str, path: Path):
-    with torch.device("meta"):
-        probe = _text_model(cfg, projection)
-    _check_shapes(probe, _fit_keys(state, probe), what, path)
-    return _instantiate(lambda: _text_model(cfg, projection), state, what, path)
-
-
-def _load_open_clip(cfg: dict, state: dict, prefix: str, projection: bool, path: Path):
-    """OpenCLIP text towers (SD2's ViT-H, SDXL's bigG) into transformers' CLIP text model, all layers kept."""
-    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
-
-    with torch.device("meta"):
-        probe = _text_model(cfg, projection)
-    converted = convert_open_clip_checkpoint(probe, state, prefix=prefix)
-    # diffusers drops SD2's last resblock (its pipelines read the penultimate layer); ComfyUI keeps all 24
-    # layers so that CLIPSetLastLayer -1 means the true last one. Convert that block under another index.
-    last = cfg["num_hidden_layers"] - 1
-    tail = f"{prefix}transformer.resblocks.{last}."
-    if not any(k.startswith(f"text_model.encoder.layers.{last}.") for k in converted) and any(k.startswith(tail) for k in state):
-        moved = {k.replace(tail, f"{prefix}transformer.resblocks.0."): v for k, v in state.items() if k.startswith(tail)}
-        block = convert_open_clip_checkpoint(probe, moved, prefix=prefix)
-        converted.update({k.replace("text_model.encoder.layers.0.", f"text_model.encoder.layers.{last}."): v
-                          for k, v in block.items() if k.startswith("text_model.encoder.layers.0.")})
-    if not projection:
-        converted.pop("text_projection.weight", None)
-    what = "OpenCLIP text encoder"
-    _check_shapes(probe, _fit_keys(converted, probe), what, path)
-    return _instantiate(lambda: _text_model(cfg, projection), converted, what, path)
-
-
 def load_diffusers_folder(path: Path, dtypes: PartDtypes | None = None) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, unet, text models, vae) from a diffusers pipeline folder, local files only."""
     from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPTextModelWithProjection
 
     from flowrun.diffusion.diffusers_models import AutoencoderKL, UNet2DConditionModel
 
-    dtypes = dtypes or FLOAT32
+    dtypes = dtypes or ALL_FLOAT32
 
     def read(sub: str) -> dict:
         try:
@@ -304,6 +190,9 @@ def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pick
     side = sidecar(path)
     embedded = None if side is not None else read_header(path).metadata.get(CONFIG_KEY)
     state = read_state_dict(path, allow_pickle)  # memory-mapped: tensors are read when a part is built
+    if _is_dit(state):  # SD3 / Flux whole checkpoints are built at once, in the run's dtypes
+        config, unet, texts, vae = load_state(state, path, side, embedded, dtypes)
+        return bundle(config, unet, texts, vae, fingerprint, device, dtypes)
     config = checkpoint_config(state, path, side, embedded)
 
     def unet():
@@ -330,14 +219,30 @@ def _part_state(path: Path, state: dict[str, torch.Tensor], prefix: str, dtype: 
         return {k: t.to(dtype) if t.is_floating_point() else t for k in keys for t in (f.get_tensor(k),)}
 
 
+def _is_dit(state: dict[str, torch.Tensor]) -> bool:
+    from flowrun.diffusion import flux_files, sd3_files
+
+    return sd3_files.is_sd3(state) or flux_files.is_flux(state)
+
+
 def bundle(config: ModelConfig, unet, texts, vae, fingerprint: str, device: str = "cpu",
            dtypes: PartDtypes | None = None) -> tuple[DiffusionModel, TextEncoder, Vae]:
-    """MODEL, CLIP and VAE values of components (modules, moved to `device`, or lazy.Deferred builds)."""
-    if not isinstance(unet, Deferred):
-        unet.to(device)
+    """MODEL, CLIP and VAE values of components (modules, moved to `device`, or lazy.Deferred builds; SD3's
+    and Flux's networks are built modules, wrapped in their family's MODEL)."""
     if not isinstance(vae, Deferred):
         vae.to(device)
-    dtypes = dtypes or FLOAT32
-    model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device,
-                           dtype=dtypes.unet)
+    dtypes = dtypes or ALL_FLOAT32
+    if config.family == SD3:
+        from flowrun.diffusion.sd3_files import diffusion_model
+
+        model = diffusion_model(unet, config, fingerprint, device)
+    elif config.family == FLUX:
+        from flowrun.diffusion.flux_files import diffusion_model as flux_model
+
+        model = flux_model(unet, config, fingerprint, device)
+    else:
+        if not isinstance(unet, Deferred):
+            unet.to(device)
+        model = DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device,
+                               dtype=dtypes.unet)
     return model, TextEncoder(tokenizer(), texts, config, fingerprint), Vae(vae, config, fingerprint)

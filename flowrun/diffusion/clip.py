@@ -6,141 +6,21 @@
 - A weight w != 1 moves a token's embedding away from the empty prompt's: z' = (z - z_empty) * w + z_empty.
 - Layers: SD1 reads the last layer, SD2 the penultimate, both through the final layer norm; SDXL reads the
   penultimate layer of CLIP-L and of OpenCLIP-bigG without it and concatenates them, its pooled vector
-  from bigG's projection (the SDXL refiner: bigG alone). CLIPSetLastLayer picks another layer.
+  from bigG's projection (the SDXL refiner: bigG alone). SD3 reads CLIP-L and CLIP-G as SDXL does, with T5
+  (flowrun.diffusion.text_sd3); Flux takes T5's tokens and CLIP-L's pooled vector (flowrun.diffusion.text_flux).
+  CLIPSetLastLayer picks another layer.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from flowrun.diffusion.configs import SD1, SD2, SDXL, SDXL_REFINER
+from flowrun.diffusion.clip_tokens import CHUNK, END, MAX_WORD_TOKENS, START, tokenize  # noqa: F401
+from flowrun.diffusion.clip_tower import _encode_one, _Injected, _layer_plan, _split_ids  # noqa: F401
+from flowrun.diffusion.configs import FLUX, SD1, SD2, SD3, SDXL, SDXL_REFINER
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
-
-START, END = 49406, 49407
-CHUNK = 77
-MAX_WORD_TOKENS = 8
-
-
-def tokenize(tokenizer: Any, text: str, pad: int, embedding=None) -> list[list[tuple[Any, float]]]:
-    """Chunks of exactly 77 (token, weight) pairs. A token is an id, or a vector for a word of an
-    `embedding:NAME`, which `embedding(name)` turns into vectors [n, width] (or None: left out). Without
-    `embedding`, such words are text."""
-    words: list[list[tuple[Any, float]]] = []
-    for word, weight in prompt_words(text):
-        name = embedding_name(word) if embedding is not None else None
-        if name:
-            vectors = embedding(name)  # None: it does not fit this encoder, which leaves it out (as ComfyUI)
-            if vectors is not None:
-                words.append([(v, weight) for v in vectors])
-            trailing = word[len(EMBEDDING) + len(name):]  # commas after the name are text
-            if trailing:
-                words.append([(t, weight) for t in tokenizer(trailing)["input_ids"][1:-1]])
-            continue
-        ids = tokenizer(word)["input_ids"][1:-1]
-        words.append([(t, weight) for t in ids])
-    chunks: list[list[tuple[Any, float]]] = []
-    chunk = [(START, 1.0)]
-    for group in words:
-        large = len(group) >= MAX_WORD_TOKENS
-        while group:
-            if len(group) + len(chunk) > CHUNK - 1:
-                room = CHUNK - len(chunk) - 1
-                if large:
-                    chunk += group[:room]
-                    group = group[room:]
-                chunk.append((END, 1.0))
-                chunk += [(pad, 1.0)] * (CHUNK - len(chunk))
-                chunks.append(chunk)
-                chunk = [(START, 1.0)]
-            else:
-                chunk += group
-                group = []
-    chunk.append((END, 1.0))
-    chunk += [(pad, 1.0)] * (CHUNK - len(chunk))
-    chunks.append(chunk)
-    return chunks
-
-
-class _Injected(torch.nn.Module):
-    """The token embedding table, with vectors put in at given (row, position)s: how an embedding's
-    vectors enter the text encoder without adding ids (the pooled output finds the end token by id)."""
-
-    def __init__(self, table: torch.nn.Module, at: list[tuple[int, int, torch.Tensor]]):
-        super().__init__()
-        self.table, self.at = table, at
-
-    def forward(self, input_ids):
-        out = self.table(input_ids).clone()
-        for row, pos, vector in self.at:
-            out[row, pos] = vector.to(out.dtype)
-        return out
-
-
-def _split_ids(chunks, filler: int) -> tuple[list[list[int]], list[tuple[int, int, torch.Tensor]]]:
-    """Token ids for the model, with `filler` where an embedding vector goes, and where the vectors go."""
-    ids, at = [], []
-    for row, chunk in enumerate(chunks):
-        line = []
-        for pos, (token, _) in enumerate(chunk):
-            if isinstance(token, torch.Tensor):
-                at.append((row, pos, token))
-                line.append(filler)
-            else:
-                line.append(int(token))
-        ids.append(line)
-    return ids, at
-
-
-def _layer_plan(enc: TextEncoder, index: int) -> tuple[int | None, bool]:
-    """(hidden-state index or None for the normed last layer, whether to apply the final layer norm)."""
-    family = enc.family
-    if family in (SDXL, SDXL_REFINER):
-        return (enc.layer_idx if enc.layer_idx is not None else -2), False
-    if enc.layer_idx is not None:
-        return enc.layer_idx, True
-    return (None, True) if family == SD1 else (-2, True)
-
-
-def _encode_one(enc: TextEncoder, index: int, chunks: list[list[tuple[int, float]]], pad: int):
-    model = enc.models[index]
-    weighted = any(w != 1.0 for c in chunks for _, w in c)
-    ids, at = _split_ids(chunks, filler=0)  # id 0 is never the end token the pooled output looks for
-    if weighted:
-        ids.append([START, END] + [pad] * (CHUNK - 2))
-    layer, norm = _layer_plan(enc, index)
-    embeddings = getattr(model, "text_model", model).embeddings
-    table = embeddings.token_embedding
-    if at:
-        embeddings.token_embedding = _Injected(table, at)
-    try:
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor(ids), output_hidden_states=layer is not None)
-    finally:
-        embeddings.token_embedding = table
-    if layer is None:
-        z = out.last_hidden_state
-    else:
-        n_layers = len(out.hidden_states) - 1
-        if not -n_layers <= layer <= -1:
-            raise ValueError(f"stop_at_clip_layer {layer} is beyond this text encoder's {n_layers} layers")
-        z = out.hidden_states[layer]
-        if norm:
-            z = getattr(model, "text_model", model).final_layer_norm(z)
-    pooled = out.text_embeds[0:1] if hasattr(out, "text_embeds") else None
-    pieces = []
-    for k, chunk in enumerate(chunks):
-        zk = z[k:k + 1].clone()
-        if weighted:
-            empty = z[-1]
-            for j, (_, w) in enumerate(chunk):
-                if w != 1.0:
-                    zk[0, j] = (zk[0, j] - empty[j]) * w + empty[j]
-        pieces.append(zk)
-    return torch.cat(pieces, dim=1), pooled
 
 
 def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Conditioning:
@@ -150,8 +30,16 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
     ComfyUI does; one that fits none is an error."""
     from flowrun.diffusion.lora import patched
 
+    if enc.family == FLUX:  # T5 context and CLIP-L pooled output (textual-inversion words stay text)
+        from flowrun.diffusion import text_flux
+
+        return text_flux.encode(enc, text, text)
     if enc.family == SDXL:
         return encode_sdxl(enc, text, text, embeddings=embeddings, warn=warn)
+    if enc.family == SD3:
+        from flowrun.diffusion.text_sd3 import encode_sd3
+
+        return encode_sd3(enc, text, text, text, empty_padding=True)
     vectors, report = _embedding_lookups(enc, embeddings)
     with patched(enc.models, enc.patches):
         if enc.family == SDXL_REFINER:

@@ -16,13 +16,15 @@ from typing import Any
 
 import torch
 
+from flowrun.diffusion import flux_files
 from flowrun.diffusion.checkpoint import (_V_PRED_PROBE, _instantiate, _load_open_clip, _load_text, read_state_dict,
                                           sidecar, tokenizer)
-from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, SD1, SD2, SDXL, ModelConfig
+from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, FLUX, SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CONTEXT_WIDTH, UNET, CheckpointError
-from flowrun.diffusion.diffusers_models import AutoencoderKL, UNet2DConditionModel
+from flowrun.diffusion.diffusers_models import UNet2DConditionModel
 from flowrun.diffusion.precision import part_dtypes
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
+from flowrun.diffusion.weights import build_vae, vae_config
 
 FP8 = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -61,17 +63,38 @@ def _load(build, state: dict, what: str, path: Path, dtype: torch.dtype = torch.
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False, dtype: str | None = None) -> DiffusionModel:
-    """MODEL from a UNet file (models/diffusion_models), computing in the run's precision `dtype` (None: the
-    device's default). An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores them."""
+    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 (sd3_files) or Flux.1 (flux_files)
+    transformer file, computing in the run's precision `dtype` (None: the device's default). An fp8
+    `weight_dtype` rounds every weight to that format, as ComfyUI stores them."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
+    from flowrun.diffusion import sd3_files
+
+    compute = part_dtypes(device, dtype).unet
     state = read_state_dict(path, allow_pickle)
+    if sd3_files.is_sd3(state):  # SD3 / SD3.5's MMDiT
+        config, _ = _config(path, sd3_files.SD3)
+        if config.family != sd3_files.SD3:
+            raise CheckpointError(f"{path}: its keys say sd3 (an MMDiT), its config {config.source} says "
+                                  f"{config.family}")
+        side = config if sidecar(path) is not None else None
+        fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
+        return sd3_files.load_transformer_file(state, path, side, fingerprint, device, fp8, compute)
+    if flux_files.is_flux(state):
+        side = sidecar(path)
+        try:
+            config = ModelConfig.from_sidecar(side, FLUX) if side else None
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        return flux_files.load_unet(state, path, fingerprint, config, device=device, weight_dtype=weight_dtype,
+                                    dtype=compute)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}
         if UNET + "input_blocks.0.0.weight" not in state:
             raise CheckpointError(f"{path}: not a UNet: expected 'input_blocks.*' (original layout) or 'conv_in.*' "
-                                  f"(diffusers layout) weights, found keys like {sorted(state)[:3]}")
+                                  f"(diffusers layout) weights, or an SD3 MMDiT's 'joint_blocks.*', found keys like "
+                                  f"{sorted(state)[:3]}")
     contexts = {v.shape[1] for k, v in state.items() if k.endswith("attn2.to_k.weight") and v.ndim == 2}
     sdxl = (UNET + "label_emb.0.0.weight") in state or "add_embedding.linear_1.weight" in state
     family = SDXL if sdxl else CONTEXT_WIDTH.get(next(iter(contexts)) if len(contexts) == 1 else None)
@@ -83,7 +106,6 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
         if config.family == SD2 and probe is not None and probe.float().std() <= 0.09:
             config.prediction_type = "epsilon"
     unet_state = state if diffusers_layout else convert_ldm_unet_checkpoint(state, config.unet)
-    compute = part_dtypes(device, dtype).unet
     unet = _load(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path, compute)
     if weight_dtype in FP8:
         fp8 = getattr(torch, FP8[weight_dtype])
@@ -97,26 +119,30 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
 
 def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False,
              dtype: str | None = None) -> Vae:
-    """VAE from a file in models/vae, in the original layout (`encoder.down.*`) or diffusers' (`encoder.down_blocks.*`)."""
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
+    """VAE from a file in models/vae, in the original layout (`encoder.down.*`) or diffusers' (`encoder.down_blocks.*`):
+    SD's 4-channel autoencoders and SD3's / Flux's 16-channel one (no quant convolutions), in the precision
+    `dtype` gives VAEs on `device`."""
     state = _strip(read_state_dict(path, allow_pickle), VAE_PREFIXES)
     if "decoder.conv_in.weight" not in state:
         raise CheckpointError(f"{path}: not a VAE: expected 'encoder.*' and 'decoder.*' weights, found keys like "
                               f"{sorted(state)[:3]}")
     config, from_side = _config(path, SD1)
     if not from_side:
-        config.vae["latent_channels"] = state["decoder.conv_in.weight"].shape[1]
-    diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in state)
-    vae_state = state if diffusers_layout else convert_ldm_vae_checkpoint(state, config.vae)
-    vae = _load(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path, part_dtypes(device, dtype).vae)
+        config.vae = vae_config(state, config.vae)
+    vae = build_vae(state, config.vae, path, part_dtypes(device, dtype).vae)
     vae.to(device)
     return Vae(vae, config, fingerprint)
 
 
 def _text_part(path: Path, allow_pickle: bool) -> tuple[str | None, dict, Any, int]:
     """(family, config, a builder taking (projection, what), width) of one text-encoder file."""
+    from flowrun.diffusion import t5
+
     state = read_state_dict(path, allow_pickle)
+    if t5.is_t5(_strip(state, ("text_encoders.t5xxl.transformer.",))):
+        raise CheckpointError(f"{path}: a T5 text encoder (as SD3 and Flux read), not the CLIP text encoder this "
+                              "loader type expects; SD3's load with TripleCLIPLoader, or CLIPLoader / DualCLIPLoader "
+                              "type sd3; Flux's with DualCLIPLoader type flux")
     open_clip = _strip(state, OPEN_CLIP_PREFIXES)
     if "token_embedding.weight" in open_clip:  # OpenCLIP layout (SD2's ViT-H, SDXL's bigG)
         width, prefix = open_clip["token_embedding.weight"].shape[1], "oc."
@@ -149,6 +175,8 @@ def load_text_encoders(paths: list[Path], fingerprints: list[str], kind: str, *,
                        ) -> TextEncoder:
     """CLIP from one file (`stable_diffusion`: SD1's CLIP-L or SD2's OpenCLIP-H, told by width) or two
     (`sdxl`: CLIP-L and OpenCLIP-bigG, in either order)."""
+    if kind == "flux":
+        return _flux_text_encoders(paths, fingerprints, allow_pickle)
     parts = [_text_part(p, allow_pickle) for p in paths]
     if kind == "sdxl":
         if len(parts) != 2:
@@ -169,6 +197,41 @@ def load_text_encoders(paths: list[Path], fingerprints: list[str], kind: str, *,
     fingerprint = fingerprints[0] if len(fingerprints) == 1 else hashlib.sha256(
         "\0".join(fingerprints).encode()).hexdigest()
     return TextEncoder(tokenizer(), models, config, fingerprint)
+
+
+def _flux_text_encoders(paths: list[Path], fingerprints: list[str], allow_pickle: bool) -> TextEncoder:
+    """CLIP for Flux from two files, CLIP-L and T5-XXL in either order (DualCLIPLoader type flux), told
+    apart by their weights (flowrun.diffusion.t5.is_t5)."""
+    from flowrun.diffusion import t5
+
+    if len(paths) != 2:
+        raise CheckpointError("flux takes two text encoders, CLIP-L and T5-XXL")
+    models: dict[str, Any] = {}
+    configs: dict[str, dict] = {}
+    for path in paths:
+        state = _strip(read_state_dict(path, allow_pickle),
+                       (flux_files.T5_PREFIX, "t5xxl.transformer.") + CLIP_PREFIXES)
+        if t5.is_t5(state):
+            if "t5" in models:
+                raise CheckpointError(f"{paths[0]} and {paths[1]} are both T5 encoders; flux takes CLIP-L and T5-XXL")
+            configs["t5"], models["t5"] = t5.config_from_state(state), t5.build(state, torch.float32)
+            continue
+        key = next((k for k in state if k.endswith("embeddings.token_embedding.weight")), None)
+        if key is None:
+            raise CheckpointError(f"{path}: neither CLIP-L nor T5: no token embedding among keys like {sorted(state)[:3]}")
+        if "clip_l" in models:
+            raise CheckpointError(f"{paths[0]} and {paths[1]} are both CLIP text encoders; flux takes CLIP-L and T5-XXL")
+        width = state[key].shape[1]
+        side, _ = _config(path, FLUX) if sidecar(path) else (None, False)
+        cfg = side.text_encoders[0] if side is not None else (_CLIP_L if width == 768 else None)
+        if cfg is None:
+            raise CheckpointError(f"{path}: a CLIP text encoder {width} wide; flux takes CLIP-L (768); for a model of "
+                                  f"another size put its configs in {path.with_suffix('.json')}")
+        configs["clip_l"], models["clip_l"] = cfg, _load_text(cfg, state, False, "CLIP-L text encoder", path)
+    config = dataclasses.replace(ModelConfig.default(FLUX), text_encoders=[configs["clip_l"], configs["t5"]],
+                                 source=str(paths[0]))
+    fingerprint = hashlib.sha256("\0".join(fingerprints).encode()).hexdigest()
+    return TextEncoder(tokenizer(), [models["clip_l"], models["t5"]], config, fingerprint)
 
 
 def with_ldm_config(model: DiffusionModel, yaml_path: Path) -> DiffusionModel:

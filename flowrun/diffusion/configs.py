@@ -1,8 +1,8 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
-Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner), in the diffusers /
-transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
-configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
+Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5, Flux.1), in
+the diffusers / transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one)
+carries its own configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER)
+SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowrun.diffusion.sd3_network)
+FLUX = "flux"  # Flux.1 dev, schnell and their kin (Kontext, Fill, Canny/Depth): a FluxTransformer2DModel
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, FLUX)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -23,6 +25,14 @@ _SD_VAE = {
     "act_fn": "silu", "sample_size": 512, "block_out_channels": [128, 256, 512, 512],
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
     "scaling_factor": 0.18215,
+}
+
+# SD3's and Flux's autoencoder: 16 latent channels and no quant convolutions. The scale and shift here are
+# SD3's; they describe the latent space for diffusers' pipelines. flowrun's Vae decodes raw latents, the
+# model's latent_format scales them (Flux: 0.3611 / 0.1159).
+_VAE_16 = {
+    **_SD_VAE, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False, "sample_size": 1024,
+    "scaling_factor": 1.5305, "shift_factor": 0.0609,
 }
 
 _CLIP_L = {
@@ -41,6 +51,40 @@ _OPEN_CLIP_BIGG = {
     "vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
     "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
     "projection_dim": 1280, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+}
+
+# T5 v1.1 XXL's encoder as SD3 and Flux read it (t5.config_from_state reads the same off a file's shapes)
+_T5_XXL = {
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6,
+}
+
+# SD3's MMDiT in diffusers' SD3Transformer2DModel vocabulary, by variant (stabilityai's transformer/config.json).
+# SD3.5 large turbo is SD3.5 large's network distilled: the same configuration.
+SD3_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "sd3 medium": {
+        "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
+        "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
+        "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192, "dual_attention_layers": [],
+        "qk_norm": None,
+    },
+}
+SD3_TRANSFORMERS["sd3.5 large"] = {**SD3_TRANSFORMERS["sd3 medium"], "num_layers": 38, "num_attention_heads": 38,
+                                   "caption_projection_dim": 2432, "qk_norm": "rms_norm"}
+SD3_TRANSFORMERS["sd3.5 medium"] = {**SD3_TRANSFORMERS["sd3 medium"], "pos_embed_max_size": 384, "qk_norm": "rms_norm",
+                                    "dual_attention_layers": list(range(13))}
+
+# the 16-channel autoencoder of Flux.1 (ae.safetensors) with Flux's latent scale and shift
+_FLUX_VAE = {**_VAE_16, "scaling_factor": 0.3611, "shift_factor": 0.1159}
+
+# Flux.1 dev's transformer in diffusers' FluxTransformer2DModel vocabulary (under the "unet" key: the
+# network a MODEL wraps); schnell is the same without the guidance embedding (guidance_embeds False), Fill
+# takes 384 packed input channels, Canny/Depth 128. in/out channels count 2x2-packed latent channels.
+_FLUX_DEV = {
+    "patch_size": 1, "in_channels": 64, "out_channels": None, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,6 +142,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
         "text_encoders": [_OPEN_CLIP_BIGG],
         "prediction_type": "epsilon",
+    },
+    SD3: {  # the transformer's config under "unet" (SD3 medium's; the loader reads the variant off the weights)
+        "unet": SD3_TRANSFORMERS["sd3 medium"],
+        "vae": _VAE_16,
+        "text_encoders": [_CLIP_L, _OPEN_CLIP_BIGG, _T5_XXL],  # CLIP-L, CLIP-G, T5-XXL
+        "prediction_type": "flow",
+    },
+    FLUX: {  # text encoders in the order of the CLIP value's models: [clip_l, t5xxl]
+        "unet": _FLUX_DEV,
+        "vae": _FLUX_VAE,
+        "text_encoders": [_CLIP_L, _T5_XXL],
+        "prediction_type": "flow",
     },
 }
 

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from flowrun.diffusion.configs import SDXL_REFINER, TIME_IDS
+from flowrun.diffusion.added_inputs import added_inputs
 from flowrun.diffusion.model import DiffusionModel
 from flowrun.diffusion.post_cfg import PostCfg
 from flowrun.diffusion.unet_inputs import NONE, UNetInputs, for_entry
@@ -87,22 +87,7 @@ def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Ten
             ah, aw, ay, ax = (int(v) for v in area)
             ay, ax = min(ay, h - 1), min(ax, w - 1)
             area = (max(1, min(ah, h - ay)), max(1, min(aw, w - ax)), ay, ax)
-        added = None
-        if model.family in TIME_IDS:
-            config = model.unet.config
-            pooled = cond.pooled_output
-            if pooled is None:
-                pooled = torch.zeros(1, config.projection_class_embeddings_input_dim
-                                     - TIME_IDS[model.family] * config.addition_time_embed_dim)
-            extra = cond.extra
-            height, width = extra.get("height", h * 8), extra.get("width", w * 8)
-            if model.family == SDXL_REFINER:  # ComfyUI's default scores: 6 for positive prompts, 2.5 for negative
-                last = [extra.get("aesthetic_score", 6.0 if positive else 2.5)]
-            else:
-                last = [extra.get("target_height", height), extra.get("target_width", width)]
-            time_ids = torch.tensor([[height, width, extra.get("crop_h", 0), extra.get("crop_w", 0), *last]],
-                                    dtype=torch.float32)
-            added = {"text_embeds": pooled.float(), "time_ids": time_ids}
+        added = added_inputs(model, cond, positive, h, w)
         sigmas = None
         if cond.timestep_range is not None:
             start, end = cond.timestep_range

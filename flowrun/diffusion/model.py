@@ -263,6 +263,8 @@ class DiffusionModel:
             kwargs["class_labels"] = inputs.class_labels.to(x.device, self.dtype)
         if inputs.concat is not None:
             xc = torch.cat([xc, inputs.concat.to(xc.device, xc.dtype)], dim=1)
+        if inputs.reference_latents:
+            kwargs["ref_latents"] = [r.to(x.device, self.dtype) for r in inputs.reference_latents]
         with attention_inputs_patched(self.unet, self.attention_patches), \
                 attached(self.unet, self.unet_patches + tuple(inputs.patches) + tuple(extra), info or Pass(sigma)):
             out = self.unet(xc.to(self.dtype), t, encoder_hidden_states=context,

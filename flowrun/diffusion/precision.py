@@ -29,6 +29,9 @@ class PartDtypes:
     text: torch.dtype = torch.float32
 
 
+ALL_FLOAT32 = PartDtypes(unet=torch.float32, vae=torch.float32)  # what a part built outside a run holds
+
+
 def bf16_supported(device: str) -> bool:
     """Whether `device` computes bfloat16 natively (the CPU does, slowly on old CPUs but correctly)."""
     kind = device.split(":")[0]

@@ -146,7 +146,8 @@ class RunContext:
     def __init__(self, *, device: DevicePolicy | None = None, models: ModelPool | None = None,
                  files: NodeFiles | None = None, outputs: Outputs | None = None,
                  progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None):
+                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None,
+                 preview: Callable[[int, int, Any, str], None] | None = None):
         self.device = device or DevicePolicy()
         self.models = models or ModelPool()
         self.files = files or NodeFiles()
@@ -155,14 +156,18 @@ class RunContext:
         self._progress = progress
         self._cancel = cancel
         self._warn = warn
+        # a sampler's per-step latent preview (flowrun.diffusion.ksampler.Preview); None when nobody
+        # listens, so that sampling computes nothing for it
+        self.preview = preview
 
     @classmethod
     def for_node(cls, services: Services, *, fingerprints: Mapping[str, str], suffix: str = "",
                  provenance: Mapping[str, Any] | None = None, progress: Callable[[int, int], None] | None = None,
-                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None) -> "RunContext":
+                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None,
+                 preview: Callable[[int, int, Any, str], None] | None = None) -> "RunContext":
         return cls(device=services.device, models=services.models,
                    files=NodeFiles(services.lookup, fingerprints), outputs=Outputs(suffix, provenance),
-                   progress=progress, cancel=services.cancel, cells=cells, warn=warn)
+                   progress=progress, cancel=services.cancel, cells=cells, warn=warn, preview=preview)
 
     def noise(self, seeds: int | Sequence[int]):
         """Noise from seeds, drawn on the CPU so that a seed means the same image on every device: one

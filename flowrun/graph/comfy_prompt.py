@@ -53,11 +53,14 @@ CORE_NODES = frozenset({
     "FreeU", "FreeU_V2", "PatchModelAddDownscale", "ModelSamplingContinuousEDM", "PerturbedAttentionGuidance",
     "SelfAttentionGuidance",
     # flow models (comfy_extras/nodes_model_advanced.py, nodes_sd3.py)
-    "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux", "EmptySD3LatentImage",
+    "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux", "EmptySD3LatentImage", "TripleCLIPLoader",
+    "CLIPTextEncodeSD3",
     # inpainting and edit conditioning (nodes.py, comfy_extras/nodes_ip2p.py, nodes_differential_diffusion.py)
     "VAEEncodeForInpaint", "InpaintModelConditioning", "InstructPixToPixConditioning", "DifferentialDiffusion",
     # upscale models (comfy_extras/nodes_upscale_model.py)
     "UpscaleModelLoader", "ImageUpscaleWithModel",
+    # Flux (comfy_extras/nodes_flux.py, nodes_edit_model.py)
+    "CLIPTextEncodeFlux", "FluxGuidance", "ReferenceLatent", "FluxKontextImageScale",
 })
 
 

@@ -51,16 +51,22 @@ def vae_loader(p: VaeParams, ctx) -> ports.Vae:
 
 class ClipParams(NodeParams):
     clip_name: str = Field(min_length=1, description="Text encoder file by name, under text_encoders/ or clip/.")
-    type: Literal["stable_diffusion"] = Field("stable_diffusion", description="stable_diffusion: SD1's CLIP-L or "
-                                              "SD2's OpenCLIP-H, told from the weights.")
+    type: Literal["stable_diffusion", "sd3"] = Field("stable_diffusion", description="stable_diffusion: SD1's CLIP-L "
+                                                     "or SD2's OpenCLIP-H, told from the weights; sd3: one of SD3's "
+                                                     "CLIP-L, CLIP-G or T5-XXL (the others left out).")
 
     _inside = stays_inside("clip_name", LEAVES_MODELS)
 
 
 @node("CLIPLoader", outputs={"clip": ports.CLIP}, category="loaders", files={"clip_name": "text_encoders"})
 def clip_loader(p: ClipParams, ctx) -> ports.Clip:
-    """Load one text encoder (SD 1.x or 2.x)."""
+    """Load one text encoder (SD 1.x or 2.x, or one of SD3's)."""
     from flowrun.diffusion.components import load_text_encoders
+
+    if p.type == "sd3":
+        from flowrun.nodes.sd3 import load_sd3_text
+
+        return load_sd3_text(ctx, {"clip_name": p.clip_name})
 
     return load_one(ctx, "clip_name", "text_encoders", p.clip_name,
                     lambda path, fp: load_text_encoders([path], [fp], p.type, allow_pickle=ctx.files.allow_pickle),
@@ -70,7 +76,9 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
 class DualClipParams(NodeParams):
     clip_name1: str = Field(min_length=1, description="CLIP-L file by name, under text_encoders/ or clip/.")
     clip_name2: str = Field(min_length=1, description="OpenCLIP-bigG file by name (the two may come in either order).")
-    type: Literal["sdxl"] = "sdxl"
+    type: Literal["sdxl", "sd3", "flux"] = Field(
+        "sdxl", description="sdxl: CLIP-L and OpenCLIP-bigG; sd3: two of SD3's CLIP-L, CLIP-G and T5-XXL, in either "
+        "order (the third left out); flux: CLIP-L and T5-XXL (either order, told from the weights).")
 
     _inside1 = stays_inside("clip_name1", LEAVES_MODELS)
     _inside2 = stays_inside("clip_name2", LEAVES_MODELS)
@@ -79,8 +87,13 @@ class DualClipParams(NodeParams):
 @node("DualCLIPLoader", outputs={"clip": ports.CLIP}, category="loaders",
       files={"clip_name1": "text_encoders", "clip_name2": "text_encoders"})
 def dual_clip_loader(p: DualClipParams, ctx) -> ports.Clip:
-    """Load SDXL's two text encoders as one CLIP."""
+    """Load two text encoders as one CLIP: SDXL's, two of SD3's three, or Flux's CLIP-L and T5-XXL."""
     from flowrun.diffusion.components import load_text_encoders
+
+    if p.type == "sd3":
+        from flowrun.nodes.sd3 import load_sd3_text
+
+        return load_sd3_text(ctx, {"clip_name1": p.clip_name1, "clip_name2": p.clip_name2})
 
     fingerprints = [ctx.files.fingerprint("clip_name1"), ctx.files.fingerprint("clip_name2")]
     paths = loading(lambda: [ctx.files.path("text_encoders", n) for n in (p.clip_name1, p.clip_name2)])

@@ -9,8 +9,18 @@ from typing import Literal
 
 from pydantic import Field
 
+from flowrun.errors import NodeError
 from flowrun.nodes import ports
 from flowrun.nodes.registry import NodeParams, node
+
+
+def _unet(model, what: str):
+    """The model, when its network is a UNet; a DiT (a family's adapter around a transformer: SD3's, Flux's)
+    has none of the blocks `what` patches, so the node stops rather than change nothing."""
+    if getattr(model.unet, "transformer", None) is not None:
+        raise NodeError(f"input 'model': {what} a UNet's blocks; this {model.family} model is a transformer (DiT) "
+                        "without them")
+    return model
 
 
 class RescaleCFGParams(NodeParams):
@@ -44,7 +54,7 @@ def free_u(p: FreeUParams, ctx, *, model: ports.Model) -> ports.Model:
     damped (s1, s2) on the way up; b = s = 1 changes nothing."""
     from flowrun.diffusion.unet_patches import FreeU
 
-    return model.with_unet_patch(FreeU(p.b1, p.b2, p.s1, p.s2))
+    return _unet(model, "FreeU patches").with_unet_patch(FreeU(p.b1, p.b2, p.s1, p.s2))
 
 
 @node("FreeU_V2", outputs={"model": ports.MODEL}, category="model_patches/unet")
@@ -52,7 +62,7 @@ def free_u_v2(p: FreeUV2Params, ctx, *, model: ports.Model) -> ports.Model:
     """FreeU, version 2: the backbone amplified in proportion to each pixel's mean activation."""
     from flowrun.diffusion.unet_patches import FreeU
 
-    return model.with_unet_patch(FreeU(p.b1, p.b2, p.s1, p.s2, v2=True))
+    return _unet(model, "FreeU_V2 patches").with_unet_patch(FreeU(p.b1, p.b2, p.s1, p.s2, v2=True))
 
 
 ResizeMethod = Literal["bicubic", "nearest-exact", "bilinear", "area", "bislerp"]
@@ -76,7 +86,7 @@ def patch_model_add_downscale(p: PatchModelAddDownscaleParams, ctx, *, model: po
     from flowrun.diffusion.unet_patches import DeepShrink
 
     sampling = model.sampling
-    return model.with_unet_patch(DeepShrink(
+    return _unet(model, "PatchModelAddDownscale patches").with_unet_patch(DeepShrink(
         p.block_number, p.downscale_factor, sampling.percent_to_sigma(p.start_percent),
         sampling.percent_to_sigma(p.end_percent), p.downscale_after_skip, p.downscale_method, p.upscale_method))
 
@@ -122,7 +132,8 @@ def perturbed_attention_guidance(p: PerturbedAttentionGuidanceParams, ctx, *, mo
     the identity and steers away from that prediction by `scale` (one extra UNet pass per step)."""
     from flowrun.diffusion.post_cfg import PerturbedAttentionGuidance
 
-    return model.with_post_cfg_function(PerturbedAttentionGuidance(p.scale))
+    return _unet(model, "PerturbedAttentionGuidance perturbs").with_post_cfg_function(
+        PerturbedAttentionGuidance(p.scale))
 
 
 class SelfAttentionGuidanceParams(NodeParams):
@@ -137,5 +148,5 @@ def self_attention_guidance(p: SelfAttentionGuidanceParams, ctx, *, model: ports
     prompt runs even at cfg 1)."""
     from flowrun.diffusion.post_cfg import RecordMiddleAttention, SelfAttentionGuidance
 
-    return model.with_unet_patch(RecordMiddleAttention()).with_post_cfg_function(
+    return _unet(model, "SelfAttentionGuidance reads").with_unet_patch(RecordMiddleAttention()).with_post_cfg_function(
         SelfAttentionGuidance(p.scale, p.blur_sigma))

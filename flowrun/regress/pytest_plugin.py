@@ -11,9 +11,6 @@ import pytest
 
 from flowrun.regress.cases import golden_root, is_workflow
 
-OPTIONAL_EXTRA = "pip install 'flowrun["  # how a node's message says a dependency is missing
-
-
 def pytest_addoption(parser):
     group = parser.getgroup("flowrun")
     group.addoption("--flowrun-update", action="store_true", help="rewrite flowrun goldens from the new renders")
@@ -41,9 +38,9 @@ class WorkflowCase(pytest.File):
         try:
             resolved = pipeline.load(self.path)
         except WorkflowInvalid as exc:
-            # a case that needs an optional extra (e.g. flowrun[upscale]) is skipped where it is not installed
-            if OPTIONAL_EXTRA in str(exc):
-                pytest.skip(str(exc).strip().splitlines()[0])
+            # a case whose only problem is a missing optional extra (e.g. flowrun[upscale]) is skipped
+            if exc.problems and all(p.kind == "missing-extra" for p in exc.problems):
+                pytest.skip("; ".join(f"{p.message} ({p.hint})" for p in exc.problems))
             raise
         self._result = None
         for cell in resolved.cells:
