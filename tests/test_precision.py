@@ -181,17 +181,19 @@ def _render_text(models: Path, tmp_path: Path, text: str, dtype: str | None) -> 
 
 
 def test_sd3_checkpoint_in_bfloat16(tmp_path):
-    """A bfloat16 run holds the MMDiT in bfloat16, the VAE and the three text encoders in float32 (CPU), and
-    renders close to the float32 run."""
+    """A bfloat16 run holds the MMDiT in bfloat16, the VAE and the three text encoders in float32 (CPU), each
+    built on first use, and renders close to the float32 run."""
     import tiny_sd3
 
     from flowrun.diffusion.checkpoint import load_bundle
+    from flowrun.diffusion.lazy import is_built
 
     models = tmp_path / "models"
     tiny_sd3.write(models)
     model, clip, vae = load_bundle(models / "checkpoints" / "tiny-sd3.safetensors", "t", dtype="bfloat16")
+    assert _dtypes(vae.model) == {torch.float32}  # the VAE alone is built: the MMDiT and text encoders wait
+    assert not is_built(model, "unet") and not is_built(clip, "models")
     assert model.dtype == torch.bfloat16 and _dtypes(model.unet) == {torch.bfloat16}
-    assert _dtypes(vae.model) == {torch.float32}
     assert all(_dtypes(m) == {torch.float32} for m in clip.models if m is not None) and all(clip.models)
     full = _render_text(models, tmp_path, SD3_WORKFLOW, None)
     half = _render_text(models, tmp_path, SD3_WORKFLOW, "bfloat16")
@@ -203,11 +205,12 @@ def test_sd3_checkpoint_in_bfloat16(tmp_path):
 def test_flux_in_bfloat16_and_fp8_files_upcast_to_the_run_dtype(tmp_path):
     """One rule for Flux as for every model: the run's dtype decides what the transformer holds (a float32
     run of an fp8-rounded file computes in float32, a bfloat16 run in bfloat16); the whole checkpoint's parts
-    follow precision.py; the bfloat16 render stays close to the float32 one."""
+    follow precision.py and are built on first use; the bfloat16 render stays close to the float32 one."""
     import tiny_flux
 
     from flowrun.diffusion.checkpoint import load_bundle
     from flowrun.diffusion.components import load_unet
+    from flowrun.diffusion.lazy import is_built
 
     models = tmp_path / "models"
     paths = tiny_flux.write_split(models, "dev")
@@ -218,8 +221,10 @@ def test_flux_in_bfloat16_and_fp8_files_upcast_to_the_run_dtype(tmp_path):
     rounded = load_unet(unet, "c", weight_dtype="fp8_e4m3fn", dtype="bfloat16")
     assert rounded.dtype == torch.bfloat16 and _dtypes(rounded.unet) == {torch.bfloat16}
     model, clip, vae = load_bundle(checkpoint, "t", dtype="bfloat16")
+    assert _dtypes(vae.model) == {torch.float32}  # the autoencoder alone is built: the transformer waits
+    assert not is_built(model, "unet") and not is_built(clip, "models")
     assert model.dtype == torch.bfloat16 and _dtypes(model.unet) == {torch.bfloat16}
-    assert _dtypes(vae.model) == {torch.float32} and all(_dtypes(m) == {torch.float32} for m in clip.models)
+    assert all(_dtypes(m) == {torch.float32} for m in clip.models)
     full = _render_text(models, tmp_path, FLUX_WORKFLOW, None)
     half = _render_text(models, tmp_path, FLUX_WORKFLOW, "bfloat16")
     diff = np.abs(full - half)

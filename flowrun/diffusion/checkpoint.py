@@ -190,9 +190,11 @@ def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pick
     side = sidecar(path)
     embedded = None if side is not None else read_header(path).metadata.get(CONFIG_KEY)
     state = read_state_dict(path, allow_pickle)  # memory-mapped: tensors are read when a part is built
-    if _is_dit(state):  # SD3 / Flux whole checkpoints are built at once, in the run's dtypes
-        config, unet, texts, vae = load_state(state, path, side, embedded, dtypes)
-        return bundle(config, unet, texts, vae, fingerprint, device, dtypes)
+    family = _dit_family(state)
+    if family is not None:  # SD3 / Flux: the family's module reads the configuration, parts are built on use
+        config, network, texts, vae_part = family.parts(state, path, side, dtypes)
+        return bundle(config, Deferred(network), Deferred(texts), Deferred(lambda: vae_part().to(device)),
+                      fingerprint, device, dtypes)
     config = checkpoint_config(state, path, side, embedded)
 
     def unet():
@@ -219,27 +221,28 @@ def _part_state(path: Path, state: dict[str, torch.Tensor], prefix: str, dtype: 
         return {k: t.to(dtype) if t.is_floating_point() else t for k in keys for t in (f.get_tensor(k),)}
 
 
-def _is_dit(state: dict[str, torch.Tensor]) -> bool:
+def _dit_family(state: dict[str, torch.Tensor]):
+    """The module that reads a DiT family's whole checkpoints (sd3_files, flux_files), None for a UNet's."""
     from flowrun.diffusion import flux_files, sd3_files
 
-    return sd3_files.is_sd3(state) or flux_files.is_flux(state)
+    return sd3_files if sd3_files.is_sd3(state) else flux_files if flux_files.is_flux(state) else None
 
 
 def bundle(config: ModelConfig, unet, texts, vae, fingerprint: str, device: str = "cpu",
            dtypes: PartDtypes | None = None) -> tuple[DiffusionModel, TextEncoder, Vae]:
     """MODEL, CLIP and VAE values of components (modules, moved to `device`, or lazy.Deferred builds; SD3's
-    and Flux's networks are built modules, wrapped in their family's MODEL)."""
+    and Flux's networks wrapped in their family's adapter and MODEL)."""
     if not isinstance(vae, Deferred):
         vae.to(device)
     dtypes = dtypes or ALL_FLOAT32
     if config.family == SD3:
         from flowrun.diffusion.sd3_files import diffusion_model
 
-        model = diffusion_model(unet, config, fingerprint, device)
+        model = diffusion_model(unet, config, fingerprint, device, dtypes.unet)
     elif config.family == FLUX:
         from flowrun.diffusion.flux_files import diffusion_model as flux_model
 
-        model = flux_model(unet, config, fingerprint, device)
+        model = flux_model(unet, config, fingerprint, device, dtypes.unet)
     else:
         if not isinstance(unet, Deferred):
             unet.to(device)

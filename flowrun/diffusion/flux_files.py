@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -96,6 +96,15 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, dt
     """(config, transformer, [clip_l, t5xxl], autoencoder) of a whole Flux checkpoint, its parts under ComfyUI's
     prefixes (CheckpointLoaderSimple: flowrun.diffusion.checkpoint dispatches here), each in its `dtypes`
     (None: float32); a part it lacks is an error naming the prefix."""
+    config, transformer, texts, vae = parts(state, path, side, dtypes)
+    return config, transformer(), texts(), vae()
+
+
+def parts(state: dict[str, torch.Tensor], path: Path, side: Path | None, dtypes: PartDtypes | None = None
+          ) -> tuple[ModelConfig, Callable, Callable, Callable]:
+    """(config, and functions building the transformer, [clip_l, t5xxl] and the autoencoder) of a whole Flux
+    checkpoint: the configuration is read off the weights now, each part is built when its function is called
+    (checkpoint.load_bundle builds them on first use, flowrun.diffusion.lazy)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     from flowrun.diffusion import t5
@@ -104,27 +113,31 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, dt
     from flowrun.diffusion.weights import _instantiate, _load_text
 
     dtypes = dtypes or ALL_FLOAT32
-
     base = ModelConfig.from_sidecar(side, FLUX) if side else None
     config_unet, weights = transformer_parts({k: v for k, v in state.items() if k.startswith(flux_layout.PREFIX)},
-                                                 path, base)
+                                             path, base)
     config = dataclasses.replace(base or ModelConfig.default(FLUX), unet=config_unet, source=str(side or path))
-    parts = {}
+    found = {}
     for prefix, what in ((VAE_PREFIX, "autoencoder"), (CLIP_L_PREFIX, "CLIP-L text encoder"),
                          (T5_PREFIX, "T5-XXL text encoder")):
-        parts[prefix] = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not parts[prefix]:
+        found[prefix] = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not found[prefix]:
             raise CheckpointError(f"{path}: a Flux transformer without its {what} ('{prefix}*'): load the transformer "
                                   "with UNETLoader and the other parts with DualCLIPLoader (type flux) and VAELoader")
-    transformer = build_transformer(config_unet, weights, path, dtypes.unet)
-    # the autoencoder as SD checkpoints' is read, with the 16-channel configuration (no quant convolutions)
-    vae_state = convert_ldm_vae_checkpoint(parts[VAE_PREFIX], config.vae)
-    vae = _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path, dtypes.vae)
-    clip_l = _load_text(config.text_encoders[0], parts[CLIP_L_PREFIX], False, "CLIP-L text encoder", path,
-                        dtypes.text)
-    t5_state = parts[T5_PREFIX]
+    t5_state = found[T5_PREFIX]
     config.text_encoders = [config.text_encoders[0], t5.config_from_state(t5_state)]
-    return config, transformer, [clip_l, t5.build(t5_state, dtypes.text)], vae
+
+    def texts() -> list[Any]:
+        clip_l = _load_text(config.text_encoders[0], found[CLIP_L_PREFIX], False, "CLIP-L text encoder", path,
+                            dtypes.text)
+        return [clip_l, t5.build(t5_state, dtypes.text)]
+
+    def vae():
+        # the autoencoder as SD checkpoints' is read, with the 16-channel configuration (no quant convolutions)
+        vae_state = convert_ldm_vae_checkpoint(found[VAE_PREFIX], config.vae)
+        return _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path, dtypes.vae)
+
+    return config, lambda: build_transformer(config_unet, weights, path, dtypes.unet), texts, vae
 
 
 def sampling(config: dict[str, Any]):
@@ -136,16 +149,22 @@ def sampling(config: dict[str, Any]):
     return FluxSampling(1.15) if config.get("guidance_embeds") else FlowSampling(1.0, multiplier=1.0)
 
 
-def diffusion_model(transformer, config: ModelConfig, fingerprint: str, device: str = "cpu"):
-    """The MODEL value of a loaded transformer: the adapter, the default schedule, Flux's latent format."""
+def diffusion_model(transformer, config: ModelConfig, fingerprint: str, device: str = "cpu",
+                    dtype: torch.dtype | None = None):
+    """The MODEL value of a loaded transformer (or a lazy.Deferred one, held in `dtype`): the adapter, the
+    default schedule, Flux's latent format."""
     from flowrun.diffusion.flux_network import FluxNetwork
+    from flowrun.diffusion.lazy import Deferred
     from flowrun.diffusion.model import DiffusionModel
 
-    network = FluxNetwork(transformer).to(device)
-    channels = network.config.out_channels
+    if isinstance(transformer, Deferred):
+        network = Deferred(lambda: FluxNetwork(transformer.get()).to(device))
+    else:
+        network, dtype = FluxNetwork(transformer).to(device), transformer.dtype
+    channels = (config.unet.get("out_channels") or config.unet["in_channels"]) // 4
     latent_format = ([LATENT_SHIFT] * channels, [1.0] * channels, [LATENT_SCALE] * channels)
     return DiffusionModel(network, sampling(config.unet), config, fingerprint, device=device,
-                          dtype=transformer.dtype, latent_format=latent_format)
+                          dtype=dtype, latent_format=latent_format)
 
 
 def load_unet(state: dict[str, torch.Tensor], path: Path, fingerprint: str, side: ModelConfig | None = None, *,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -150,6 +150,15 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, dt
     """(config, network adapter, [clip_l, clip_g, t5] with None for one the file lacks, vae) of an SD3 single
     file, each part in its `dtypes` (None: float32); also on the meta device (tests map the full-size layouts
     this way)."""
+    config, network, texts, vae = parts(state, path, side, dtypes)
+    return config, network(), texts(), vae()
+
+
+def parts(state: dict[str, torch.Tensor], path: Path, side: Path | None, dtypes: PartDtypes | None = None
+          ) -> tuple[ModelConfig, Callable, Callable, Callable]:
+    """(config, and functions building the network adapter, the text encoders and the VAE) of
+    an SD3 single file: the configuration is read off the shapes now, each part is built when its function
+    is called (checkpoint.load_bundle builds them on first use, flowrun.diffusion.lazy)."""
     from flowrun.diffusion import t5
     from flowrun.diffusion.precision import ALL_FLOAT32
     from flowrun.diffusion.sd3_network import SD3Network
@@ -159,45 +168,59 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, dt
     if config.family != SD3:
         raise CheckpointError(f"{path}: its keys say sd3, its config {config.source} says {config.family}")
     dtypes = dtypes or ALL_FLOAT32
-    unet_config, transformer = build_transformer(_part(state, UNET), path, config.unet if side else None,
-                                                 dtypes.unet)
-    config.unet = unet_config
+    unet_state = strip_prefix(state)
+    if not side:
+        config.unet = transformer_config({k: tuple(v.shape) for k, v in unet_state.items()})
     vae_state = _part(state, VAE)
     if "decoder.conv_in.weight" not in vae_state:
         raise CheckpointError(f"{path}: an SD3 transformer without a VAE under '{VAE}*' (a transformer file: load it "
                               "with UNETLoader and the VAE with VAELoader)")
     if not side:
         config.vae = vae_config(vae_state, config.vae)
-    vae = build_vae(vae_state, config.vae, path, dtypes.vae)
-    texts: list[Any] = [None, None, None]
-    if CLIP_L + "text_model.final_layer_norm.weight" in state:
-        texts[0] = _load_text(config.text_encoders[0], _part(state, CLIP_L), False, "CLIP-L text encoder", path,
-                              dtypes.text)
-    if CLIP_G + "text_model.final_layer_norm.weight" in state:
-        texts[1] = _load_text(config.text_encoders[1], _part(state, CLIP_G), True, "CLIP-G text encoder", path,
-                              dtypes.text)
     t5_state = _part(state, T5XXL)
     if t5.is_t5(t5_state):
-        try:
-            texts[2] = t5.build(t5_state, dtypes.text)
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
         config.text_encoders[2] = t5.config_from_state(t5_state)
     config.source = str(path)
-    return config, SD3Network(transformer), texts, vae
+
+    def network():
+        return SD3Network(build_transformer(unet_state, path, config.unet, dtypes.unet)[1])
+
+    def texts() -> list[Any]:
+        built: list[Any] = [None, None, None]
+        if CLIP_L + "text_model.final_layer_norm.weight" in state:
+            built[0] = _load_text(config.text_encoders[0], _part(state, CLIP_L), False, "CLIP-L text encoder", path,
+                                  dtypes.text)
+        if CLIP_G + "text_model.final_layer_norm.weight" in state:
+            built[1] = _load_text(config.text_encoders[1], _part(state, CLIP_G), True, "CLIP-G text encoder", path,
+                                  dtypes.text)
+        if t5.is_t5(t5_state):
+            try:
+                built[2] = t5.build(t5_state, dtypes.text)
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
+        return built
+
+    return config, network, texts, lambda: build_vae(vae_state, config.vae, path, dtypes.vae)
 
 
-def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str = "cpu"):
-    """The MODEL value of an SD3 network adapter: on SD3's flow schedule (shift 3.0, timestep 1000 sigma, as
-    ComfyUI's supported_models.SD3), latents seen as (latent - 0.0609) * 1.5305."""
+def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str = "cpu",
+                    dtype: torch.dtype | None = None):
+    """The MODEL value of an SD3 network adapter (or a lazy.Deferred one, held in `dtype`): on SD3's flow
+    schedule (shift 3.0, timestep 1000 sigma, as ComfyUI's supported_models.SD3), latents seen as
+    (latent - 0.0609) * 1.5305."""
     from flowrun.diffusion.flow_sampling import FlowSampling
+    from flowrun.diffusion.lazy import Deferred
     from flowrun.diffusion.model import DiffusionModel
     from flowrun.diffusion.sd3_network import latent_format
 
-    network.to(device)
-    dtype = next(network.parameters()).dtype
+    if isinstance(network, Deferred):
+        unbuilt = network
+        network = Deferred(lambda: unbuilt.get().to(device))
+    else:
+        network.to(device)
+        dtype = next(network.parameters()).dtype
     return DiffusionModel(network, FlowSampling(3.0, multiplier=1000.0), config, fingerprint, device=device,
-                          dtype=dtype, latent_format=latent_format(int(network.config.in_channels)))
+                          dtype=dtype, latent_format=latent_format(int(config.unet.get("in_channels", 16))))
 
 
 def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: ModelConfig | None, fingerprint: str,
