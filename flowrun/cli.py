@@ -19,7 +19,7 @@ from flowrun import __version__, api
 from flowrun.errors import FlowrunError, UsageError, WorkflowInvalid
 from flowrun.execute.events import Events
 from flowrun.safepath import write_atomic
-from flowrun.settings import Settings, cache_location, default_cache_dir
+from flowrun.settings import DTYPES, Settings, cache_location, default_cache_dir, dtype_problem
 from flowrun.spec.sweep import Overrides
 
 _debug = bool(os.environ.get("FLOWRUN_DEBUG"))
@@ -39,6 +39,7 @@ def _as_click_usage():
 
 
 LOCK_META = "flowrun.lock"
+DTYPE_META = "flowrun.dtype"
 
 
 def sweep_options(fn):
@@ -74,7 +75,17 @@ def lock_options(fn):
     return fn
 
 
+def _dtype_choice(ctx, param, value):
+    """--dtype, kept on the context for _settings (every command with cache options takes it)."""
+    if value is not None:
+        ctx.meta[DTYPE_META] = value
+    return value
+
+
 def cache_options(fn):
+    fn = click.option("--dtype", type=click.Choice(DTYPES), expose_value=False, callback=_dtype_choice,
+                      help="Precision of the models (default: float32 on the CPU, float16 on CUDA). Part of the "
+                           "cache keys and of the goldens' folder (cpu-bf16/...).")(fn)
     fn = click.option("--device", metavar="DEVICE", help="torch device for models (default: cuda if available, else cpu).")(fn)
     fn = lock_options(fn)
     fn = lookup_options(fn)
@@ -91,6 +102,11 @@ def _settings(cache_dir, no_cache, out=None, plugins=(), models_dirs=(), allow_p
     ctx = click.get_current_context(silent=True)
     if ctx is not None and LOCK_META in ctx.meta:
         s.lock = ctx.meta[LOCK_META]
+    if ctx is not None and DTYPE_META in ctx.meta:
+        s.dtype = ctx.meta[DTYPE_META]
+        why = dtype_problem(device, s.dtype)
+        if why:
+            raise click.BadParameter(why, param_hint="'--dtype'")
     if cache_dir is not None:
         s.cache_dir = cache_location(str(cache_dir))
     return s

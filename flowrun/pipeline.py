@@ -118,7 +118,8 @@ def diff(left: Side, right: Side, settings: Settings | None = None, render_dir: 
 
     settings = settings or Settings()
     result = workflow_diff(left.resolved, right.resolved, FileLookup.for_workflow(left.resolved.file, settings),
-                           FileLookup.for_workflow(right.resolved.file, settings), settings.device)
+                           FileLookup.for_workflow(right.resolved.file, settings), settings.device,
+                           settings.dtype)
     if render_dir is None:
         return result, None
     from dataclasses import replace
@@ -219,7 +220,7 @@ def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph
     from flowrun.graph.plan import plan as make_plan
 
     settings = settings or Settings()
-    graph = build(resolved, FileLookup.for_workflow(resolved.file, settings), settings.device)
+    graph = build(resolved, FileLookup.for_workflow(resolved.file, settings), settings.device, settings.dtype)
     return graph, make_plan(graph, open_cache(settings))
 
 
@@ -274,7 +275,7 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
     out_dir = Path(settings.out_dir or default_out_dir(resolved.file))
     cache = open_cache(settings, memory)
     shared = services(resolved.file, settings, models)
-    graph = build(resolved, shared.lookup, settings.device)
+    graph = build(resolved, shared.lookup, settings.device, settings.dtype)
     steps = make_plan(graph, cache)
     executor = make_executor(settings, graph, steps, cache, out_dir, shared, events)
     started, t0 = now(), time.perf_counter()

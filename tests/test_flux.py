@@ -460,16 +460,3 @@ def test_unet_patches_on_a_flux_model_are_refused_by_name(flux_models, tmp_path)
     with pytest.raises(FlowrunError) as info:
         _run(tmp_path, flux_models, wf)
     assert "node 'freeu'" in info.value.render() and "FreeU_V2 patches a UNet's blocks" in info.value.render()
-
-
-def test_compute_dtype_keeps_half_precision_files_on_accelerators():
-    from flowrun.diffusion.flux_files import compute_dtype
-
-    def weights(dtype):
-        return {"a": torch.zeros(4, dtype=dtype), "b": torch.zeros(1, dtype=torch.float32)}
-
-    assert compute_dtype(weights(torch.bfloat16), "cpu") == torch.float32
-    assert compute_dtype(weights(torch.bfloat16), "cuda") == torch.bfloat16
-    assert compute_dtype(weights(torch.float16), "cuda:0") == torch.float16
-    assert compute_dtype(weights(torch.float8_e4m3fn), "cuda") == torch.bfloat16
-    assert compute_dtype(weights(torch.float32), "cuda") == torch.float32

@@ -21,6 +21,8 @@ from flowrun.diffusion.checkpoint import (_V_PRED_PROBE, _instantiate, _load_ope
                                           sidecar, tokenizer)
 from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG, _OPEN_CLIP_H, FLUX, SD1, SD2, SDXL, ModelConfig
 from flowrun.diffusion.detect import CONTEXT_WIDTH, UNET, CheckpointError
+from flowrun.diffusion.diffusers_models import UNet2DConditionModel
+from flowrun.diffusion.precision import part_dtypes
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
 from flowrun.diffusion.weights import build_vae, vae_config
 
@@ -52,23 +54,23 @@ def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[st
     return state
 
 
-def _load(build, state: dict, what: str, path: Path):
+def _load(build, state: dict, what: str, path: Path, dtype: torch.dtype = torch.float32):
     try:
-        return _instantiate(build, state, what, path)
+        return _instantiate(build, state, what, path, dtype)
     except RuntimeError as exc:  # shapes that do not fit the configuration
         raise CheckpointError(f"{path}: {what} weights do not fit its configuration: {str(exc)[:300]}") from None
 
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
-              allow_pickle: bool = False) -> DiffusionModel:
+              allow_pickle: bool = False, dtype: str | None = None) -> DiffusionModel:
     """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 (sd3_files) or Flux.1 (flux_files)
-    transformer file. An fp8 `weight_dtype` rounds every weight to that format, as ComfyUI stores them, and
-    computes in float32."""
-    from diffusers import UNet2DConditionModel
+    transformer file, computing in the run's precision `dtype` (None: the device's default). An fp8
+    `weight_dtype` rounds every weight to that format, as ComfyUI stores them."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     from flowrun.diffusion import sd3_files
 
+    compute = part_dtypes(device, dtype).unet
     state = read_state_dict(path, allow_pickle)
     if sd3_files.is_sd3(state):  # SD3 / SD3.5's MMDiT
         config, _ = _config(path, sd3_files.SD3)
@@ -77,14 +79,15 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
                                   f"{config.family}")
         side = config if sidecar(path) is not None else None
         fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
-        return sd3_files.load_transformer_file(state, path, side, fingerprint, device, fp8)
+        return sd3_files.load_transformer_file(state, path, side, fingerprint, device, fp8, compute)
     if flux_files.is_flux(state):
         side = sidecar(path)
         try:
             config = ModelConfig.from_sidecar(side, FLUX) if side else None
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
-        return flux_files.load_unet(state, path, fingerprint, config, device=device, weight_dtype=weight_dtype)
+        return flux_files.load_unet(state, path, fingerprint, config, device=device, weight_dtype=weight_dtype,
+                                    dtype=compute)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}
@@ -103,19 +106,22 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
         if config.family == SD2 and probe is not None and probe.float().std() <= 0.09:
             config.prediction_type = "epsilon"
     unet_state = state if diffusers_layout else convert_ldm_unet_checkpoint(state, config.unet)
-    unet = _load(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path)
+    unet = _load(lambda: UNet2DConditionModel(**config.unet), unet_state, "UNet", path, compute)
     if weight_dtype in FP8:
         fp8 = getattr(torch, FP8[weight_dtype])
         with torch.no_grad():
             for p in unet.parameters():
-                p.copy_(p.to(fp8).float())
+                p.copy_(p.to(fp8).to(compute))
     unet.to(device)
-    return DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device)
+    return DiffusionModel(unet, ModelSampling(config.prediction_type), config, fingerprint, device=device,
+                          dtype=compute)
 
 
-def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False) -> Vae:
+def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False,
+             dtype: str | None = None) -> Vae:
     """VAE from a file in models/vae, in the original layout (`encoder.down.*`) or diffusers' (`encoder.down_blocks.*`):
-    SD's 4-channel autoencoders and SD3's / Flux's 16-channel one (no quant convolutions)."""
+    SD's 4-channel autoencoders and SD3's / Flux's 16-channel one (no quant convolutions), in the precision
+    `dtype` gives VAEs on `device`."""
     state = _strip(read_state_dict(path, allow_pickle), VAE_PREFIXES)
     if "decoder.conv_in.weight" not in state:
         raise CheckpointError(f"{path}: not a VAE: expected 'encoder.*' and 'decoder.*' weights, found keys like "
@@ -123,7 +129,7 @@ def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle:
     config, from_side = _config(path, SD1)
     if not from_side:
         config.vae = vae_config(state, config.vae)
-    vae = build_vae(state, config.vae, path)
+    vae = build_vae(state, config.vae, path, part_dtypes(device, dtype).vae)
     vae.to(device)
     return Vae(vae, config, fingerprint)
 

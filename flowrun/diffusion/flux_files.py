@@ -6,21 +6,23 @@ in flowrun.diffusion.components), and the MODEL value made of it.
 The transformer's configuration is read off the weights (width, depth, input channels: 64 dev / schnell,
 384 Fill, 128 Canny / Depth; guidance embedding: dev yes, schnell no); a sidecar `<name>.json` gives what the
 weights cannot (a toy model's rotary axes). Networks are built on the meta device and given the file's
-tensors (assign), converted once to the compute dtype (compute_dtype: float32 on the CPU, the file's
-fp16 / bf16 on an accelerator; fp8 files are upcast at load, to bf16 there).
+tensors (assign), each cast on its own to the dtype the run's precision gives the part
+(flowrun.diffusion.precision.part_dtypes: the transformer in the run's dtype, fp8 files upcast to it at
+load; the autoencoder and text encoders as precision.py chooses for them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from flowrun.diffusion import flux_layout
 from flowrun.diffusion.configs import FLUX, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
+from flowrun.diffusion.precision import PartDtypes
 
 # where ComfyUI's whole Flux checkpoints keep the other parts
 VAE_PREFIX = "vae."
@@ -68,7 +70,8 @@ def build_transformer(config: dict[str, Any], state: dict[str, torch.Tensor], pa
                       dtype: torch.dtype = torch.float32):
     """FluxTransformer2DModel built on the meta device and given `state`'s tensors (BFL layout converted),
     in `dtype` (meta tensors stay meta: the full-size layout is checked without memory)."""
-    from diffusers import FluxTransformer2DModel
+    from flowrun.diffusion import diffusers_models  # noqa: F401  (the module below without its package tree)
+    from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
 
     with torch.device("meta"):
         model = FluxTransformer2DModel(**config)
@@ -88,35 +91,53 @@ def build_transformer(config: dict[str, Any], state: dict[str, torch.Tensor], pa
     return model.eval().requires_grad_(False)
 
 
-def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None) -> tuple[ModelConfig, Any, list[Any], Any]:
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, dtypes: PartDtypes | None = None
+               ) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, transformer, [clip_l, t5xxl], autoencoder) of a whole Flux checkpoint, its parts under ComfyUI's
-    prefixes (CheckpointLoaderSimple: flowrun.diffusion.checkpoint dispatches here); a part it lacks is an error
-    naming the prefix."""
-    from diffusers import AutoencoderKL
+    prefixes (CheckpointLoaderSimple: flowrun.diffusion.checkpoint dispatches here), each in its `dtypes`
+    (None: float32); a part it lacks is an error naming the prefix."""
+    config, transformer, texts, vae = parts(state, path, side, dtypes)
+    return config, transformer(), texts(), vae()
+
+
+def parts(state: dict[str, torch.Tensor], path: Path, side: Path | None, dtypes: PartDtypes | None = None
+          ) -> tuple[ModelConfig, Callable, Callable, Callable]:
+    """(config, and functions building the transformer, [clip_l, t5xxl] and the autoencoder) of a whole Flux
+    checkpoint: the configuration is read off the weights now, each part is built when its function is called
+    (checkpoint.load_bundle builds them on first use, flowrun.diffusion.lazy)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     from flowrun.diffusion import t5
+    from flowrun.diffusion.diffusers_models import AutoencoderKL
+    from flowrun.diffusion.precision import ALL_FLOAT32
     from flowrun.diffusion.weights import _instantiate, _load_text
 
+    dtypes = dtypes or ALL_FLOAT32
     base = ModelConfig.from_sidecar(side, FLUX) if side else None
     config_unet, weights = transformer_parts({k: v for k, v in state.items() if k.startswith(flux_layout.PREFIX)},
-                                                 path, base)
+                                             path, base)
     config = dataclasses.replace(base or ModelConfig.default(FLUX), unet=config_unet, source=str(side or path))
-    parts = {}
+    found = {}
     for prefix, what in ((VAE_PREFIX, "autoencoder"), (CLIP_L_PREFIX, "CLIP-L text encoder"),
                          (T5_PREFIX, "T5-XXL text encoder")):
-        parts[prefix] = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not parts[prefix]:
+        found[prefix] = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not found[prefix]:
             raise CheckpointError(f"{path}: a Flux transformer without its {what} ('{prefix}*'): load the transformer "
                                   "with UNETLoader and the other parts with DualCLIPLoader (type flux) and VAELoader")
-    transformer = build_transformer(config_unet, weights, path)
-    # the autoencoder as SD checkpoints' is read, with the 16-channel configuration (no quant convolutions)
-    vae_state = convert_ldm_vae_checkpoint(parts[VAE_PREFIX], config.vae)
-    vae = _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path)
-    clip_l = _load_text(config.text_encoders[0], parts[CLIP_L_PREFIX], False, "CLIP-L text encoder", path)
-    t5_state = parts[T5_PREFIX]
+    t5_state = found[T5_PREFIX]
     config.text_encoders = [config.text_encoders[0], t5.config_from_state(t5_state)]
-    return config, transformer, [clip_l, t5.build(t5_state, torch.float32)], vae
+
+    def texts() -> list[Any]:
+        clip_l = _load_text(config.text_encoders[0], found[CLIP_L_PREFIX], False, "CLIP-L text encoder", path,
+                            dtypes.text)
+        return [clip_l, t5.build(t5_state, dtypes.text)]
+
+    def vae():
+        # the autoencoder as SD checkpoints' is read, with the 16-channel configuration (no quant convolutions)
+        vae_state = convert_ldm_vae_checkpoint(found[VAE_PREFIX], config.vae)
+        return _instantiate(lambda: AutoencoderKL(**config.vae), vae_state, "VAE", path, dtypes.vae)
+
+    return config, lambda: build_transformer(config_unet, weights, path, dtypes.unet), texts, vae
 
 
 def sampling(config: dict[str, Any]):
@@ -128,40 +149,30 @@ def sampling(config: dict[str, Any]):
     return FluxSampling(1.15) if config.get("guidance_embeds") else FlowSampling(1.0, multiplier=1.0)
 
 
-def diffusion_model(transformer, config: ModelConfig, fingerprint: str, device: str = "cpu"):
-    """The MODEL value of a loaded transformer: the adapter, the default schedule, Flux's latent format."""
+def diffusion_model(transformer, config: ModelConfig, fingerprint: str, device: str = "cpu",
+                    dtype: torch.dtype | None = None):
+    """The MODEL value of a loaded transformer (or a lazy.Deferred one, held in `dtype`): the adapter, the
+    default schedule, Flux's latent format."""
     from flowrun.diffusion.flux_network import FluxNetwork
+    from flowrun.diffusion.lazy import Deferred
     from flowrun.diffusion.model import DiffusionModel
 
-    network = FluxNetwork(transformer).to(device)
-    channels = network.config.out_channels
+    if isinstance(transformer, Deferred):
+        network = Deferred(lambda: FluxNetwork(transformer.get()).to(device))
+    else:
+        network, dtype = FluxNetwork(transformer).to(device), transformer.dtype
+    channels = (config.unet.get("out_channels") or config.unet["in_channels"]) // 4
     latent_format = ([LATENT_SHIFT] * channels, [1.0] * channels, [LATENT_SCALE] * channels)
     return DiffusionModel(network, sampling(config.unet), config, fingerprint, device=device,
-                          dtype=transformer.dtype, latent_format=latent_format)
-
-
-def compute_dtype(weights: dict[str, torch.Tensor], device: str) -> torch.dtype:
-    """The dtype a transformer is held and computed in: float32 on the CPU (the same numbers everywhere); on
-    an accelerator the file's fp16 or bf16 (a 12 B model in 24 GB, not 48), bf16 for an fp8 file (upcast
-    at load), float32 for a float32 file."""
-    if str(device).startswith("cpu"):
-        return torch.float32
-    counts: dict[torch.dtype, int] = {}
-    for v in weights.values():
-        if v.is_floating_point():
-            counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
-    stored = max(counts, key=counts.get) if counts else torch.float32
-    if stored in (torch.float16, torch.bfloat16, torch.float32):
-        return stored
-    return torch.bfloat16
+                          dtype=dtype, latent_format=latent_format)
 
 
 def load_unet(state: dict[str, torch.Tensor], path: Path, fingerprint: str, side: ModelConfig | None = None, *,
-              device: str = "cpu", weight_dtype: str = "default"):
-    """MODEL from a Flux transformer file (UNETLoader); `side`: its sidecar's configs. An fp8 `weight_dtype`
-    rounds the weights to that format first, as ComfyUI stores them; they are computed in compute_dtype."""
+              device: str = "cpu", weight_dtype: str = "default", dtype: torch.dtype = torch.float32):
+    """MODEL from a Flux transformer file (UNETLoader); `side`: its sidecar's configs; held and computed in
+    `dtype` (the run's: an fp8 or bf16 file upcast or cast to it). An fp8 `weight_dtype` rounds the weights to
+    that format first, as ComfyUI stores them."""
     config_unet, weights = transformer_parts(state, path, side)
-    dtype = compute_dtype(weights, device)
     if weight_dtype in FP8:
         fp8 = getattr(torch, FP8[weight_dtype])
         weights = {k: v.to(fp8) if v.is_floating_point() else v for k, v in weights.items()}

@@ -21,17 +21,25 @@ from flowrun.safepath import relative_name_problem
 
 @dataclass(frozen=True)
 class DevicePolicy:
-    """Where models run and in what precision. `requested` None: cuda if available, else cpu. Models
-    compute in float32 today (exact parity with ComfyUI's CPU numbers); text encoders stay on the CPU."""
+    """Where models run and in what precision. `requested` None: cuda if available, else cpu.
+    `requested_dtype` None: the device's default (float32 on the CPU: exact parity with ComfyUI's CPU
+    numbers; float16 on CUDA); flowrun.diffusion.precision gives each model part its dtype."""
 
     requested: str | None = None
-    dtype: str = "float32"
+    requested_dtype: str | None = None
 
     @property
     def device(self) -> str:
         if self.requested:
             return self.requested
         return _auto_device()
+
+    @property
+    def dtype(self) -> str:
+        """The run's precision by name (float32, bfloat16, float16)."""
+        from flowrun.precision import resolved
+
+        return resolved(self.device, self.requested_dtype)
 
 
 def _auto_device() -> str:

@@ -27,5 +27,5 @@ def open_cache(settings: Settings, memory: MemoryCache | None = None) -> NodeCac
 
 def services(workflow_file: str | Path, settings: Settings, models: ModelPool | None = None) -> Services:
     """What every node of one run shares: the device policy, the model pool, the file lookup."""
-    return Services(DevicePolicy(settings.device), models or ModelPool(),
+    return Services(DevicePolicy(settings.device, settings.dtype), models or ModelPool(),
                     FileLookup.for_workflow(workflow_file, settings))

@@ -43,8 +43,9 @@ def vae_loader(p: VaeParams, ctx) -> ports.Vae:
         build = lambda: load_tiny(p.vae_name, *paths, fingerprint, device=device,  # noqa: E731
                                   allow_pickle=ctx.files.allow_pickle)
     else:
-        build = lambda: load_vae(paths[0], fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)  # noqa: E731
-    vae, = loading(lambda: ctx.models.load(("vae", fingerprint, device), lambda: (build(),)))
+        build = lambda: load_vae(paths[0], fingerprint, device=device, allow_pickle=ctx.files.allow_pickle,  # noqa: E731
+                                 dtype=ctx.device.requested_dtype)
+    vae, = loading(lambda: ctx.models.load(("vae", fingerprint, device, ctx.device.dtype), lambda: (build(),)))
     return vae
 
 
@@ -117,8 +118,8 @@ def unet_loader(p: UnetParams, ctx) -> ports.Model:
     device = ctx.device.device
     return load_one(ctx, "unet_name", "diffusion_models", p.unet_name,
                     lambda path, fp: load_unet(path, fp, device=device, weight_dtype=p.weight_dtype,
-                                               allow_pickle=ctx.files.allow_pickle),
-                    device, p.weight_dtype)
+                                               allow_pickle=ctx.files.allow_pickle, dtype=ctx.device.requested_dtype),
+                    device, p.weight_dtype, ctx.device.dtype)
 
 
 class ConfigCheckpointParams(NodeParams):
@@ -141,7 +142,8 @@ def checkpoint_loader_with_config(p: ConfigCheckpointParams, ctx) -> dict:
     config = loading(lambda: ctx.files.path("configs", p.config_name))
     model, clip, vae = loading(lambda: ctx.models.load(
         ("checkpoint", fingerprint, device, ctx.device.dtype),
-        lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)))
+        lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle,
+                            dtype=ctx.device.requested_dtype)))
     return {"model": loading(lambda: with_ldm_config(model, config)), "clip": clip, "vae": vae}
 
 

@@ -16,6 +16,8 @@ def pytest_addoption(parser):
     group.addoption("--flowrun-update", action="store_true", help="rewrite flowrun goldens from the new renders")
     group.addoption("--flowrun-models-dir", action="append", default=[], help="extra model folder for flowrun cases")
     group.addoption("--flowrun-device", default=None, help="torch device for flowrun cases")
+    group.addoption("--flowrun-dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                    help="precision of flowrun cases (goldens in <device>-bf16/... for other than float32)")
 
 
 def pytest_collect_file(file_path: Path, parent):
@@ -52,9 +54,10 @@ class WorkflowCase(pytest.File):
             from flowrun.settings import Settings
 
             opt = self.config.getoption
-            settings = Settings(models_dirs=tuple(opt("flowrun_models_dir")), device=opt("flowrun_device"))
+            settings = Settings(models_dirs=tuple(opt("flowrun_models_dir")), device=opt("flowrun_device"),
+                                dtype=opt("flowrun_dtype"))
             out = Path(tempfile.mkdtemp(prefix=f"flowrun-{self.path.stem}-"))
-            self._result = run_case(self.path, settings, out, current_backend(settings.device),
+            self._result = run_case(self.path, settings, out, current_backend(settings.device, settings.dtype),
                                     update=opt("flowrun_update"))
         return self._result
 
