@@ -6,12 +6,14 @@ checkpoint (and the prompt encodings) stay in its memory cache, as in a sweep. M
 between the two so that machine noise hits both alike. Also prints the fraction of flowrun's render time
 spent inside model forward passes (UNet, VAE, text encoder).
 
-    python benchmarks/render_overhead.py [--steps 20] [--size 64] [--rounds 12] [--device cpu]
+    python benchmarks/render_overhead.py [--steps 20] [--size 64] [--rounds 12] [--device cpu] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -67,7 +69,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--ckpt", default=None, help="checkpoint name on the model search path (default: a tiny one)")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 4 steps (the test suite's check that this runs)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 2, 4
 
     import torch
 
@@ -80,6 +85,7 @@ def main() -> None:
 
     torch.set_num_threads(torch.get_num_threads())
     work = Path(tempfile.mkdtemp(prefix="flowrun-bench-"))
+    atexit.register(shutil.rmtree, work, True)
     models = work / "models"
     ckpt = args.ckpt
     if ckpt is None:
@@ -125,7 +131,7 @@ def main() -> None:
     print(f"device {args.device}, {args.size}x{args.size}, {args.steps} euler steps, cfg 7, {args.rounds} rounds (medians)")
     print(f"diffusers StableDiffusionPipeline  {b * 1000:8.1f} ms/image")
     print(f"flowrun run (model in memory)      {a * 1000:8.1f} ms/image")
-    print(f"flowrun / diffusers                {a / b:8.3f}   (overhead {100 * (a / b - 1):+.1f}%; aim < +5%)")
+    print(f"ratio flowrun / diffusers: {a / b:.3f}   (overhead {100 * (a / b - 1):+.1f}%; aim < +5%)")
     print(f"fraction of flowrun's render inside model forward passes: {statistics.median(forward_fraction):.3f}")
 
 

@@ -6,7 +6,7 @@
 2. a no-op re-run of that sweep (everything cached) against its cold run, whole process;
 3. peak memory (max RSS) of a 64-cell sweep against a single cell, whole process.
 
-    python benchmarks/sweep.py [--rounds 3]
+    python benchmarks/sweep.py [--rounds 3] [--quick]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,9 +100,10 @@ def in_process(work: Path, rounds: int) -> None:
     print(f"  diffusers, 8 calls            {ea:7.2f} s   1.00")
     print(f"  diffusers, batched by hand    {eb:7.2f} s   {eb / ea:.2f}")
     print(f"  flowrun run                   {ec:7.2f} s   {ec / ea:.2f}   (aim <= 0.40 and <= hand batching)")
+    print(f"ratio flowrun / 8 diffusers calls: {ec / ea:.2f}")
 
 
-def whole_process(work: Path) -> None:
+def whole_process(work: Path, quick: bool = False) -> None:
     from common import peak_rss_kib
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -115,7 +117,7 @@ def whole_process(work: Path) -> None:
     cache = work / "noop-cache"
     cold = timed(["run", str(wf), "--cache-dir", str(cache), "--out", str(work / "noop-a"), "-q"])
     noop = statistics.median(timed(["run", str(wf), "--cache-dir", str(cache), "--out", str(work / "noop-b"), "-q"])
-                             for _ in range(3))
+                             for _ in range(1 if quick else 3))
     print(f"no-op re-run against cold run (whole process): {noop:.2f} s / {cold:.2f} s = {noop / cold:.3f}   (aim <= 0.1)")
 
     def max_rss(path: Path) -> int:
@@ -123,19 +125,27 @@ def whole_process(work: Path) -> None:
                              str(work / f"rss-{path.stem}"), "-q", "--max-cells", "100"], env)
 
     one = max_rss(write(work, "one", [1], [7.0]))
-    many = max_rss(write(work, "many", list(range(16)), [3.0, 5.0, 7.0, 9.0]))
-    print(f"peak memory, 64-cell sweep against one cell: {many / 1024:.0f} MiB / {one / 1024:.0f} MiB = "
+    many = max_rss(write(work, "many", list(range(4 if quick else 16)), [3.0, 5.0, 7.0, 9.0]))
+    print(f"peak memory, {16 if quick else 64}-cell sweep against one cell: "
+          f"{many / 1024:.0f} MiB / {one / 1024:.0f} MiB = "
           f"{many / one:.2f}   (aim <= 1.5)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="one round, fewer re-runs and cells (the test suite's check "
+                    "that this runs)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds = 1
     work = Path(tempfile.mkdtemp(prefix="flowrun-sweep-bench-"))
     print(f"machine: {os.cpu_count()} CPUs, torch threads default; {json.dumps(sys.version.split()[0])}")
-    in_process(work, args.rounds)
-    whole_process(work)
+    try:
+        in_process(work, args.rounds)
+        whole_process(work, args.quick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

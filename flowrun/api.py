@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from flowrun.cache.housekeeping import MAX_SIZE_ENV
 from flowrun.errors import UsageError
@@ -18,18 +18,23 @@ from flowrun.execute.ray_options import RayOptions
 from flowrun.pipeline import RunResult, Side, diff, diff_sides, estimate, load, lock_files, plan, pull_models, registry, run
 from flowrun.settings import Settings, cache_location, default_cache_dir
 from flowrun.spec.schema import SCHEMA_PATH
+from flowrun.spec.sweep import Overrides
 
 if TYPE_CHECKING:
+    import threading
+
     from flowrun.cache.disk import DiskStore
+    from flowrun.execute.events import Events
     from flowrun.execute.ranking import RankedCell
     from flowrun.graph.resolve import Resolved
     from flowrun.interop.reproduce import Reproduction
     from flowrun.regress.run import RegressionRun
+    from flowrun.watch.session import Outcome
 
 __all__ = [
     "MAX_SIZE_ENV", "RayOptions", "RunResult", "SCHEMA_PATH", "Side", "diff", "diff_sides", "cache_clear", "cache_folder", "cache_info",
     "cache_prune", "describe_nodes", "estimate", "export_comfyui", "import_comfyui", "load", "lock_files", "plan", "pull_models", "rank",
-    "registry", "reproduce", "run", "run_tests", "schema_is_current", "schema_text", "write_schema",
+    "registry", "reproduce", "run", "run_tests", "schema_is_current", "schema_text", "watch", "write_schema",
 ]
 
 
@@ -88,6 +93,20 @@ def run_tests(paths: Iterable[str | os.PathLike] = (), settings: Settings | None
     return run_suite([Path(p) for p in paths], settings or Settings(), Path(report_dir), update=update,
                      backend=backend, accept=frozenset(accept), accept_env_drift=accept_env_drift,
                      changed_since=changed_since)
+
+
+def watch(path: str | os.PathLike, report: "Callable[[Outcome], None]", overrides: Overrides | None = None,
+          settings: Settings | None = None, *, events: "Events | None" = None, serve: int | None = None,
+          served: "Callable[[str], None] | None" = None, stop: "threading.Event | None" = None) -> None:
+    """Render the workflow at `path`, then again on every save of it (or of an input file it reads), in
+    this process, keeping models and results in memory; each step's Outcome (ran, unchanged, invalid,
+    failed) goes to `report`. With `serve` (a port, 0 for a free one), a page on 127.0.0.1 shows the
+    sweep grid and the samplers' previews; `served` gets its URL. Until `stop` is set or Ctrl-C."""
+    from flowrun.watch.loop import watch_file
+    from flowrun.watch.session import Session
+
+    session = Session(path, overrides, settings or Settings(), events)
+    watch_file(session, report, serve=serve, served=served, stop=stop)
 
 
 def describe_nodes(types: Iterable[str] = (), plugins: Iterable[str] = ()) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from flowrun import __version__, api
 from flowrun.errors import FlowrunError, UsageError, WorkflowInvalid
 from flowrun.execute.events import Events
 from flowrun.safepath import write_atomic
-from flowrun.settings import Settings, cache_location, default_cache_dir
+from flowrun.settings import DTYPES, Settings, cache_location, default_cache_dir, dtype_problem
 from flowrun.spec.sweep import Overrides
 
 _debug = bool(os.environ.get("FLOWRUN_DEBUG"))
@@ -39,6 +39,7 @@ def _as_click_usage():
 
 
 LOCK_META = "flowrun.lock"
+DTYPE_META = "flowrun.dtype"
 
 
 def sweep_options(fn):
@@ -74,7 +75,17 @@ def lock_options(fn):
     return fn
 
 
+def _dtype_choice(ctx, param, value):
+    """--dtype, kept on the context for _settings (every command with cache options takes it)."""
+    if value is not None:
+        ctx.meta[DTYPE_META] = value
+    return value
+
+
 def cache_options(fn):
+    fn = click.option("--dtype", type=click.Choice(DTYPES), expose_value=False, callback=_dtype_choice,
+                      help="Precision of the models (default: float32 on the CPU, float16 on CUDA). Part of the "
+                           "cache keys and of the goldens' folder (cpu-bf16/...).")(fn)
     fn = click.option("--device", metavar="DEVICE", help="torch device for models (default: cuda if available, else cpu).")(fn)
     fn = lock_options(fn)
     fn = lookup_options(fn)
@@ -91,6 +102,11 @@ def _settings(cache_dir, no_cache, out=None, plugins=(), models_dirs=(), allow_p
     ctx = click.get_current_context(silent=True)
     if ctx is not None and LOCK_META in ctx.meta:
         s.lock = ctx.meta[LOCK_META]
+    if ctx is not None and DTYPE_META in ctx.meta:
+        s.dtype = ctx.meta[DTYPE_META]
+        why = dtype_problem(device, s.dtype)
+        if why:
+            raise click.BadParameter(why, param_hint="'--dtype'")
     if cache_dir is not None:
         s.cache_dir = cache_location(str(cache_dir))
     return s
@@ -191,6 +207,58 @@ def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         click.echo(f"{len(result.files)} file(s) in {result.out_dir} ({summary}); manifest: {result.manifest_path}")
     return 0
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@sweep_options
+@cache_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: out/<workflow name>).")
+@click.option("-q", "--quiet", is_flag=True, help="No node-by-node progress, only a line per save.")
+@click.option("--no-batch", is_flag=True, help="Sample each cell alone instead of batching cells that differ in seed/cfg.")
+@click.option("--max-batch", type=click.IntRange(min=1), metavar="N",
+              help="Batch at most N cells in one sampler call (default: all that can batch together).")
+@click.option("--keep-going", is_flag=True, help="When a node fails, finish the other cells.")
+@click.option("--serve", type=click.IntRange(0, 65535), is_flag=False, flag_value=0, default=None, metavar="[PORT]",
+              help="Also serve a page on 127.0.0.1:PORT (alone or 0: a free port) showing the sweep grid, updated "
+                   "as outputs land, with latent previews while sampling.")
+def watch(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs, allow_pickle, device, out, quiet,
+          no_batch, max_batch, keep_going, serve):
+    """Render a workflow, then again on every save, in one process that keeps its models loaded: only what
+    changed re-runs; an invalid save shows its error and keeps the last outputs. Ctrl-C stops."""
+    settings = _settings(cache_dir, no_cache, out, plugins, models_dirs, allow_pickle, device)
+    settings.batch, settings.max_batch, settings.keep_going = not no_batch, max_batch, keep_going
+    click.echo(f"watching {file} (Ctrl-C to stop)", err=True)
+
+    def report(outcome) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if outcome.status in ("invalid", "failed"):
+            click.echo(outcome.message, err=True)
+            what = "invalid" if outcome.status == "invalid" else "a node failed"
+            click.echo(f"[{stamp}] {file}: {what}; the last outputs stay; waiting for the next save", err=True)
+        elif outcome.status == "unchanged":
+            click.echo(f"[{stamp}] nothing changed (every node's cache key is the same): nothing re-ran")
+        else:
+            click.echo(f"[{stamp}] {_ran(outcome.executed)}, {outcome.cached} cached, in {outcome.seconds:.2f} s; "
+                       f"{len(outcome.files)} file(s) in {outcome.out_dir}")
+
+    api.watch(file, report, _overrides(sets, sweeps, max_cells), settings,
+              events=ConsoleEvents(quiet), serve=serve, served=lambda url: click.echo(f"serving {url}", err=True))
+    return 0
+
+
+def _ran(executed) -> str:
+    """The nodes a run executed, once per node id with its cells and seconds added up: "re-ran sample x4 1.20 s"."""
+    if not executed:
+        return "re-ran no node"
+    seconds: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for n in executed:
+        seconds[n.node] = seconds.get(n.node, 0.0) + n.seconds
+        count[n.node] = count.get(n.node, 0) + 1
+    parts = [f"{node}{f' x{count[node]}' if count[node] > 1 else ''} {t:.2f} s" for node, t in seconds.items()]
+    return f"re-ran {len(executed)} node(s): " + ", ".join(parts)
 
 
 @cli.command()

@@ -24,6 +24,7 @@ from flowrun.spec.sweep import Overrides
 
 if TYPE_CHECKING:  # typing only: these import networkx, which `validate` does not need
     from flowrun.cache.memory import MemoryCache
+    from flowrun.execute.context import ModelPool
     from flowrun.execute.events import Events
     from flowrun.graph.build import Graph
     from flowrun.graph.plan import Step
@@ -117,7 +118,8 @@ def diff(left: Side, right: Side, settings: Settings | None = None, render_dir: 
 
     settings = settings or Settings()
     result = workflow_diff(left.resolved, right.resolved, FileLookup.for_workflow(left.resolved.file, settings),
-                           FileLookup.for_workflow(right.resolved.file, settings), settings.device)
+                           FileLookup.for_workflow(right.resolved.file, settings), settings.device,
+                           settings.dtype)
     if render_dir is None:
         return result, None
     from dataclasses import replace
@@ -218,7 +220,7 @@ def plan(resolved: "Resolved", settings: Settings | None = None) -> tuple["Graph
     from flowrun.graph.plan import plan as make_plan
 
     settings = settings or Settings()
-    graph = build(resolved, FileLookup.for_workflow(resolved.file, settings), settings.device)
+    graph = build(resolved, FileLookup.for_workflow(resolved.file, settings), settings.device, settings.dtype)
     return graph, make_plan(graph, open_cache(settings))
 
 
@@ -253,9 +255,10 @@ class RunResult:
 
 
 def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Events | None" = None,
-        memory: "MemoryCache | None" = None) -> RunResult:
+        memory: "MemoryCache | None" = None, models: "ModelPool | None" = None) -> RunResult:
     """Run a loaded workflow and write its outputs and run.json. Raises RunFailed if a node fails (run.json
-    is written all the same, with the failure recorded)."""
+    is written all the same, with the failure recorded). `memory` and `models`, kept by the caller, carry
+    results and loaded models from one run to the next (flowrun watch)."""
     from flowrun.execute.executor import cells_of, make_executor
     from flowrun.execute.manifest import build_manifest, now, write_manifest
     from flowrun.execute.resources import open_cache, services
@@ -271,8 +274,8 @@ def run(resolved: "Resolved", settings: Settings | None = None, *, events: "Even
             raise UsageError(problem)
     out_dir = Path(settings.out_dir or default_out_dir(resolved.file))
     cache = open_cache(settings, memory)
-    shared = services(resolved.file, settings)
-    graph = build(resolved, shared.lookup, settings.device)
+    shared = services(resolved.file, settings, models)
+    graph = build(resolved, shared.lookup, settings.device, settings.dtype)
     steps = make_plan(graph, cache)
     executor = make_executor(settings, graph, steps, cache, out_dir, shared, events)
     started, t0 = now(), time.perf_counter()

@@ -9,6 +9,7 @@ from pathlib import Path
 from flowrun.cache.housekeeping import default_max_bytes
 from flowrun.cache.memory import DEFAULT_MAX_BYTES
 from flowrun.execute.ray_options import RayOptions
+from flowrun.precision import DTYPES, problem as dtype_problem  # noqa: F401  (the CLI's choices and check)
 
 CACHE_ENV = "FLOWRUN_CACHE_DIR"
 
@@ -42,6 +43,8 @@ class Settings:
     models_dirs: tuple[str, ...] = ()  # searched before $FLOWRUN_MODELS, models/ beside the workflow, bundled models
     allow_pickle: bool = False  # load .ckpt/.pt checkpoints (with torch.load(weights_only=True))
     device: str | None = None  # torch device for models; None: cuda if available, else cpu
+    # precision of the models (flowrun.precision.DTYPES); None: the device's default (cpu float32, cuda float16)
+    dtype: str | None = None
     keep_going: bool = False  # a failing node stops only what depends on it; RunFailed at the end lists all
     max_batch: int | None = None  # cells per batched call at most (None: all that can batch together)
     executor: str = "local"  # "local", or "ray" (with ray_options; execute/executor.py picks by this)

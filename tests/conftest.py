@@ -18,17 +18,18 @@ ROOT = TESTS.parent
 os.environ["FLOWRUN_PLUGINS"] = "engine_nodes"  # tests/engine_nodes.py: small pure-Python nodes
 
 
-# optional extras: a workflow using one of these nodes needs the module (pip install 'flowrun[extra]')
-EXTRA_NODES = {"UpscaleModelLoader": "spandrel"}
-
-
 def missing_extra(workflow: Path) -> str | None:
-    """The module a workflow needs that is not installed (its nodes come from an optional extra), or None."""
-    import importlib.util
+    """The module a workflow needs that is not installed (its nodes declare an optional extra), or None."""
+    from flowrun.nodes.registry import default_registry
 
     text = Path(workflow).read_text()
-    return next((module for node_type, module in EXTRA_NODES.items()
-                 if f"type: {node_type}" in text and importlib.util.find_spec(module) is None), None)
+    registry = default_registry(builtin_only=True)
+    for name in registry.names():
+        if f"type: {name}" in text:
+            missing = registry.get(name).missing_extras()
+            if missing:
+                return missing[0][1]
+    return None
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The package's shape, read from its source: no import cycles; dependencies that point down the floors
-(cli → api → interop, regress → pipeline → the core); a CLI that reaches the package only through the api;
+(cli → api → interop, regress, watch → pipeline → the core); a CLI that reaches the package only through the api;
 and a light side (spec, graph, cache keys, errors, the CLI's start-up) that never imports torch.
 
 Imports are read statically (with `ast`), so the test sees every import, including those inside functions
@@ -205,9 +205,9 @@ def test_light_side_imports_no_torch_at_module_level():
 
 
 def test_dependencies_point_down_the_floors():
-    # cli -> api -> (interop, regress) -> pipeline -> the core; nothing reaches back up
+    # cli -> api -> (interop, regress, watch) -> pipeline -> the core; nothing reaches back up
     imports = import_map()
-    floors = [("flowrun.cli", "flowrun.__main__"), ("flowrun.api",), ("flowrun.interop", "flowrun.regress"),
+    floors = [("flowrun.cli", "flowrun.__main__"), ("flowrun.api",), ("flowrun.interop", "flowrun.regress", "flowrun.watch"),
               ("flowrun.pipeline",)]
 
     def floor(module: str) -> int:

@@ -292,14 +292,14 @@ def test_style_model_apply_appends_tokens_as_computed_by_hand(models, tiny_bundl
     assert torch.allclose(out[0].embedding[0, 77:], expected, atol=1e-5)
 
 
-def test_a_flux_redux_or_unknown_style_file_is_refused(tmp_path):
+def test_a_broken_redux_or_unknown_style_file_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     from flowrun.diffusion.detect import CheckpointError
     from flowrun.diffusion.style_model import load
 
     save_file({"redux_down.weight": torch.zeros(2, 2)}, str(tmp_path / "redux.safetensors"))
-    with pytest.raises(CheckpointError, match="Flux Redux style model; flowrun runs no Flux"):
+    with pytest.raises(CheckpointError, match="Redux weights do not fit together"):
         load(tmp_path / "redux.safetensors", "r")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not a style model flowrun knows"):

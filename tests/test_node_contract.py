@@ -205,3 +205,32 @@ def test_latent_and_conditioning_survive_the_disk_cache_with_every_field():
     assert first.extra == {"width": 64} and torch.equal(first.mask, torch.ones(1, 2, 2))
     assert back[1].pooled_output is None and back[1].area is None
     assert isinstance(back + back, Conditioning) and len(back + back) == 4
+
+
+# --- optional dependencies ---------------------------------------------------------------------------
+
+def test_a_node_that_needs_a_missing_extra_is_refused_at_its_type_line(tmp_path):
+    """A node declares the optional dependencies it needs; a workflow using it where the module is missing
+    fails validation at the node's `type:` line with the pip command, and nothing else is reported."""
+    from flowrun import pipeline
+    from flowrun.errors import WorkflowInvalid
+    from flowrun.nodes.registry import Registry
+
+    @node("NeedsExtra", output=True, extras={"fancy": "flowrun_no_such_module_xyz"})
+    def needs(p: SizeParams, ctx) -> None:
+        raise AssertionError("never runs")
+
+    @node("HasExtra", outputs={"out": ports.LATENT}, extras={"base": "json"})
+    def has(p: SizeParams, ctx) -> Latent:
+        raise AssertionError("never runs")
+
+    reg = Registry({"NeedsExtra": needs, "HasExtra": has})
+    assert needs.missing_extras() == [("fancy", "flowrun_no_such_module_xyz")] and has.missing_extras() == []
+    wf = tmp_path / "w.yaml"
+    wf.write_text("version: 1\nnodes:\n  ok:\n    type: HasExtra\n  a:\n    type: NeedsExtra\n    with: {size: 2}\n")
+    with pytest.raises(WorkflowInvalid) as err:
+        pipeline.load(wf, reg=reg)
+    [problem] = err.value.problems
+    assert (problem.kind, problem.node, problem.field, problem.location.line) == ("missing-extra", "a", "type", 6)
+    assert problem.message == "NeedsExtra needs flowrun_no_such_module_xyz, which is not installed"
+    assert problem.hint == "pip install 'flowrun[fancy]'"

@@ -122,7 +122,7 @@ def _reference_text(prompt: str):
 
 def test_text_conditioning_is_comfyuis_with_any_encoder_missing(sd3_models):
     from flowrun.diffusion.clip import encode
-    from flowrun.diffusion.sd3_files import load_text_encoders
+    from flowrun.diffusion.sd3_text_files import load_text_encoders
     from flowrun.diffusion.text_sd3 import encode_sd3
 
     te = sd3_models / "text_encoders"
@@ -130,7 +130,8 @@ def test_text_conditioning_is_comfyuis_with_any_encoder_missing(sd3_models):
     context, pooled, lg, z_t5 = _reference_text("a red circle")
     triple = load_text_encoders([files["t5xxl"], files["clip_g"], files["clip_l"]], ["a", "b", "c"])
     entry = encode(triple, "a red circle")[0]
-    assert torch.allclose(entry.embedding, context, atol=1e-5) and torch.allclose(entry.pooled_output, pooled, atol=1e-5)
+    assert torch.allclose(entry.embedding, context, atol=1e-5)
+    assert torch.allclose(entry.pooled_output, pooled, atol=1e-5)
 
     only_t5 = encode(load_text_encoders([files["t5xxl"]], ["t"]), "a red circle")[0]
     assert torch.allclose(only_t5.embedding, z_t5, atol=1e-5)  # no CLIP part: T5's tokens alone
@@ -150,6 +151,14 @@ def test_text_conditioning_is_comfyuis_with_any_encoder_missing(sd3_models):
     assert torch.allclose(padded.embedding, _reference_text("")[0], atol=1e-5)
     mixed = encode_sd3(triple, "", "a red circle", "a red circle", empty_padding=False)[0]
     assert mixed.embedding.shape == (1, 154, 96)  # CLIP-L gets the empty prompt's chunk to match CLIP-G
+    with pytest.raises(ValueError, match="embeddings are not supported for SD3 yet .*'embedding:sun'"):
+        encode(triple, "a red circle, embedding:sun")
+    last = encode(triple.with_layer(-1), "a red circle")[0].embedding  # CLIPSetLastLayer -1: the CLIPs' last
+    assert torch.equal(last[:, 77:], entry.embedding[:, 77:])  # T5's part is the same
+    assert not torch.allclose(last[:, :77], entry.embedding[:, :77])
+    with pytest.raises(ValueError, match="CLIPSetLastLayer -2 on SD3 with T5 is not supported"):
+        encode(triple.with_layer(-2), "a red circle")
+    assert encode(load_text_encoders([files["clip_l"]], ["l"]).with_layer(-3), "a")[0].embedding.shape == (1, 77, 96)
 
 
 def test_a_latent_off_the_patch_grid_is_padded_circularly_and_cropped(sd3_models):
@@ -323,3 +332,14 @@ def test_unet_patches_on_an_sd3_model_are_refused_by_name(sd3_models, tmp_path, 
     r = cli("run", wf, "--models-dir", sd3_models, "--no-cache", "--out", tmp_path / "o")
     assert r.code == 1 and "node 'freeu' (FreeU)" in r.err, r.err
     assert "input 'model': FreeU patches a UNet's blocks; this sd3 model is a transformer (DiT)" in r.err
+
+
+def test_unet_loader_fp8_weight_dtype_rounds_the_mmdit(sd3_models):
+    from flowrun.diffusion.components import load_unet
+
+    path = sd3_models / "diffusion_models" / "tiny-sd3-mmdit.safetensors"
+    plain, rounded = load_unet(path, "a"), load_unet(path, "b", weight_dtype="fp8_e4m3fn")
+    a, b = plain.unet.transformer.state_dict(), rounded.unet.transformer.state_dict()
+    assert rounded.dtype == torch.float32 and all(v.dtype == torch.float32 for v in b.values())
+    assert all(torch.equal(b[k], a[k].to(torch.float8_e4m3fn).float()) for k in a)
+    assert any(not torch.equal(b[k], a[k]) for k in a)

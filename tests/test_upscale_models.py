@@ -264,6 +264,9 @@ def test_without_spandrel_validation_says_how_to_install(tmp_path):
     r = subprocess.run([sys.executable, "-c", BLOCK_SPANDREL, "validate", str(workflow)], capture_output=True,
                        text=True, env=env, cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
-    line = next(i for i, t in enumerate(workflow.read_text().splitlines(), 1) if "model_name: flowrun-tiny-x2" in t)
-    assert (f"hires-fix-upscale.yaml:{line}:" in r.stderr and "node 'upscaler', field 'model_name': upscale "
-            "models need spandrel: pip install 'flowrun[upscale]'" in r.stderr), r.stderr
+    lines = workflow.read_text().splitlines()
+    line = next(i for i, t in enumerate(lines, 1) if "model_name: flowrun-tiny-x2" in t)
+    line = max(i for i, t in enumerate(lines[:line], 1) if "type: UpscaleModelLoader" in t)
+    assert (f"hires-fix-upscale.yaml:{line}:" in r.stderr and "error[missing-extra]: node 'upscaler', field 'type': "
+            "UpscaleModelLoader needs spandrel, which is not installed" in r.stderr
+            and "hint: pip install 'flowrun[upscale]'" in r.stderr), r.stderr

@@ -79,7 +79,8 @@ _TOP = [("pos_embed.proj.", "x_embedder.proj."), ("time_text_embed.timestep_embe
         ("time_text_embed.text_embedder.linear_1.", "y_embedder.mlp.0."),
         ("time_text_embed.text_embedder.linear_2.", "y_embedder.mlp.2."), ("context_embedder.", "context_embedder."),
         ("proj_out.", "final_layer.linear."), ("norm_out.linear.", "final_layer.adaLN_modulation.1.")]
-_QKV = [("attn.to_", "x_block.attn.qkv."), ("attn.add_", "context_block.attn.qkv."), ("attn2.to_", "x_block.attn2.qkv.")]
+_QKV = [("attn.to_", "x_block.attn.qkv."), ("attn.add_", "context_block.attn.qkv."),
+        ("attn2.to_", "x_block.attn2.qkv.")]
 
 
 def _swap(t):

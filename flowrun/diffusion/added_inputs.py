@@ -1,7 +1,7 @@
 """What a model family takes beside the prompt's token embeddings, per conditioning entry (the `added` inputs
-of a forward pass): SDXL's pooled text embedding and size/crop time ids, SD3's pooled vector. A family that takes more (a pooled
-vector, a guidance strength) adds its function to BY_FAMILY; the values are [1, n] tensors, which guidance
-batches along the first dimension and DiffusionModel hands to its network as `added_cond_kwargs`.
+of a forward pass): SDXL's pooled text embedding and size/crop time ids, SD3's pooled vector. A family that
+takes more (a pooled vector, a guidance strength) adds its function to BY_FAMILY; the values are [1, n] tensors,
+which guidance batches along the first dimension and DiffusionModel hands to its network as `added_cond_kwargs`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from flowrun.diffusion.configs import AURAFLOW, QWEN_IMAGE, SD3, SDXL, SDXL_REFINER, TIME_IDS, ZIMAGE
+from flowrun.diffusion.configs import AURAFLOW, FLUX, QWEN_IMAGE, SD3, SDXL, SDXL_REFINER, TIME_IDS, ZIMAGE
 
 
 def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -30,6 +30,29 @@ def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor
     time_ids = torch.tensor([[height, width, extra.get("crop_h", 0), extra.get("crop_w", 0), *last]],
                             dtype=torch.float32)
     return {"text_embeds": pooled.float(), "time_ids": time_ids}
+
+
+FLUX_GUIDANCE = 3.5  # ComfyUI's Flux model takes this distilled guidance when no FluxGuidance set one
+
+
+def _flux(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
+    """Flux's pooled CLIP-L vector (zeros without one) and, for a guidance-distilled model (dev), the
+    entry's guidance (`extra["guidance"]`, set by FluxGuidance or CLIPTextEncodeFlux; 3.5 otherwise). A
+    guidance set on a model without a guidance embedding (schnell) is an error: ComfyUI ignores it
+    silently, which hides a node that does nothing."""
+    config = model.unet.config
+    pooled = cond.pooled_output
+    if pooled is None:
+        pooled = torch.zeros(1, config.pooled_projection_dim)
+    out = {"pooled_projections": pooled.float().reshape(1, -1)}
+    guidance = cond.extra.get("guidance")
+    if config.guidance_embeds:
+        out["guidance"] = torch.tensor([[FLUX_GUIDANCE if guidance is None else float(guidance)]])
+    elif guidance is not None:
+        raise ValueError(f"input '{'positive' if positive else 'negative'}': the conditioning sets a Flux guidance "
+                         f"of {float(guidance):g} (FluxGuidance or CLIPTextEncodeFlux, field 'guidance'), but this "
+                         "model has no guidance embedding (a Flux schnell-type model): leave the guidance out")
+    return out
 
 
 def _sd3(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -74,8 +97,8 @@ def _zimage(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tens
 
 # family -> f(model, conditioning entry, positive, latent height, latent width) -> added inputs
 BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3,
-                                                                      AURAFLOW: _auraflow, QWEN_IMAGE: _qwen_image,
-                                                                      ZIMAGE: _zimage}
+                                                                     FLUX: _flux, AURAFLOW: _auraflow,
+                                                                     QWEN_IMAGE: _qwen_image, ZIMAGE: _zimage}
 
 
 def added_inputs(model: Any, cond: Any, positive: bool, h: int, w: int) -> dict[str, torch.Tensor] | None:

@@ -13,8 +13,8 @@ Layouts read:
 - a Pile-T5 XL file on its own (CLIPLoader: ComfyUI tells it from its weights, whatever the type).
 
 The attention's head width has no weight of its own: 256 (every published AuraFlow) unless a sidecar says
-otherwise. Weights are held as sd3_files.compute_dtype says: float32 on the CPU; on an accelerator the file's
-fp16 / bf16, fp8 files upcast to bfloat16 at load.
+otherwise. Each part is held in the dtype the run's precision gives it (flowrun.diffusion.precision.part_dtypes:
+the transformer in the run's dtype, fp8 files upcast to it at load; the VAE and Pile-T5 as precision.py chooses).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from flowrun.diffusion.configs import AURAFLOW, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
+from flowrun.diffusion.precision import PartDtypes
 
 UNET_PREFIXES = ("model.diffusion_model.", "model.")
 VAE_PREFIXES = ("vae.", "first_stage_model.")
@@ -130,72 +131,90 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
     return config, use_comfy_positions(transformer.to(dtype).eval().requires_grad_(False))
 
 
-def load_pile_t5(state: dict[str, torch.Tensor], path) -> Any:
-    """The Pile-T5 encoder of a state dict in transformers' layout (prefix stripped)."""
+def load_pile_t5(state: dict[str, torch.Tensor], path, dtype: torch.dtype = torch.float32) -> Any:
+    """The Pile-T5 encoder of a state dict in transformers' layout (prefix stripped), in `dtype`."""
     from flowrun.diffusion import text_auraflow
 
     try:
-        return text_auraflow.build(state)
+        return text_auraflow.build(state).to(dtype)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, device: str = "cpu"
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, dtypes: PartDtypes | None = None
                ) -> tuple[ModelConfig, Any, list[Any], Any]:
-    """(config, network adapter, [pile_t5], vae) of an AuraFlow single file; also on the meta device (tests map
-    the full-size layout this way)."""
+    """(config, network adapter, [pile_t5], vae) of an AuraFlow single file, each part in its `dtypes` (None:
+    float32); also on the meta device (tests map the full-size layout this way)."""
+    config, network, texts, vae = parts(state, path, side, dtypes)
+    return config, network(), texts(), vae()
+
+
+def parts(state: dict[str, torch.Tensor], path: Path, side: Path | None, dtypes: PartDtypes | None = None
+          ) -> tuple[ModelConfig, Callable, Callable, Callable]:
+    """(config, and functions building the network adapter, [pile_t5] and the VAE) of an AuraFlow single file: the
+    configuration is read off the shapes now, each part is built when its function is called
+    (checkpoint.load_bundle builds them on first use, flowrun.diffusion.lazy)."""
     from flowrun.diffusion import text_auraflow
     from flowrun.diffusion.auraflow_network import AuraFlowNetwork
+    from flowrun.diffusion.precision import ALL_FLOAT32
     from flowrun.diffusion.weights import build_vae, vae_config
-    from flowrun.diffusion.sd3_files import compute_dtype
 
     config = ModelConfig.from_sidecar(side, AURAFLOW) if side else ModelConfig.default(AURAFLOW)
     if config.family != AURAFLOW:
         raise CheckpointError(f"{path}: its keys say auraflow, its config {config.source} says {config.family}")
+    dtypes = dtypes or ALL_FLOAT32
     unet_state = strip_prefix(state)
-    unet_config, transformer = build_transformer(unet_state, path, config.unet if side else None,
-                                                 compute_dtype(unet_state, device))
-    config.unet = unet_config
+    if not side:
+        config.unet = transformer_config({k: tuple(v.shape) for k, v in unet_state.items()})
     vae_state = next((_part(state, p) for p in VAE_PREFIXES if any(k.startswith(p) for k in state)), {})
     if "decoder.conv_in.weight" not in vae_state:
         raise CheckpointError(f"{path}: an AuraFlow transformer without a VAE under 'vae.*' (a transformer file: load "
                               "it with UNETLoader, the VAE with VAELoader and the Pile-T5 encoder with CLIPLoader)")
     if not side:
         config.vae = vae_config(vae_state, config.vae)
-    vae = build_vae(vae_state, config.vae, path)
-    texts: list[Any] = [None]
     t5_state = _part(state, PILE_T5)
     if text_auraflow.is_pile_t5(t5_state):
-        texts[0] = load_pile_t5(t5_state, path)
         config.text_encoders = [text_auraflow.config_from_state(t5_state)]
     config.source = str(path)
-    return config, AuraFlowNetwork(transformer), texts, vae
+
+    def network():
+        return AuraFlowNetwork(build_transformer(unet_state, path, config.unet, dtypes.unet)[1])
+
+    def texts() -> list[Any]:
+        return [load_pile_t5(t5_state, path, dtypes.text) if text_auraflow.is_pile_t5(t5_state) else None]
+
+    return config, network, texts, lambda: build_vae(vae_state, config.vae, path, dtypes.vae)
 
 
-def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str = "cpu"):
-    """The MODEL value of an AuraFlow network adapter: on its flow schedule (shift 1.73, timestep sigma, as
-    ComfyUI's supported_models.AuraFlow), latents seen as latent * 0.13025."""
+def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str = "cpu",
+                    dtype: torch.dtype | None = None):
+    """The MODEL value of an AuraFlow network adapter (or a lazy.Deferred one, held in `dtype`): on its flow
+    schedule (shift 1.73, timestep sigma, as ComfyUI's supported_models.AuraFlow), latents seen as latent * 0.13025."""
     from flowrun.diffusion.auraflow_network import latent_format
     from flowrun.diffusion.flow_sampling import FlowSampling
+    from flowrun.diffusion.lazy import Deferred
     from flowrun.diffusion.model import DiffusionModel
 
-    network.to(device)
-    dtype = next(network.parameters()).dtype
+    if isinstance(network, Deferred):
+        unbuilt = network
+        network = Deferred(lambda: unbuilt.get().to(device))
+    else:
+        network.to(device)
+        dtype = next(network.parameters()).dtype
     return DiffusionModel(network, FlowSampling(1.73, multiplier=1.0), config, fingerprint, device=device,
-                          dtype=dtype, latent_format=latent_format(int(network.config.in_channels)))
+                          dtype=dtype, latent_format=latent_format(int(config.unet.get("in_channels", 4))))
 
 
 def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: ModelConfig | None, fingerprint: str,
-                          device: str = "cpu", fp8: torch.dtype | None = None):
+                          device: str = "cpu", fp8: torch.dtype | None = None, dtype: torch.dtype = torch.float32):
     """MODEL from an AuraFlow transformer file (UNETLoader): `config` from its sidecar, or None to read the shapes;
-    `fp8`: round every weight to that format (as ComfyUI stores them) and compute in the compute dtype."""
+    weights held and computed in `dtype` (the run's); `fp8`: round every weight to that format first (as ComfyUI
+    stores them)."""
     from flowrun.diffusion.auraflow_network import AuraFlowNetwork
-    from flowrun.diffusion.sd3_files import compute_dtype
 
     base = copy.deepcopy(config) if config is not None else ModelConfig.default(AURAFLOW)
     state = strip_prefix(state)
-    unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None,
-                                                 compute_dtype(state, device))
+    unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None, dtype)
     base.unet = unet_config
     if fp8 is not None:
         with torch.no_grad():

@@ -7,16 +7,17 @@
 - Layers: SD1 reads the last layer, SD2 the penultimate, both through the final layer norm; SDXL reads the
   penultimate layer of CLIP-L and of OpenCLIP-bigG without it and concatenates them, its pooled vector
   from bigG's projection (the SDXL refiner: bigG alone). SD3 reads CLIP-L and CLIP-G as SDXL does, with T5
-  (flowrun.diffusion.text_sd3). CLIPSetLastLayer picks another layer.
+  (flowrun.diffusion.text_sd3); Flux takes T5's tokens and CLIP-L's pooled vector (flowrun.diffusion.text_flux).
+  CLIPSetLastLayer picks another layer.
 """
 
 from __future__ import annotations
 
 import torch
 
-from flowrun.diffusion.clip_tower import (CHUNK, END, MAX_WORD_TOKENS, START, _encode_one,  # noqa: F401
-                                         _Injected, _layer_plan, _split_ids, tokenize)
-from flowrun.diffusion.configs import AURAFLOW, QWEN_IMAGE, SD1, SD2, SD3, SDXL, SDXL_REFINER, ZIMAGE
+from flowrun.diffusion.clip_tokens import CHUNK, END, MAX_WORD_TOKENS, START, tokenize  # noqa: F401
+from flowrun.diffusion.clip_tower import _encode_one, _Injected, _layer_plan, _split_ids  # noqa: F401
+from flowrun.diffusion.configs import AURAFLOW, FLUX, QWEN_IMAGE, SD1, SD2, SD3, SDXL, SDXL_REFINER, ZIMAGE
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
@@ -29,6 +30,10 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
     ComfyUI does; one that fits none is an error."""
     from flowrun.diffusion.lora import patched
 
+    if enc.family == FLUX:  # T5 context and CLIP-L pooled output (textual-inversion words stay text)
+        from flowrun.diffusion import text_flux
+
+        return text_flux.encode(enc, text, text)
     if enc.family == SDXL:
         return encode_sdxl(enc, text, text, embeddings=embeddings, warn=warn)
     if enc.family == SD3:

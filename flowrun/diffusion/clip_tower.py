@@ -4,57 +4,12 @@ pooled vector. What every family's prompt encoding builds on (flowrun.diffusion.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+# the 77-token chunks of a prompt (clip_tokens: Flux's text module reads them without the towers)
+from flowrun.diffusion.clip_tokens import CHUNK, END, START
 from flowrun.diffusion.configs import SD1, SD3, SDXL, SDXL_REFINER
 from flowrun.diffusion.model import TextEncoder
-from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words
-
-START, END = 49406, 49407
-CHUNK = 77
-MAX_WORD_TOKENS = 8
-
-
-def tokenize(tokenizer: Any, text: str, pad: int, embedding=None) -> list[list[tuple[Any, float]]]:
-    """Chunks of exactly 77 (token, weight) pairs. A token is an id, or a vector for a word of an
-    `embedding:NAME`, which `embedding(name)` turns into vectors [n, width] (or None: left out). Without
-    `embedding`, such words are text."""
-    words: list[list[tuple[Any, float]]] = []
-    for word, weight in prompt_words(text):
-        name = embedding_name(word) if embedding is not None else None
-        if name:
-            vectors = embedding(name)  # None: it does not fit this encoder, which leaves it out (as ComfyUI)
-            if vectors is not None:
-                words.append([(v, weight) for v in vectors])
-            trailing = word[len(EMBEDDING) + len(name):]  # commas after the name are text
-            if trailing:
-                words.append([(t, weight) for t in tokenizer(trailing)["input_ids"][1:-1]])
-            continue
-        ids = tokenizer(word)["input_ids"][1:-1]
-        words.append([(t, weight) for t in ids])
-    chunks: list[list[tuple[Any, float]]] = []
-    chunk = [(START, 1.0)]
-    for group in words:
-        large = len(group) >= MAX_WORD_TOKENS
-        while group:
-            if len(group) + len(chunk) > CHUNK - 1:
-                room = CHUNK - len(chunk) - 1
-                if large:
-                    chunk += group[:room]
-                    group = group[room:]
-                chunk.append((END, 1.0))
-                chunk += [(pad, 1.0)] * (CHUNK - len(chunk))
-                chunks.append(chunk)
-                chunk = [(START, 1.0)]
-            else:
-                chunk += group
-                group = []
-    chunk.append((END, 1.0))
-    chunk += [(pad, 1.0)] * (CHUNK - len(chunk))
-    chunks.append(chunk)
-    return chunks
 
 
 class _Injected(torch.nn.Module):

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from flowrun.diffusion import siglip
 from flowrun.diffusion.detect import CheckpointError
 
 # CLIP's image normalisation (OpenAI's numbers, which ComfyUI and every CLIP image processor use)
@@ -40,8 +41,9 @@ _RESBLOCK_PARTS = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "ml
 class ClipVision:
     """A CLIP_VISION value: the vision tower with its projection, and the image size it was trained on."""
 
-    model: Any  # transformers.CLIPVisionModelWithProjection
+    model: Any  # transformers.CLIPVisionModelWithProjection, or SiglipVisionModel (flowrun.diffusion.siglip)
     fingerprint: str
+    mean_std: tuple = (MEAN, STD)  # the image normalisation it was trained with
 
     @property
     def image_size(self) -> int:
@@ -159,13 +161,17 @@ def load(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: boo
         if f"{prefix}transformer.resblocks.0.attn.in_proj_weight" in state:
             state = from_openai_layout(state, prefix)
             break
+    if siglip.is_siglip(siglip.with_prefix(state)):  # Flux Redux's image encoder
+        model = siglip.build(siglip.with_prefix(state), str(path), _sidecar_config(path))
+        return ClipVision(model.to(device), fingerprint, siglip.MEAN_STD)
     return build(state, fingerprint, str(path), _sidecar_config(path), device)
 
 
-def preprocess(image: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
+def preprocess(image: torch.Tensor, size: int, crop: bool = True, mean_std: tuple = (MEAN, STD)) -> torch.Tensor:
     """ComfyUI's clip_preprocess: IMAGE [b, h, w, c] in 0..1 -> normalised pixels [b, 3, size, size]. The
     shortest side is resized to `size` (bicubic, antialiased) and the centre cropped, or (crop off) the
-    whole image squeezed to size x size; then quantised to 8 bits and normalised with CLIP's mean and std.
+    whole image squeezed to size x size; then quantised to 8 bits and normalised with CLIP's mean and std
+    (or `mean_std`: SigLIP's).
     (transformers' CLIPImageProcessor resizes with PIL, which differs by a few levels; ComfyUI's numbers
     are the ones wanted.)"""
     image = image[..., :3].float().movedim(-1, 1)
@@ -179,8 +185,8 @@ def preprocess(image: torch.Tensor, size: int, crop: bool = True) -> torch.Tenso
         top, left = (image.shape[2] - size) // 2, (image.shape[3] - size) // 2
         image = image[:, :, top:top + size, left:left + size]
     image = torch.clip(255.0 * image, 0, 255).round() / 255.0
-    mean = torch.tensor(MEAN, dtype=image.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=image.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(mean_std[0], dtype=image.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(mean_std[1], dtype=image.dtype).view(1, 3, 1, 1)
     return (image - mean) / std
 
 
@@ -191,11 +197,13 @@ def encode(clip_vision: ClipVision, image: Any, crop: bool = True):
 
     from flowrun.values import ClipVisionOutput
 
-    pixels = preprocess(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), clip_vision.image_size, crop)
+    pixels = preprocess(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), clip_vision.image_size, crop,
+                        clip_vision.mean_std)
     model = clip_vision.model
     device = next(model.parameters()).device
     with torch.no_grad():
         out = model(pixel_values=pixels.to(device), output_hidden_states=True)
-    return ClipVisionOutput(image_embeds=out.image_embeds.float().cpu(),
+    embeds = out.image_embeds if hasattr(out, "image_embeds") else out.pooler_output  # SigLIP: its pooling head's
+    return ClipVisionOutput(image_embeds=embeds.float().cpu(),
                             last_hidden_state=out.last_hidden_state.float().cpu(),
                             penultimate_hidden_states=out.hidden_states[-2].float().cpu())

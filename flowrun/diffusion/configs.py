@@ -1,9 +1,9 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
-Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5,
-AuraFlow 0.3, Qwen-Image, Z-Image Turbo), in the diffusers /
-transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one) carries its own
-configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
+Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5, Flux.1,
+AuraFlow 0.3, Qwen-Image, Z-Image Turbo), in the diffusers / transformers config vocabulary. A checkpoint of another
+size (a toy model, a pruned one) carries its own configs in a sidecar `<name>.json` next to it; see
+`ModelConfig.from_sidecar`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import Any
 
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
 SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowrun.diffusion.sd3_network)
+FLUX = "flux"  # Flux.1 dev, schnell and their kin (Kontext, Fill, Canny/Depth): a FluxTransformer2DModel
 AURAFLOW = "auraflow"  # AuraFlow 0.1-0.3: fal's MMDiT on SDXL's VAE, Pile-T5 XL text (flowrun.diffusion.auraflow_network)
 # Qwen-Image: Alibaba's MMDiT on a 16-channel causal 3-D VAE, Qwen2.5-VL 7B text (flowrun.diffusion.qwen_image_network)
 QWEN_IMAGE = "qwen_image"
 ZIMAGE = "zimage"  # Z-Image (Turbo): Tongyi-MAI's DiT on Flux's VAE, Qwen3 4B text (flowrun.diffusion.zimage_network)
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, AURAFLOW, QWEN_IMAGE, ZIMAGE)
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, FLUX, AURAFLOW, QWEN_IMAGE, ZIMAGE)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -78,6 +79,18 @@ SD3_TRANSFORMERS["sd3.5 large"] = {**SD3_TRANSFORMERS["sd3 medium"], "num_layers
                                    "caption_projection_dim": 2432, "qk_norm": "rms_norm"}
 SD3_TRANSFORMERS["sd3.5 medium"] = {**SD3_TRANSFORMERS["sd3 medium"], "pos_embed_max_size": 384, "qk_norm": "rms_norm",
                                     "dual_attention_layers": list(range(13))}
+
+# the 16-channel autoencoder of Flux.1 (ae.safetensors) with Flux's latent scale and shift
+_FLUX_VAE = {**_VAE_16, "scaling_factor": 0.3611, "shift_factor": 0.1159}
+
+# Flux.1 dev's transformer in diffusers' FluxTransformer2DModel vocabulary (under the "unet" key: the
+# network a MODEL wraps); schnell is the same without the guidance embedding (guidance_embeds False), Fill
+# takes 384 packed input channels, Canny/Depth 128. in/out channels count 2x2-packed latent channels.
+_FLUX_DEV = {
+    "patch_size": 1, "in_channels": 64, "out_channels": None, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
+}
 
 # AuraFlow's text encoder: EleutherAI's Pile-T5 XL encoder, a UMT5 (a relative position table in every layer)
 # in transformers' UMT5Config vocabulary (ComfyUI's t5_pile_config_xl.json)
@@ -187,6 +200,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "unet": SD3_TRANSFORMERS["sd3 medium"],
         "vae": _VAE_16,
         "text_encoders": [_CLIP_L, _OPEN_CLIP_BIGG, _T5_XXL],  # CLIP-L, CLIP-G, T5-XXL
+        "prediction_type": "flow",
+    },
+    FLUX: {  # text encoders in the order of the CLIP value's models: [clip_l, t5xxl]
+        "unet": _FLUX_DEV,
+        "vae": _FLUX_VAE,
+        "text_encoders": [_CLIP_L, _T5_XXL],
         "prediction_type": "flow",
     },
     AURAFLOW: {  # the transformer's config under "unet"; SDXL's 4-channel autoencoder

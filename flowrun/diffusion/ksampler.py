@@ -17,12 +17,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from flowrun.diffusion import guidance, samplers, schedules
+from flowrun.diffusion import guidance, latent_preview, samplers, schedules
 from flowrun.diffusion.concat import per_cell
 from flowrun.diffusion.lora import patched
 from flowrun.diffusion.model import DiffusionModel
 from flowrun.diffusion.noise import SeedNoise
 from flowrun.values import Conditioning, Guider, Latent
+
+# a step's preview: (step, total, the step's prediction of the clean latent in the model's space, rows of
+# every cell stacked, its latent format); flowrun.diffusion.latent_preview.to_rgb turns it into RGB
+Preview = Callable[[int, int, torch.Tensor, latent_preview.LatentFormat], None]
 
 # builds the guided denoiser D(x, sigma) once the scaled start latent (cells stacked), the noise mask
 # resized to it (or None) and the cells' seeds (unCLIP's embedding noise is drawn from them) are known
@@ -41,19 +45,20 @@ class Sampled:
 def ksample(model: DiffusionModel, *, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
             positive: Conditioning, negative: Conditioning, latent: Latent, denoise: float = 1.0,
             add_noise: bool = True, start_step: int | None = None, last_step: int | None = None,
-            force_full_denoise: bool = False, progress: Callable[[int, int], None] | None = None) -> Latent:
+            force_full_denoise: bool = False, progress: Callable[[int, int], None] | None = None,
+            preview: Preview | None = None) -> Latent:
     """One cell: `ksample_batch` with a single seed."""
     return ksample_batch(model, noise=SeedNoise([seed]), cfgs=[cfg], steps=steps, sampler_name=sampler_name,
                          scheduler=scheduler, positive=positive, negative=negative, latent=latent, denoise=denoise,
                          add_noise=add_noise, start_step=start_step, last_step=last_step,
-                         force_full_denoise=force_full_denoise, progress=progress)[0]
+                         force_full_denoise=force_full_denoise, progress=progress, preview=preview)[0]
 
 
 def ksample_batch(model: DiffusionModel, *, noise: SeedNoise, cfgs: list[float], steps: int, sampler_name: str,
                   scheduler: str, positive: Conditioning, negative: Conditioning, latent: Latent,
                   denoise: float = 1.0, add_noise: bool = True, start_step: int | None = None,
                   last_step: int | None = None, force_full_denoise: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> list[Latent]:
+                  progress: Callable[[int, int], None] | None = None, preview: Preview | None = None) -> list[Latent]:
     """Several cells that share everything but seed and cfg, in one batched sampler call: each cell's
     rows get their own seed's initial and per-step noise and their own guidance scale, so a cell renders
     as it would alone (up to float rounding of the batched forward passes)."""
@@ -68,7 +73,7 @@ def ksample_batch(model: DiffusionModel, *, noise: SeedNoise, cfgs: list[float],
         sigmas = sigmas[start_step:]
     guide = cfg_guide(model, positive, negative, cfgs, latent.samples.shape[0])
     return [s.output for s in sample(model, guide, sampler_name, sigmas, noise, latent, add_noise=add_noise,
-                                     progress=progress)]
+                                     progress=progress, preview=preview)]
 
 
 def cfg_guide(model: DiffusionModel, positive: Conditioning, negative: Conditioning | None, cfgs: list[float],
@@ -120,9 +125,10 @@ def guider_guide(guider: Guider) -> GuideBuilder:
 
 def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas: torch.Tensor, noise: SeedNoise,
            latent: Latent, *, add_noise: bool = True, sampler_options: dict | None = None,
-           progress: Callable[[int, int], None] | None = None) -> list[Sampled]:
+           progress: Callable[[int, int], None] | None = None, preview: Preview | None = None) -> list[Sampled]:
     """Walk `sigmas` from `latent` for every cell of `noise` (one seed each): the one sampling path of
-    every sampler node. No sigmas: the latent unchanged."""
+    every sampler node. No sigmas: the latent unchanged. `preview`, when someone listens, gets each step's
+    prediction of the clean latent (when the model's VAE has a latent-to-RGB projection)."""
     seeds = noise.seeds
     latent_image = latent.samples.float()
     wanted = model.unet.config.out_channels
@@ -152,8 +158,11 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
     denoiser, last_denoised = _recording_first_call(denoiser)
     x = model.sampling.noise_scaling(sigmas[0], start_noise, start, model.sampling.is_max_denoise(sigmas))
     total = len(sigmas) - 1
+    preview_format = latent_preview.for_model(model) if preview is not None else None
 
     def step(i: int) -> None:
+        if preview_format is not None and last_denoised.value is not None:
+            preview(i + 1, total, last_denoised.value, preview_format)
         last_denoised.step_done()
         if progress:
             progress(i + 1, total)

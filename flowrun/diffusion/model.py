@@ -8,13 +8,14 @@ log space for the UNet; epsilon and v-prediction outputs are turned into a denoi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from flowrun.diffusion.configs import ModelConfig
 from flowrun.diffusion.hypernetwork import attention_inputs_patched
+from flowrun.diffusion.lazy import deferred, replace
 from flowrun.diffusion.unet_inputs import NONE, UNetInputs
 from flowrun.diffusion.unet_patches import Pass, attached
 
@@ -167,9 +168,10 @@ class Patch:
 
 @dataclass
 class DiffusionModel:
-    """A MODEL value: the UNet, its schedule, and LoRA patches applied while it runs."""
+    """A MODEL value: the UNet (built on first use when given as a lazy.Deferred), its schedule, and LoRA
+    patches applied while it runs. `dtype`: what the UNet's weights hold and compute in."""
 
-    unet: Any
+    unet: Any = deferred()
     sampling: ModelSampling
     config: ModelConfig
     fingerprint: str
@@ -248,15 +250,21 @@ class DiffusionModel:
         xc = self.sampling.calculate_input(sigma, x)
         t = self.sampling.timestep(sigma).float()
         if added is not None:
-            added = {k: v.to(x.device, self.dtype) for k, v in added.items()}
-        context = context.to(x.device, self.dtype)
+            added = {k: v.to(x.device) for k, v in added.items()}
+        context = context.to(x.device)
         kwargs: dict = {}
-        if inputs.control is not None:
-            kwargs.update(inputs.control.residuals(xc, t, sigma, context, added) or {})
+        if inputs.control is not None:  # control models compute in their own precision (float32)
+            residuals = inputs.control.residuals(xc, t, sigma, context, added) or {}
+            kwargs.update({k: _cast(v, self.dtype) for k, v in residuals.items()})
+        if added is not None:
+            added = {k: v.to(self.dtype) for k, v in added.items()}
+        context = context.to(self.dtype)
         if inputs.class_labels is not None:
             kwargs["class_labels"] = inputs.class_labels.to(x.device, self.dtype)
         if inputs.concat is not None:
             xc = torch.cat([xc, inputs.concat.to(xc.device, xc.dtype)], dim=1)
+        if inputs.reference_latents:
+            kwargs["ref_latents"] = [r.to(x.device, self.dtype) for r in inputs.reference_latents]
         with attention_inputs_patched(self.unet, self.attention_patches), \
                 attached(self.unet, self.unet_patches + tuple(inputs.patches) + tuple(extra), info or Pass(sigma)):
             out = self.unet(xc.to(self.dtype), t, encoder_hidden_states=context,
@@ -264,12 +272,21 @@ class DiffusionModel:
         return self.sampling.calculate_denoised(sigma, out.float(), x)
 
 
+def _cast(value, dtype: torch.dtype):
+    """ControlNet residuals (a tensor, or a list of them) in the UNet's precision."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
+
+
 @dataclass
 class TextEncoder:
     """A CLIP value: the tokenizer, one or two text models, which layer to read, and LoRA patches."""
 
     tokenizer: Any
-    models: list[Any]  # SD1/SD2: [clip]; SDXL: [clip_l, clip_g]
+    models: list[Any] = deferred()  # SD1/SD2: [clip]; SDXL: [clip_l, clip_g]; built on first use
     config: ModelConfig
     fingerprint: str
     layer_idx: int | None = None  # None: the family's default layer; -1 last, -2 penultimate, ...
@@ -288,9 +305,9 @@ class TextEncoder:
 
 @dataclass
 class Vae:
-    """A VAE value: the autoencoder and its latent scale."""
+    """A VAE value: the autoencoder (built on first use when given as a lazy.Deferred) and its latent scale."""
 
-    model: Any
+    model: Any = deferred()
     config: ModelConfig
     fingerprint: str
     extra: dict = field(default_factory=dict)

@@ -11,8 +11,9 @@ Layouts read:
 - the VAE (qwen_image_vae.safetensors, vae/): see qwen_image_vae.
 ComfyUI's "scaled fp8" files (a `.scale_weight` beside each fp8 weight) are multiplied back out at load.
 
-Weights are held as sd3_files.compute_dtype says: float32 on the CPU; on an accelerator the file's fp16 / bf16,
-fp8 files upcast to bfloat16 at load.
+Each part is held in the dtype the run's precision gives it (flowrun.diffusion.precision.part_dtypes: the
+transformer in the run's dtype, fp8 files upcast to it at load; the VAE as precision.py chooses for VAEs; Qwen2.5-VL
+in float32 on the CPU, as every text encoder).
 """
 
 from __future__ import annotations
@@ -118,15 +119,14 @@ def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str 
 
 
 def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: ModelConfig | None, fingerprint: str,
-                          device: str = "cpu", fp8: torch.dtype | None = None):
+                          device: str = "cpu", fp8: torch.dtype | None = None, dtype: torch.dtype = torch.float32):
     """MODEL from a Qwen-Image transformer file (UNETLoader): `config` from its sidecar, or None to read the shapes;
-    `fp8`: round every weight to that format (as ComfyUI stores them) and compute in the compute dtype."""
+    weights held and computed in `dtype` (the run's); `fp8`: round every weight to that format first (as ComfyUI
+    stores them)."""
     from flowrun.diffusion.qwen_image_network import QwenImageNetwork
-    from flowrun.diffusion.sd3_files import compute_dtype
 
     base = copy.deepcopy(config) if config is not None else ModelConfig.default(QWEN_IMAGE)
     base.family = QWEN_IMAGE
-    dtype = compute_dtype(state, device)
     state = strip_prefix(unscaled(state))
     unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None, dtype)
     base.unet = unet_config
@@ -177,16 +177,15 @@ def _found(state: dict[str, Any]) -> str:
     return f"no Qwen2.5-VL text model (keys like {sorted(state)[:3]})"
 
 
-def load_text_encoder(path: Path, fingerprint: str, *, allow_pickle: bool = False, device: str = "cpu"):
-    """CLIP (family qwen_image) from a Qwen2.5-VL file (CLIPLoader type qwen_image); a text encoder of another
-    family is refused, named."""
+def load_text_encoder(path: Path, fingerprint: str, *, allow_pickle: bool = False):
+    """CLIP (family qwen_image) from a Qwen2.5-VL file (CLIPLoader type qwen_image), in float32 on the CPU as
+    every text encoder (flowrun.diffusion.precision); a text encoder of another family is refused, named."""
     from flowrun.diffusion import text_qwen_image
     from flowrun.diffusion.model import TextEncoder
-    from flowrun.diffusion.sd3_files import compute_dtype
+    from flowrun.diffusion.precision import ALL_FLOAT32
     from flowrun.diffusion.weights import read_state_dict, sidecar
 
     raw = read_state_dict(path, allow_pickle)
-    dtype = compute_dtype(raw, device)  # the file's: a scaled fp8 one computes in bfloat16 on an accelerator
     state = text_state(unscaled(raw))
     if not text_qwen_image.is_qwen25(state):
         raise CheckpointError(f"{path}: {_found(raw)}; CLIPLoader type qwen_image reads Qwen2.5-VL 7B "
@@ -198,15 +197,16 @@ def load_text_encoder(path: Path, fingerprint: str, *, allow_pickle: bool = Fals
     config.text_encoders = [text_config]
     config.source = str(path)
     try:
-        model = text_qwen_image.build(state, text_config, dtype)
+        model = text_qwen_image.build(state, text_config, ALL_FLOAT32.text)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return TextEncoder(text_qwen_image.tokenizer(), [model.to(device)], config, fingerprint)
+    return TextEncoder(text_qwen_image.tokenizer(), [model], config, fingerprint)
 
 
 def load_vae(state: dict[str, torch.Tensor], path: Path, config: ModelConfig | None, fingerprint: str,
-             device: str = "cpu"):
-    """VAE value from a Qwen-Image VAE file (VAELoader): Wan 2.1's original layout or diffusers'."""
+             device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """VAE value from a Qwen-Image VAE file (VAELoader): Wan 2.1's original layout or diffusers', held in `dtype`
+    (precision.py's for VAEs on `device`)."""
     from flowrun.diffusion import qwen_image_vae
     from flowrun.diffusion.model import Vae
 
@@ -219,4 +219,4 @@ def load_vae(state: dict[str, torch.Tensor], path: Path, config: ModelConfig | N
         vae = qwen_image_vae.build(state, base.vae)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return Vae(vae.to(device), base, fingerprint)
+    return Vae(vae.to(device, dtype), base, fingerprint)

@@ -13,8 +13,9 @@ Layouts read:
 The variant is read off the weights: depth from the blocks, width from the patch embedding, SD3.5's q/k
 RMS norms (`ln_q`), SD3.5 medium's second attention in the first 13 blocks (`x_block.attn2`), the position
 table's size. SD3.5 large turbo has SD3.5 large's network (a distilled copy): the weights cannot tell them apart.
-Weights are held in the compute dtype: float32 on the CPU; on an accelerator the file's fp16 / bf16 as
-they are, float32 files as float32, fp8 files upcast to bfloat16 at load.
+Text-encoder files on their own are read by sd3_text_files. Each part is held in the dtype the run's
+precision gives it (flowrun.diffusion.precision.part_dtypes: the transformer in the run's dtype, fp8 files
+upcast to it at load; the VAE and text encoders as precision.py chooses for them), whatever the file stores.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from flowrun.diffusion.configs import SD3, SD3_TRANSFORMERS, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
+from flowrun.diffusion.precision import PartDtypes
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -70,16 +72,18 @@ def transformer_config(shapes: dict[str, tuple], head_dim: int | None = None) ->
     The head width is read from the q/k norms where the model has them, else 64 (every published SD3)."""
     if layout(shapes) == "original":
         hidden, in_channels, patch, _ = shapes["x_embedder.proj.weight"]
-        blocks, norm_q = _indices(shapes, "joint_blocks.", ".x_block.attn.qkv.weight"), "joint_blocks.0.x_block.attn.ln_q.weight"
+        blocks = _indices(shapes, "joint_blocks.", ".x_block.attn.qkv.weight")
+        norm_q = "joint_blocks.0.x_block.attn.ln_q.weight"
         dual = _indices(shapes, "joint_blocks.", ".x_block.attn2.qkv.weight")
         pooled, out, positions = (shapes["y_embedder.mlp.0.weight"][1], shapes["final_layer.linear.weight"][0],
                                   shapes["pos_embed"][1])
     else:
         hidden, in_channels, patch, _ = shapes["pos_embed.proj.weight"]
-        blocks, norm_q = _indices(shapes, "transformer_blocks.", ".attn.to_q.weight"), "transformer_blocks.0.attn.norm_q.weight"
+        blocks = _indices(shapes, "transformer_blocks.", ".attn.to_q.weight")
+        norm_q = "transformer_blocks.0.attn.norm_q.weight"
         dual = _indices(shapes, "transformer_blocks.", ".attn2.to_q.weight")
-        pooled, out, positions = (shapes["time_text_embed.text_embedder.linear_1.weight"][1], shapes["proj_out.weight"][0],
-                                  shapes["pos_embed.pos_embed"][1])
+        pooled = shapes["time_text_embed.text_embedder.linear_1.weight"][1]
+        out, positions = shapes["proj_out.weight"][0], shapes["pos_embed.pos_embed"][1]
     qk_norm = norm_q in shapes
     head_dim = head_dim or (shapes[norm_q][0] if qk_norm else 64)
     caption, joint = shapes["context_embedder.weight"]
@@ -101,18 +105,6 @@ def variant(config: dict[str, Any]) -> str:
     return f"an SD3-type MMDiT of {config['num_layers']} blocks, {config['num_attention_heads']} heads"
 
 
-def compute_dtype(state: dict[str, torch.Tensor], device: str) -> torch.dtype:
-    """The dtype the weights are held and computed in: float32 on the CPU; on an accelerator the file's
-    fp16 / bf16, float32 files stay float32, fp8 files are upcast to bfloat16."""
-    if str(device).startswith("cpu"):
-        return torch.float32
-    dtypes = [v.dtype for v in state.values() if v.is_floating_point()]
-    common = max(set(dtypes), key=dtypes.count) if dtypes else torch.float32
-    if common in (torch.float16, torch.bfloat16, torch.float32):
-        return common
-    return torch.bfloat16
-
-
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
     try:
         missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
@@ -127,8 +119,10 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
                       dtype: torch.dtype = torch.float32):
     """(configuration, SD3Transformer2DModel) from a transformer state dict in either layout (prefix stripped
     or not), built on the meta device and given the tensors; `config` (a sidecar's) wins over the shapes."""
-    from diffusers import SD3Transformer2DModel
     from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    from flowrun.diffusion import diffusers_models  # noqa: F401  (the module below without its package tree)
+    from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
     state = strip_prefix(state)
     found = layout(state)
@@ -139,6 +133,8 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
     config = dict(config) if config else transformer_config(shapes)
     if found == "original":  # the converter pops from the dict it is given
         state = convert_sd3_transformer_checkpoint_to_diffusers(dict(state))
+    # each tensor cast on its own as it is assigned: never a second whole copy of the weights
+    state = {k: v.to(dtype) if v.is_floating_point() and not v.is_meta else v for k, v in state.items()}
     with torch.device("meta"):
         transformer = SD3Transformer2DModel(**config)
     _assign(transformer, state, "SD3 transformer", path)
@@ -149,157 +145,98 @@ def _part(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, device: str = "cpu"
+def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, dtypes: PartDtypes | None = None
                ) -> tuple[ModelConfig, Any, list[Any], Any]:
     """(config, network adapter, [clip_l, clip_g, t5] with None for one the file lacks, vae) of an SD3 single
-    file; also on the meta device (tests map the full-size layouts this way)."""
+    file, each part in its `dtypes` (None: float32); also on the meta device (tests map the full-size layouts
+    this way)."""
+    config, network, texts, vae = parts(state, path, side, dtypes)
+    return config, network(), texts(), vae()
+
+
+def parts(state: dict[str, torch.Tensor], path: Path, side: Path | None, dtypes: PartDtypes | None = None
+          ) -> tuple[ModelConfig, Callable, Callable, Callable]:
+    """(config, and functions building the network adapter, the text encoders and the VAE) of
+    an SD3 single file: the configuration is read off the shapes now, each part is built when its function
+    is called (checkpoint.load_bundle builds them on first use, flowrun.diffusion.lazy)."""
     from flowrun.diffusion import t5
+    from flowrun.diffusion.precision import ALL_FLOAT32
     from flowrun.diffusion.sd3_network import SD3Network
     from flowrun.diffusion.weights import _load_text, build_vae, vae_config
 
     config = ModelConfig.from_sidecar(side, SD3) if side else ModelConfig.default(SD3)
     if config.family != SD3:
         raise CheckpointError(f"{path}: its keys say sd3, its config {config.source} says {config.family}")
-    dtype = compute_dtype(_part(state, UNET), device)
-    unet_config, transformer = build_transformer(_part(state, UNET), path, config.unet if side else None, dtype)
-    config.unet = unet_config
+    dtypes = dtypes or ALL_FLOAT32
+    unet_state = strip_prefix(state)
+    if not side:
+        config.unet = transformer_config({k: tuple(v.shape) for k, v in unet_state.items()})
     vae_state = _part(state, VAE)
     if "decoder.conv_in.weight" not in vae_state:
         raise CheckpointError(f"{path}: an SD3 transformer without a VAE under '{VAE}*' (a transformer file: load it "
                               "with UNETLoader and the VAE with VAELoader)")
     if not side:
         config.vae = vae_config(vae_state, config.vae)
-    vae = build_vae(vae_state, config.vae, path)
-    texts: list[Any] = [None, None, None]
-    if CLIP_L + "text_model.final_layer_norm.weight" in state:
-        texts[0] = _load_text(config.text_encoders[0], _part(state, CLIP_L), False, "CLIP-L text encoder", path)
-    if CLIP_G + "text_model.final_layer_norm.weight" in state:
-        texts[1] = _load_text(config.text_encoders[1], _part(state, CLIP_G), True, "CLIP-G text encoder", path)
     t5_state = _part(state, T5XXL)
     if t5.is_t5(t5_state):
-        try:
-            texts[2] = t5.build(t5_state)
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
         config.text_encoders[2] = t5.config_from_state(t5_state)
     config.source = str(path)
-    return config, SD3Network(transformer), texts, vae
+
+    def network():
+        return SD3Network(build_transformer(unet_state, path, config.unet, dtypes.unet)[1])
+
+    def texts() -> list[Any]:
+        built: list[Any] = [None, None, None]
+        if CLIP_L + "text_model.final_layer_norm.weight" in state:
+            built[0] = _load_text(config.text_encoders[0], _part(state, CLIP_L), False, "CLIP-L text encoder", path,
+                                  dtypes.text)
+        if CLIP_G + "text_model.final_layer_norm.weight" in state:
+            built[1] = _load_text(config.text_encoders[1], _part(state, CLIP_G), True, "CLIP-G text encoder", path,
+                                  dtypes.text)
+        if t5.is_t5(t5_state):
+            try:
+                built[2] = t5.build(t5_state, dtypes.text)
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
+        return built
+
+    return config, network, texts, lambda: build_vae(vae_state, config.vae, path, dtypes.vae)
 
 
-def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str = "cpu"):
-    """The MODEL value of an SD3 network adapter: on SD3's flow schedule (shift 3.0, timestep 1000 sigma, as
-    ComfyUI's supported_models.SD3), latents seen as (latent - 0.0609) * 1.5305."""
+def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str = "cpu",
+                    dtype: torch.dtype | None = None):
+    """The MODEL value of an SD3 network adapter (or a lazy.Deferred one, held in `dtype`): on SD3's flow
+    schedule (shift 3.0, timestep 1000 sigma, as ComfyUI's supported_models.SD3), latents seen as
+    (latent - 0.0609) * 1.5305."""
     from flowrun.diffusion.flow_sampling import FlowSampling
+    from flowrun.diffusion.lazy import Deferred
     from flowrun.diffusion.model import DiffusionModel
     from flowrun.diffusion.sd3_network import latent_format
 
-    network.to(device)
-    dtype = next(network.parameters()).dtype
+    if isinstance(network, Deferred):
+        unbuilt = network
+        network = Deferred(lambda: unbuilt.get().to(device))
+    else:
+        network.to(device)
+        dtype = next(network.parameters()).dtype
     return DiffusionModel(network, FlowSampling(3.0, multiplier=1000.0), config, fingerprint, device=device,
-                          dtype=dtype, latent_format=latent_format(int(network.config.in_channels)))
+                          dtype=dtype, latent_format=latent_format(int(config.unet.get("in_channels", 16))))
 
 
 def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: ModelConfig | None, fingerprint: str,
-                          device: str = "cpu", fp8: torch.dtype | None = None):
+                          device: str = "cpu", fp8: torch.dtype | None = None, dtype: torch.dtype = torch.float32):
     """MODEL from an SD3 transformer file (UNETLoader): `config` from its sidecar, or None to read the
-    shapes; `fp8`: round every weight to that format (as ComfyUI stores them) and compute in the compute dtype."""
+    shapes; weights held and computed in `dtype` (the run's); `fp8`: round every weight to that format first
+    (as ComfyUI stores them)."""
     from flowrun.diffusion.sd3_network import SD3Network
 
     base = copy.deepcopy(config) if config is not None else ModelConfig.default(SD3)
-    unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None,
-                                                 compute_dtype(state, device))
+    unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None, dtype)
     base.unet = unet_config
     if fp8 is not None:
-        with torch.no_grad():
-            for p in transformer.parameters():
-                p.copy_(p.to(fp8).to(p.dtype))
+        with torch.no_grad():  # the position table too: ComfyUI builds the whole network in that dtype
+            for tensor in transformer.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(fp8).to(tensor.dtype))
     return diffusion_model(SD3Network(transformer), base, fingerprint, device)
 
-
-ROLES = ("clip_l", "clip_g", "t5xxl")
-_ROLE_NAMES = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}
-_TEXT_PREFIXES = (CLIP_L, CLIP_G, T5XXL, "cond_stage_model.transformer.", "conditioner.embedders.0.transformer.",
-                  "conditioner.embedders.1.model.", "transformer.")
-
-
-def _text_file(path: Path, allow_pickle: bool, label: str):
-    """(role, builder(config) -> model, the config the weights say or None) of one text-encoder file."""
-    import json
-
-    from flowrun.diffusion import t5
-    from flowrun.diffusion.configs import _CLIP_L, _OPEN_CLIP_BIGG
-    from flowrun.diffusion.weights import _load_open_clip, _load_text, read_state_dict, sidecar
-
-    state = read_state_dict(path, allow_pickle)
-    for prefix in _TEXT_PREFIXES:
-        if any(k.startswith(prefix) for k in state):
-            state = _part(state, prefix)
-            break
-    side = sidecar(path)
-    said = json.loads(side.read_text()).get("text_encoder") if side else None
-    if t5.is_t5(state):
-        def build_t5(_cfg):
-            try:
-                return t5.build(state)
-            except ValueError as exc:
-                raise CheckpointError(f"{label}: {exc}") from None
-        return "t5xxl", build_t5, t5.config_from_state(state)
-    if "token_embedding.weight" in state:  # OpenCLIP layout (bigG as SDXL checkpoints hold it)
-        width = state["token_embedding.weight"].shape[1]
-        role = said or ("clip_g" if width == 1280 else None)
-        oc = {"oc." + k: v for k, v in state.items()}
-        build = lambda cfg: _load_open_clip(cfg, oc, "oc.", True, path)  # noqa: E731
-    else:
-        key = next((k for k in state if k.endswith("embeddings.token_embedding.weight")), None)
-        if key is None:
-            raise CheckpointError(f"{label}: not a text encoder SD3 reads (CLIP-L, CLIP-G or T5-XXL): found keys like "
-                                  f"{sorted(state)[:3]}")
-        width = state[key].shape[1]
-        role = said or {768: "clip_l", 1280: "clip_g"}.get(width)
-        build = lambda cfg: _load_text(cfg, state, role == "clip_g", f"{_ROLE_NAMES[role]} text encoder", path)  # noqa: E731
-    if role not in ("clip_l", "clip_g"):
-        raise CheckpointError(f"{label}: a CLIP text encoder {width} wide; SD3 reads CLIP-L (768 wide) and CLIP-G "
-                              f"(1280); for a model of another size put its configs in {path.with_suffix('.json')}")
-    return role, build, {"clip_l": _CLIP_L, "clip_g": _OPEN_CLIP_BIGG}[role]
-
-
-def load_text_encoders(paths: list[Path], fingerprints: list[str], labels: list[str] | None = None, *,
-                       allow_pickle: bool = False):
-    """CLIP (family sd3) from one to three files holding CLIP-L, CLIP-G and T5-XXL in any order, told from the
-    weights (TripleCLIPLoader, DualCLIPLoader and CLIPLoader type sd3); the ones not given are left out as
-    ComfyUI does. `labels` name the files in messages (the node's fields)."""
-    import hashlib
-
-    from flowrun.diffusion.model import TextEncoder
-    from flowrun.diffusion.weights import sidecar, tokenizer
-
-    labels = labels or [str(p) for p in paths]
-    base, source = None, None
-    for path in paths:
-        side = sidecar(path)
-        if side is not None:
-            try:
-                candidate = ModelConfig.from_sidecar(side, SD3)
-            except ValueError as exc:
-                raise CheckpointError(str(exc)) from None
-            if candidate.family == SD3 and len(candidate.text_encoders) == 3:
-                base, source = candidate, side
-                break
-    config = base or ModelConfig.default(SD3)
-    models: list[Any] = [None, None, None]
-    given: dict[str, str] = {}
-    for path, label in zip(paths, labels):
-        role, build, cfg = _text_file(path, allow_pickle, f"{label} ({path.name})")
-        if role in given:
-            raise CheckpointError(f"{given[role]} and {label} ({path.name}) are both {_ROLE_NAMES[role]} text encoders; "
-                                  "SD3 takes one each of CLIP-L, CLIP-G and T5-XXL")
-        given[role] = f"{label} ({path.name})"
-        index = ROLES.index(role)
-        if role != "t5xxl" and base is not None:
-            cfg = config.text_encoders[index]
-        config.text_encoders[index] = cfg
-        models[index] = build(cfg)
-    config.source = str(source or paths[0])
-    fingerprint = fingerprints[0] if len(fingerprints) == 1 else hashlib.sha256(
-        "\0".join(fingerprints).encode()).hexdigest()
-    return TextEncoder(tokenizer(), models, config, fingerprint)

@@ -5,7 +5,9 @@ last hidden state [b, 1 + patches, w] followed by learned style tokens, a pre-no
 blocks (OpenAI CLIP's, QuickGELU), a post-norm over the style tokens and a projection to the text
 embedding's width. Its sizes are read off the weights; its 8 heads are ComfyUI's. diffusers has no style
 adapter, so the module is written here with torch's own attention (its weight names match the files).
-Flux's Redux is a style model too, for a model family flowrun does not run.
+Flux's Redux is a style model too: SigLIP's last hidden state [b, 729, 1152] through two linear layers
+(silu between) to 729 tokens of T5's width, appended to the prompt's (diffusers' ReduxImageEncoder, whose
+weight names are the file's).
 """
 
 from __future__ import annotations
@@ -74,21 +76,37 @@ class StyleModel:
     def tokens(self, clip_vision_output: Any) -> torch.Tensor:
         """The style tokens [b, tokens, context width] of a CLIP vision output (from its last hidden state)."""
         hidden = torch.as_tensor(clip_vision_output.last_hidden_state).float()
-        width = self.model.style_embedding.shape[-1]
+        redux = hasattr(self.model, "redux_up")
+        width = self.model.redux_up.in_features if redux else self.model.style_embedding.shape[-1]
         if hidden.shape[-1] != width:
+            goes_with = "SigLIP so400m: width 1152" if redux else "CLIP ViT-L/14: width 1024"
             raise ValueError(f"input 'clip_vision_output': hidden states of width {hidden.shape[-1]}, this style "
-                             f"model reads {width} (the style adapter goes with CLIP ViT-L/14: width 1024)")
+                             f"model reads {width} (it goes with {goes_with})")
         with torch.no_grad():
-            return self.model(hidden)
+            return self.model(hidden).image_embeds if redux else self.model(hidden)
+
+
+def _redux(state: dict[str, torch.Tensor], path: Path, fingerprint: str) -> StyleModel:
+    """Flux Redux (flux1-redux-dev.safetensors): diffusers' ReduxImageEncoder, its widths read off the weights."""
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+
+    from flowrun.diffusion.checkpoint import _instantiate
+
+    up, down = state.get("redux_up.weight"), state["redux_down.weight"]
+    if up is None or up.shape[0] != 3 * down.shape[0]:
+        raise CheckpointError(f"{path}: Redux weights do not fit together (redux_up, redux_down)")
+    model = _instantiate(lambda: ReduxImageEncoder(redux_dim=int(up.shape[1]), txt_in_features=int(down.shape[0])),
+                         state, "Redux", path)
+    return StyleModel(model, fingerprint)
 
 
 def load(path: Path, fingerprint: str, *, allow_pickle: bool = False) -> StyleModel:
-    """A style model file (the T2I style adapter), its sizes read off the weights."""
+    """A style model file (the T2I style adapter, or Flux's Redux), its sizes read off the weights."""
     from flowrun.diffusion.checkpoint import read_state_dict
 
     state = read_state_dict(path, allow_pickle)
     if "redux_down.weight" in state:
-        raise CheckpointError(f"{path}: a Flux Redux style model; flowrun runs no Flux models, so it cannot be used")
+        return _redux(state, path, fingerprint)
     if "style_embedding" not in state or "proj" not in state:
         raise CheckpointError(f"{path}: not a style model flowrun knows: expected the T2I style adapter's "
                               "'style_embedding' and 'proj' weights")

@@ -16,8 +16,10 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion import t5
-from flowrun.diffusion.clip_tower import END, _encode_one, tokenize
+from flowrun.diffusion.clip_tokens import END, tokenize
+from flowrun.diffusion.clip_tower import _encode_one
 from flowrun.diffusion.model import TextEncoder
+from flowrun.diffusion.prompt_syntax import embedding_names
 from flowrun.values import CondEntry, Conditioning
 
 T5_MIN_LENGTH = 77
@@ -47,6 +49,13 @@ def encode_sd3(enc: TextEncoder, text_l: str, text_g: str, text_t5: str, empty_p
     alone."""
     from flowrun.diffusion.lora import patched
 
+    names = embedding_names(" ".join((text_l, text_g, text_t5)))
+    if names:  # not read as text either: that would silently give another image than ComfyUI's
+        raise ValueError(f"textual-inversion embeddings are not supported for SD3 yet (the prompt names "
+                         f"'embedding:{names[0]}')")
+    if enc.layer_idx not in (None, -1) and enc.models[2] is not None:
+        # ComfyUI's CLIPSetLastLayer reaches T5 too (an inner block's output); flowrun reads T5's last layer only
+        raise ValueError(f"CLIPSetLastLayer {enc.layer_idx} on SD3 with T5 is not supported (only -1)")
     if all(m is None for m in enc.models):  # ComfyUI gives such a checkpoint no CLIP at all
         raise ValueError(f"input 'clip': {enc.config.source} holds none of SD3's text encoders (CLIP-L, CLIP-G, "
                          "T5-XXL); load them with TripleCLIPLoader")

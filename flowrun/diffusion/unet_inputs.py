@@ -34,18 +34,22 @@ class UNetInputs:
     control: Control | None = None
     class_labels: torch.Tensor | None = None  # [1 or rows, d]: unCLIP's noise-augmented image embedding
     patches: tuple = ()  # UNet patches (flowrun.diffusion.unet_patches) attached for this entry's passes
+    # [1 or rows, c, h, w] each: latents a DiT sees beside its input (Flux Kontext), passed as `ref_latents=`
+    reference_latents: tuple = ()
 
     def batch_key(self) -> tuple:
         """Entries whose keys are equal can share one forward pass."""
         return (self.concat is None, self.concat.shape[1] if self.concat is not None else 0, id(self.control),
-                self.class_labels is None, tuple(id(p) for p in self.patches))
+                self.class_labels is None, tuple(id(p) for p in self.patches),
+                tuple(tuple(r.shape[1:]) for r in self.reference_latents))
 
     def cropped(self, area: tuple[int, int, int, int]) -> "UNetInputs":
         """These inputs for the entry's area (height, width, y, x) of the latent."""
         if self.concat is None:
             return self
         ah, aw, ay, ax = area
-        return UNetInputs(self.concat[:, :, ay:ay + ah, ax:ax + aw], self.control, self.class_labels, self.patches)
+        return UNetInputs(self.concat[:, :, ay:ay + ah, ax:ax + aw], self.control, self.class_labels, self.patches,
+                          self.reference_latents)
 
     @staticmethod
     def stacked(inputs: list["UNetInputs"], rows: int) -> "UNetInputs":
@@ -58,7 +62,8 @@ class UNetInputs:
 
         concat = stack([i.concat for i in inputs]) if first.concat is not None else None
         labels = stack([i.class_labels for i in inputs]) if first.class_labels is not None else None
-        return UNetInputs(concat, first.control, labels, first.patches)
+        refs = tuple(stack([i.reference_latents[k] for i in inputs]) for k in range(len(first.reference_latents)))
+        return UNetInputs(concat, first.control, labels, first.patches, refs)
 
 
 NONE = UNetInputs()
@@ -70,13 +75,18 @@ def for_entry(model: Any, cond: Any, latent: torch.Tensor, denoise_mask: torch.T
     `latent` (the model's scaled start latent, cells stacked); `denoise_mask` is the latent's noise mask
     resized to it ([rows, channels, h, w]) or None; `seeds`: the sampler's seed of each cell (unCLIP's
     image-embedding noise is drawn from it)."""
+    from flowrun.diffusion import flux_inputs
     from flowrun.diffusion.concat import concat_channels
+    from flowrun.diffusion.configs import FLUX
     from flowrun.diffusion.gligen_patch import unet_patches
     from flowrun.diffusion.unclip import class_labels
 
-    concat = concat_channels(model, cond, latent, denoise_mask)
+    flux = model.family == FLUX
+    concat = (flux_inputs.concat_channels if flux else concat_channels)(model, cond, latent, denoise_mask)
+    refs = flux_inputs.reference_latents(model, cond) if flux else ()
     labels = class_labels(model, cond, latent.shape[0] // max(1, len(seeds)), seeds)
     control = cond.control
     if control is not None and hasattr(control, "for_sampling"):  # an applied ControlNet (diffusion/control.py)
         control = control.for_sampling(model, latent.shape[0])
-    return UNetInputs(concat=concat, control=control, class_labels=labels, patches=unet_patches(cond))
+    return UNetInputs(concat=concat, control=control, class_labels=labels, patches=unet_patches(cond),
+                      reference_latents=refs)

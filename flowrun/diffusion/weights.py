@@ -23,7 +23,7 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "clip_tokenizer"
 @functools.lru_cache(maxsize=1)
 def tokenizer():
     """The CLIP tokenizer from the vocabulary shipped in the package (SD1, SD2 and SDXL share it)."""
-    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import CLIPTokenizer
 
     return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
 
@@ -68,12 +68,15 @@ def _fit_keys(state: dict[str, torch.Tensor], module) -> dict[str, torch.Tensor]
     return out
 
 
-def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path):
-    """Build a module on the meta device (no memory, no random init) and load the weights into it."""
+def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path, dtype: torch.dtype = torch.float32):
+    """Build a module on the meta device (no memory, no random init) and assign the weights to it, each
+    cast to `dtype` on its own (a float32 file in float32 keeps its memory-mapped tensors: no copy; in
+    bfloat16 each tensor is cast as it is assigned, never a second whole state dict)."""
     with torch.device("meta"):
         module = build()
-    state = _fit_keys(state, module)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _fit_keys(state, module).items()}
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    del state
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing:
         raise CheckpointError(f"{file}: {what} weights are missing {len(missing)} tensors, e.g. {missing[:3]}; "
@@ -85,12 +88,14 @@ def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path):
                 owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand((1, -1)), persistent=False)
             else:
                 raise CheckpointError(f"{file}: {what}: no value for buffer {name}")
-    # float32 whatever the file stores (fp16 checkpoints too): the same numbers on every device
-    return module.float().eval().requires_grad_(False)
+    # `dtype` whatever the file stores (fp16 checkpoints in float32 too): the same numbers on every device
+    return module.to(dtype).eval().requires_grad_(False)
 
 
 def _text_model(cfg: dict[str, Any], projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    # the module itself, not `transformers`' lazy top level, which imports far more on first attribute
+    from transformers.models.clip.configuration_clip import CLIPTextConfig
+    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(**cfg)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
@@ -105,14 +110,15 @@ def _check_shapes(module, state: dict[str, torch.Tensor], what: str, file: Path)
                               f"({len(wrong)} mismatches); is the sidecar config right for this file?")
 
 
-def _load_text(cfg: dict, state: dict, projection: bool, what: str, path: Path):
+def _load_text(cfg: dict, state: dict, projection: bool, what: str, path: Path, dtype: torch.dtype = torch.float32):
     with torch.device("meta"):
         probe = _text_model(cfg, projection)
     _check_shapes(probe, _fit_keys(state, probe), what, path)
-    return _instantiate(lambda: _text_model(cfg, projection), state, what, path)
+    return _instantiate(lambda: _text_model(cfg, projection), state, what, path, dtype)
 
 
-def _load_open_clip(cfg: dict, state: dict, prefix: str, projection: bool, path: Path):
+def _load_open_clip(cfg: dict, state: dict, prefix: str, projection: bool, path: Path,
+                    dtype: torch.dtype = torch.float32):
     """OpenCLIP text towers (SD2's ViT-H, SDXL's bigG) into transformers' CLIP text model, all layers kept."""
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
 
@@ -132,7 +138,7 @@ def _load_open_clip(cfg: dict, state: dict, prefix: str, projection: bool, path:
         converted.pop("text_projection.weight", None)
     what = "OpenCLIP text encoder"
     _check_shapes(probe, _fit_keys(converted, probe), what, path)
-    return _instantiate(lambda: _text_model(cfg, projection), converted, what, path)
+    return _instantiate(lambda: _text_model(cfg, projection), converted, what, path, dtype)
 
 
 def vae_config(state: dict, base: dict) -> dict:
@@ -146,15 +152,16 @@ def vae_config(state: dict, base: dict) -> dict:
     return config
 
 
-def build_vae(state: dict, config: dict, path: Path):
-    """AutoencoderKL from a VAE state dict without prefix, original or diffusers layout (also on the meta
-    device: tests check the full-size 16-channel layout this way)."""
-    from diffusers import AutoencoderKL
+def build_vae(state: dict, config: dict, path: Path, dtype: torch.dtype = torch.float32):
+    """AutoencoderKL from a VAE state dict without prefix, original or diffusers layout, its weights in `dtype`
+    (also on the meta device: tests check the full-size 16-channel layout this way)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from flowrun.diffusion.diffusers_models import AutoencoderKL
 
     diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in state)
     vae_state = state if diffusers_layout else convert_ldm_vae_checkpoint(state, config)
     try:
-        return _instantiate(lambda: AutoencoderKL(**config), vae_state, "VAE", path)
+        return _instantiate(lambda: AutoencoderKL(**config), vae_state, "VAE", path, dtype)
     except RuntimeError as exc:  # shapes that do not fit the configuration
         raise CheckpointError(f"{path}: VAE weights do not fit its configuration: {str(exc)[:300]}") from None

@@ -10,8 +10,8 @@ Layouts read:
 - Qwen3 4B (CLIPLoader type lumina2, as ComfyUI's qwen_3_4b.safetensors: transformers' names under `model.`),
   Qwen3's `lm_head` ignored if present (the context is a hidden state).
 
-Weights are held as sd3_files.compute_dtype says: float32 on the CPU; on an accelerator the file's fp16 / bf16,
-fp8 files upcast to bfloat16 at load.
+Each part is held in the dtype the run's precision gives it (flowrun.diffusion.precision.part_dtypes: the
+transformer in the run's dtype, fp8 files upcast to it at load; Qwen3 in float32 on the CPU, as every text encoder).
 """
 
 from __future__ import annotations
@@ -135,16 +135,16 @@ def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str 
 
 
 def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: ModelConfig | None, fingerprint: str,
-                          device: str = "cpu", fp8: torch.dtype | None = None):
+                          device: str = "cpu", fp8: torch.dtype | None = None, dtype: torch.dtype = torch.float32):
     """MODEL from a Z-Image transformer file (UNETLoader): `config` from its sidecar, or None to read the shapes;
-    `fp8`: round every weight to that format (as ComfyUI stores them) and compute in the compute dtype."""
-    from flowrun.diffusion.sd3_files import compute_dtype
+    weights held and computed in `dtype` (the run's); `fp8`: round every weight to that format first (as ComfyUI
+    stores them)."""
     from flowrun.diffusion.zimage_network import ZImageNetwork
 
     base = copy.deepcopy(config) if config is not None else ModelConfig.default(ZIMAGE)
     state = strip_prefix(state)
     unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None,
-                                                 compute_dtype(state, device))
+                                                 dtype)
     base.unet = unet_config
     if fp8 is not None:
         with torch.no_grad():

@@ -21,17 +21,25 @@ from flowrun.safepath import relative_name_problem
 
 @dataclass(frozen=True)
 class DevicePolicy:
-    """Where models run and in what precision. `requested` None: cuda if available, else cpu. Models
-    compute in float32 today (exact parity with ComfyUI's CPU numbers); text encoders stay on the CPU."""
+    """Where models run and in what precision. `requested` None: cuda if available, else cpu.
+    `requested_dtype` None: the device's default (float32 on the CPU: exact parity with ComfyUI's CPU
+    numbers; float16 on CUDA); flowrun.diffusion.precision gives each model part its dtype."""
 
     requested: str | None = None
-    dtype: str = "float32"
+    requested_dtype: str | None = None
 
     @property
     def device(self) -> str:
         if self.requested:
             return self.requested
         return _auto_device()
+
+    @property
+    def dtype(self) -> str:
+        """The run's precision by name (float32, bfloat16, float16)."""
+        from flowrun.precision import resolved
+
+        return resolved(self.device, self.requested_dtype)
 
 
 def _auto_device() -> str:
@@ -138,7 +146,8 @@ class RunContext:
     def __init__(self, *, device: DevicePolicy | None = None, models: ModelPool | None = None,
                  files: NodeFiles | None = None, outputs: Outputs | None = None,
                  progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None):
+                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None,
+                 preview: Callable[[int, int, Any, str], None] | None = None):
         self.device = device or DevicePolicy()
         self.models = models or ModelPool()
         self.files = files or NodeFiles()
@@ -147,14 +156,18 @@ class RunContext:
         self._progress = progress
         self._cancel = cancel
         self._warn = warn
+        # a sampler's per-step latent preview (flowrun.diffusion.ksampler.Preview); None when nobody
+        # listens, so that sampling computes nothing for it
+        self.preview = preview
 
     @classmethod
     def for_node(cls, services: Services, *, fingerprints: Mapping[str, str], suffix: str = "",
                  provenance: Mapping[str, Any] | None = None, progress: Callable[[int, int], None] | None = None,
-                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None) -> "RunContext":
+                 cells: Sequence[str] = (), warn: Callable[[str], None] | None = None,
+                 preview: Callable[[int, int, Any, str], None] | None = None) -> "RunContext":
         return cls(device=services.device, models=services.models,
                    files=NodeFiles(services.lookup, fingerprints), outputs=Outputs(suffix, provenance),
-                   progress=progress, cancel=services.cancel, cells=cells, warn=warn)
+                   progress=progress, cancel=services.cancel, cells=cells, warn=warn, preview=preview)
 
     def noise(self, seeds: int | Sequence[int]):
         """Noise from seeds, drawn on the CPU so that a seed means the same image on every device: one

@@ -92,7 +92,7 @@ class RayExecutor:
                            max_task_retries=0)(CellWorker)
         self.graph_ref = ray.put(self.graph)  # kept for the whole run: restarted actors fetch it again
         threads = max(1, int(opts.cpus_per_worker))
-        expected = environment(self.settings.device)
+        expected = environment(self.settings.device, self.settings.dtype)
         return [actor.remote(self.settings, env, threads, expected) for _ in range(n)]
 
     def _schedule(self, ray, units: list[Unit], n_workers: int) -> None:

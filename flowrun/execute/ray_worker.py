@@ -45,7 +45,7 @@ class CellWorker:
         self.graph: Graph | None = None
         self.graph_id = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.mismatch = _environment_mismatch(expected, settings.device)
+        self.mismatch = _environment_mismatch(expected, settings.device, settings.dtype)
 
     def _use_graph(self, boxed_ref: list) -> None:
         # the graph comes by reference with each call (boxed, so Ray does not fetch it every time): an
@@ -83,18 +83,18 @@ class CellWorker:
                 "failures": failures}
 
 
-def environment(device: str | None) -> dict[str, Any]:
+def environment(device: str | None, dtype: str | None = None) -> dict[str, Any]:
     """What driver and workers must share: flowrun's version and code, the libraries' versions, the
     machine type."""
     from flowrun.cache.code_identity import package_identity
 
-    return {"flowrun": __version__, "code": package_identity(), **environment_info(device)}
+    return {"flowrun": __version__, "code": package_identity(), **environment_info(device, dtype)}
 
 
-def _environment_mismatch(expected: dict[str, Any], device: str | None) -> str | None:
+def _environment_mismatch(expected: dict[str, Any], device: str | None, dtype: str | None = None) -> str | None:
     """Why this worker may not render for the driver: cache keys carry the driver's code, library versions
     and machine type, so results from other versions would be stored under keys that do not describe them."""
-    here = environment(device)
+    here = environment(device, dtype)
     diffs = [f"{k} {here.get(k)!r} (driver: {v!r})" for k, v in expected.items() if k != "versions" and here.get(k) != v]
     diffs += [f"{k} {here['versions'].get(k)} (driver: {v})" for k, v in expected["versions"].items()
               if here["versions"].get(k) != v]

@@ -18,14 +18,14 @@ from flowrun.settings import Settings
 
 
 def open_cache(settings: Settings, memory: MemoryCache | None = None) -> NodeCache | None:
-    """Memory (`memory`, or a new one of settings.memory_bytes) in front of the store at settings.cache_dir;
-    None with the cache turned off."""
+    """Memory (`memory`, or a new one of settings.memory_bytes) in front of the store at settings.cache_dir.
+    With the cache turned off: None, or `memory` alone when the caller keeps one across runs."""
     if not settings.use_cache:
-        return None
+        return NodeCache(memory, None) if memory is not None else None
     return NodeCache(memory if memory is not None else MemoryCache(settings.memory_bytes), open_store(settings.cache_dir))
 
 
 def services(workflow_file: str | Path, settings: Settings, models: ModelPool | None = None) -> Services:
     """What every node of one run shares: the device policy, the model pool, the file lookup."""
-    return Services(DevicePolicy(settings.device), models or ModelPool(),
+    return Services(DevicePolicy(settings.device, settings.dtype), models or ModelPool(),
                     FileLookup.for_workflow(workflow_file, settings))

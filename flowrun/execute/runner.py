@@ -219,7 +219,8 @@ class Runner:
         try:
             params = [nd.params.model_validate({**t.literals, **{k: v for k, v in inputs.items() if k not in nd.inputs}})
                       for t in tasks]
-            results = nd.call_batch(params, self._context(tasks[0], cells), **port_values)
+            results = nd.call_batch(params, self._context(tasks[0], cells, [self.graph.cell_labels(t) for t in tasks]),
+                                    **port_values)
         except NodeError as exc:
             raise RunFailed(tasks[0].node_id, nd.type_name, cells, str(exc)) from exc
         except (KeyboardInterrupt, SystemExit):
@@ -235,12 +236,17 @@ class Runner:
             self._store(k, task, value)
             self.prefetched[k] = value
 
-    def _context(self, task: Task, cells: list[str]) -> RunContext:
-        """The node's door to the world: the run's services, its files' fingerprints, its outputs."""
+    def _context(self, task: Task, cells: list[str], blocks: list[list[str]] | None = None) -> RunContext:
+        """The node's door to the world: the run's services, its files' fingerprints, its outputs. `blocks`:
+        for a batch, the cells of each member in the order of its rows (for previews)."""
+        blocks = blocks or [cells]
         return RunContext.for_node(self.services, fingerprints=task.fingerprints, suffix=task.output_suffix,
                                    provenance=task.provenance, cells=cells,
                                    progress=lambda step, total: self.events.node_step(task, step, total),
-                                   warn=lambda message: self.events.warn(f"node '{task.node_id}': {message}"))
+                                   warn=lambda message: self.events.warn(f"node '{task.node_id}': {message}"),
+                                   preview=(lambda step, total, denoised, fmt: self.events.node_preview(
+                                       task, blocks, step, total, denoised, fmt))
+                                   if self.events.wants_previews else None)
 
     def _announce(self, task: Task) -> None:
         self._started += 1

@@ -89,8 +89,9 @@ def _upstream_tasks(tasks: dict[str, "Task"], keys: dict[str, str], node_ids: li
 
 
 @functools.lru_cache(maxsize=8)
-def environment_info(device: str | None) -> dict[str, Any]:
-    """What, besides a node's inputs, decides its result: library versions, the machine, the device.
+def environment_info(device: str | None, dtype: str | None = None) -> dict[str, Any]:
+    """What, besides a node's inputs, decides its result: library versions, the machine, the device and
+    the precision models compute in (a bfloat16 render never reuses a float32 result).
     Part of every cache key, so an upgrade of torch or diffusers renders anew instead of reusing results."""
     import platform
     from importlib import metadata
@@ -105,14 +106,17 @@ def environment_info(device: str | None) -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
-    return {"versions": versions, "machine": platform.machine(), "device": device or "auto"}
+    from flowrun.precision import resolved
+
+    return {"versions": versions, "machine": platform.machine(), "device": device or "auto",
+            "dtype": resolved(device, dtype)}
 
 
-def build(resolved: Resolved, lookup: FileLookup, device: str | None = None) -> Graph:
+def build(resolved: Resolved, lookup: FileLookup, device: str | None = None, dtype: str | None = None) -> Graph:
     """The merged graph of every cell. Raises WorkflowInvalid listing every file that a needed node
     names and that is missing or outside its folder."""
     spec = resolved.spec
-    environment = environment_info(device)
+    environment = environment_info(device, dtype)
     env_digest = digest(environment)
     g = nx.DiGraph()
     tasks: dict[str, Task] = {}

@@ -59,6 +59,8 @@ CORE_NODES = frozenset({
     "VAEEncodeForInpaint", "InpaintModelConditioning", "InstructPixToPixConditioning", "DifferentialDiffusion",
     # upscale models (comfy_extras/nodes_upscale_model.py)
     "UpscaleModelLoader", "ImageUpscaleWithModel",
+    # Flux (comfy_extras/nodes_flux.py, nodes_edit_model.py)
+    "CLIPTextEncodeFlux", "FluxGuidance", "ReferenceLatent", "FluxKontextImageScale",
 })
 
 

@@ -79,11 +79,12 @@ def _axis(values: Any) -> Any:
     return values.model_dump() if hasattr(values, "model_dump") else values
 
 
-def output_keys(resolved: Resolved, lookup, device: str | None = None) -> dict[tuple[str, str], str]:
+def output_keys(resolved: Resolved, lookup, device: str | None = None, dtype: str | None = None
+                ) -> dict[tuple[str, str], str]:
     """(output node id, cell label) -> the cache key of what it writes there."""
     from flowrun.graph.build import build
 
-    graph = build(resolved, lookup, device)
+    graph = build(resolved, lookup, device, dtype)
     keys = {}
     for task in graph.tasks.values():
         if task.node_def.output:
@@ -92,9 +93,10 @@ def output_keys(resolved: Resolved, lookup, device: str | None = None) -> dict[t
     return keys
 
 
-def diff(a: Resolved, b: Resolved, lookup_a, lookup_b, device: str | None = None) -> WorkflowDiff:
+def diff(a: Resolved, b: Resolved, lookup_a, lookup_b, device: str | None = None, dtype: str | None = None
+         ) -> WorkflowDiff:
     """Everything that differs from `a` to `b`."""
-    ka, kb = output_keys(a, lookup_a, device), output_keys(b, lookup_b, device)
+    ka, kb = output_keys(a, lookup_a, device, dtype), output_keys(b, lookup_b, device, dtype)
     outputs = []
     for where in sorted(set(ka) | set(kb)):
         status = REMOVED if where not in kb else ADDED if where not in ka else (

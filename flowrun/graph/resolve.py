@@ -78,6 +78,10 @@ def _check_structure(spec: WorkflowSpec, source: Source, registry: Registry) -> 
             problems.append(Problem("unknown-node-type", f"unknown node type '{ns.type}'",
                                     source.where(("nodes", nid, "type")), node=nid, field="type", hint=hint))
             continue
+        for extra, module in nd.missing_extras():
+            problems.append(Problem("missing-extra", f"{ns.type} needs {module}, which is not installed",
+                                    source.where(("nodes", nid, "type")), node=nid, field="type",
+                                    hint=f"pip install 'flowrun[{extra}]'"))
         for name in ns.with_:
             if name in nd.inputs:
                 problems.append(Problem("literal-for-link", f"'{name}' is a link of type {nd.inputs[name].type}, "

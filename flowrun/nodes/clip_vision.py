@@ -21,8 +21,9 @@ from flowrun.values import ClipVisionOutput, Conditioning
 
 
 class ClipVisionParams(NodeParams):
-    clip_name: str = Field(min_length=1, description="CLIP vision model by name, under clip_vision/ "
-                                                     "(ViT-L/14, ViT-H/14 or ViT-bigG/14; transformers' or OpenAI's layout).")
+    clip_name: str = Field(min_length=1, description="CLIP vision model by name, under clip_vision/ (ViT-L/14, "
+                                                     "ViT-H/14 or ViT-bigG/14; transformers' or OpenAI's layout; "
+                                                     "SigLIP for Flux Redux).")
 
     _inside = stays_inside("clip_name", LEAVES_MODELS)
 
@@ -91,7 +92,7 @@ def unclip_conditioning(p: UnclipConditioningParams, ctx, *, conditioning: Condi
 
 class StyleModelParams(NodeParams):
     style_model_name: str = Field(min_length=1, description="Style model by name, under style_models/ "
-                                                            "(the T2I style adapter).")
+                                                            "(the T2I style adapter, or Flux Redux).")
 
     _inside = stays_inside("style_model_name", LEAVES_MODELS)
 
@@ -128,7 +129,8 @@ def style_model_apply(p: StyleApplyParams, ctx, *, conditioning: Conditioning, s
     def append(entry):
         if entry.embedding.shape[-1] != tokens.shape[-1]:
             raise NodeError(f"input 'conditioning': text embeddings of width {entry.embedding.shape[-1]}, the style "
-                            f"model makes tokens of width {tokens.shape[-1]} (it goes with SD1 models: 768)")
+                            f"model makes tokens of width {tokens.shape[-1]} (the style adapter goes with SD1 models: "
+                            "768, Redux with Flux: 4096)")
         return entry.replace(embedding=torch.cat([entry.embedding, tokens.to(entry.embedding.dtype)], dim=1))
 
     return Conditioning(conditioning).map(append)

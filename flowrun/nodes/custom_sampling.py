@@ -261,7 +261,8 @@ def _run(ctx, model, guide, sampler: Sampler, sigmas, noise: Noise, latent: Late
     try:
         seed_noise = ctx.noise(noise.step_seed).varied([noise.variation])
         out = sample(model, guide, sampler.name, sigmas, seed_noise, latent,
-                     add_noise=noise.seed is not None, sampler_options=sampler.kwargs(), progress=ctx.progress)[0]
+                     add_noise=noise.seed is not None, sampler_options=sampler.kwargs(), progress=ctx.progress,
+                     preview=ctx.preview)[0]
     except ValueError as exc:
         raise NodeError(str(exc)) from None
     return {"output": out.output, "denoised_output": out.denoised}

@@ -61,7 +61,8 @@ def ksampler_variation(ps: list[KSamplerVariationParams], ctx, *, model: ports.M
     try:
         return ksample_batch(model, noise=noise, cfgs=[q.cfg for q in ps], steps=p.steps,
                              sampler_name=p.sampler_name, scheduler=p.scheduler, positive=positive,
-                             negative=negative, latent=latent_image, denoise=p.denoise, progress=ctx.progress)
+                             negative=negative, latent=latent_image, denoise=p.denoise, progress=ctx.progress,
+                             preview=ctx.preview)
     except ValueError as exc:
         raise NodeError(str(exc)) from None
 

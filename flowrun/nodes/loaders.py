@@ -34,7 +34,8 @@ def checkpoint_loader(p: CheckpointParams, ctx) -> dict:
         path = ctx.files.path("checkpoints", p.ckpt_name)
         model, clip, vae = ctx.models.load(
             ("checkpoint", fingerprint, device, ctx.device.dtype),
-            lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle))
+            lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle,
+                                dtype=ctx.device.requested_dtype))
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise NodeError(str(exc)) from None
     return {"model": model, "clip": clip, "vae": vae}

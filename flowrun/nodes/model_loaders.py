@@ -43,8 +43,9 @@ def vae_loader(p: VaeParams, ctx) -> ports.Vae:
         build = lambda: load_tiny(p.vae_name, *paths, fingerprint, device=device,  # noqa: E731
                                   allow_pickle=ctx.files.allow_pickle)
     else:
-        build = lambda: load_vae(paths[0], fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)  # noqa: E731
-    vae, = loading(lambda: ctx.models.load(("vae", fingerprint, device), lambda: (build(),)))
+        build = lambda: load_vae(paths[0], fingerprint, device=device, allow_pickle=ctx.files.allow_pickle,  # noqa: E731
+                                 dtype=ctx.device.requested_dtype)
+    vae, = loading(lambda: ctx.models.load(("vae", fingerprint, device, ctx.device.dtype), lambda: (build(),)))
     return vae
 
 
@@ -78,8 +79,7 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
         from flowrun.diffusion import qwen_image_files
 
         return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: (
-            qwen_image_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle,
-                                               device=ctx.device.device)), "qwen_image", ctx.device.device)
+            qwen_image_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle)), "qwen_image")
     if p.type == "sd3":
         from flowrun.nodes.sd3 import load_sd3_text
 
@@ -93,8 +93,9 @@ def clip_loader(p: ClipParams, ctx) -> ports.Clip:
 class DualClipParams(NodeParams):
     clip_name1: str = Field(min_length=1, description="CLIP-L file by name, under text_encoders/ or clip/.")
     clip_name2: str = Field(min_length=1, description="OpenCLIP-bigG file by name (the two may come in either order).")
-    type: Literal["sdxl", "sd3"] = Field("sdxl", description="sdxl: CLIP-L and OpenCLIP-bigG; sd3: two of SD3's "
-                                         "CLIP-L, CLIP-G and T5-XXL, in either order (the third left out).")
+    type: Literal["sdxl", "sd3", "flux"] = Field(
+        "sdxl", description="sdxl: CLIP-L and OpenCLIP-bigG; sd3: two of SD3's CLIP-L, CLIP-G and T5-XXL, in either "
+        "order (the third left out); flux: CLIP-L and T5-XXL (either order, told from the weights).")
 
     _inside1 = stays_inside("clip_name1", LEAVES_MODELS)
     _inside2 = stays_inside("clip_name2", LEAVES_MODELS)
@@ -103,7 +104,7 @@ class DualClipParams(NodeParams):
 @node("DualCLIPLoader", outputs={"clip": ports.CLIP}, category="loaders",
       files={"clip_name1": "text_encoders", "clip_name2": "text_encoders"})
 def dual_clip_loader(p: DualClipParams, ctx) -> ports.Clip:
-    """Load SDXL's two text encoders (or two of SD3's three) as one CLIP."""
+    """Load two text encoders as one CLIP: SDXL's, two of SD3's three, or Flux's CLIP-L and T5-XXL."""
     from flowrun.diffusion.components import load_text_encoders
 
     if p.type == "sd3":
@@ -134,8 +135,8 @@ def unet_loader(p: UnetParams, ctx) -> ports.Model:
     device = ctx.device.device
     return load_one(ctx, "unet_name", "diffusion_models", p.unet_name,
                     lambda path, fp: load_unet(path, fp, device=device, weight_dtype=p.weight_dtype,
-                                               allow_pickle=ctx.files.allow_pickle),
-                    device, p.weight_dtype)
+                                               allow_pickle=ctx.files.allow_pickle, dtype=ctx.device.requested_dtype),
+                    device, p.weight_dtype, ctx.device.dtype)
 
 
 class ConfigCheckpointParams(NodeParams):
@@ -158,7 +159,8 @@ def checkpoint_loader_with_config(p: ConfigCheckpointParams, ctx) -> dict:
     config = loading(lambda: ctx.files.path("configs", p.config_name))
     model, clip, vae = loading(lambda: ctx.models.load(
         ("checkpoint", fingerprint, device, ctx.device.dtype),
-        lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle)))
+        lambda: load_bundle(path, fingerprint, device=device, allow_pickle=ctx.files.allow_pickle,
+                            dtype=ctx.device.requested_dtype)))
     return {"model": loading(lambda: with_ldm_config(model, config)), "clip": clip, "vae": vae}
 
 

@@ -15,7 +15,7 @@ from flowrun.nodes.registry import NodeParams, node
 
 
 def _unet(model, what: str):
-    """The model, when its network is a UNet; a DiT (a family's adapter around a transformer, such as SD3's)
+    """The model, when its network is a UNet; a DiT (a family's adapter around a transformer: SD3's, Flux's)
     has none of the blocks `what` patches, so the node stops rather than change nothing."""
     if getattr(model.unet, "transformer", None) is not None:
         raise NodeError(f"input 'model': {what} a UNet's blocks; this {model.family} model is a transformer (DiT) "

@@ -42,6 +42,7 @@ BUILTIN_MODULES = (
     "flowrun.nodes.custom_sampling",
     "flowrun.nodes.clip_judge",
     "flowrun.nodes.flow_models",
+    "flowrun.nodes.flux",
     "flowrun.nodes.sd3",
     "flowrun.nodes.upscale_models",
     "flowrun.nodes.controlnet",
@@ -107,6 +108,16 @@ class NodeDef:
     # a scoring node: its FLOAT output `score` is recorded per cell in run.json under this metric's name
     # (sweeps show it on the contact sheet, `flowrun rank` sorts by it); the graph runs it like an output
     metric: str = ""
+    # optional dependencies: extra name in pyproject -> the module it installs (a workflow using the node
+    # is refused at validation where the module is missing, naming the pip command)
+    extras: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def missing_extras(self) -> list[tuple[str, str]]:
+        """(extra, module) of each optional dependency that is not installed; find_spec looks for the
+        module without importing it, so validation stays light."""
+        import importlib.util
+
+        return [(extra, module) for extra, module in self.extras.items() if importlib.util.find_spec(module) is None]
 
     @property
     def batch(self) -> bool:
@@ -144,7 +155,7 @@ class NodeDef:
 def node(type_name: str, *, outputs: Mapping[str, str] | None = None, version: int = 1, output: bool = False,
          preview: bool = False, metric: str = "",
          category: str = "", files: Mapping[str, str] | None = None,
-         batch: tuple[str, ...] = ()) -> Callable[[Callable], NodeDef]:
+         batch: tuple[str, ...] = (), extras: Mapping[str, str] | None = None) -> Callable[[Callable], NodeDef]:
     """Declare a node from its function, which is the one place its interface is written:
 
         @node("KSampler", outputs={"latent": ports.LATENT}, batch=("seed", "cfg"))
@@ -153,7 +164,9 @@ def node(type_name: str, *, outputs: Mapping[str, str] | None = None, version: i
     The first parameter's annotation is the `NodeParams` class of its literal fields (`list[...]` of it
     for a node that batches cells differing only in the `batch` fields); keyword-only parameters are its
     linked inputs, their annotations the port types, a default of None making one optional. The function
-    returns its single output, or a dict of outputs by name. Contradictions fail here, naming the node."""
+    returns its single output, or a dict of outputs by name. `extras` names the optional dependencies it
+    needs ({"upscale": "spandrel"}: pip install 'flowrun[upscale]' installs spandrel). Contradictions fail
+    here, naming the node."""
 
     def wrap(fn: Callable) -> NodeDef:
         params, inputs = _signature(type_name, fn, tuple(batch))
@@ -173,7 +186,8 @@ def node(type_name: str, *, outputs: Mapping[str, str] | None = None, version: i
         _check_return(type_name, fn, outs, tuple(batch))
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         return NodeDef(type_name, fn, params, MappingProxyType(inputs), MappingProxyType(outs), version, output,
-                       category, doc, MappingProxyType(dict(files or {})), tuple(batch), preview, metric)
+                       category, doc, MappingProxyType(dict(files or {})), tuple(batch), preview, metric,
+                       MappingProxyType(dict(extras or {})))
 
     return wrap
 

@@ -37,7 +37,7 @@ def _sample(ctx, seeds: list[int], cfgs: list[float], p, model, positive, negati
     try:
         return ksample_batch(model, noise=ctx.noise(seeds), cfgs=cfgs, steps=p.steps, sampler_name=p.sampler_name,
                              scheduler=p.scheduler, positive=positive, negative=negative, latent=latent,
-                             progress=ctx.progress, **options)
+                             progress=ctx.progress, preview=ctx.preview, **options)
     except ValueError as exc:
         raise NodeError(str(exc)) from None
 

@@ -19,7 +19,7 @@ from flowrun.values import Conditioning
 
 def load_sd3_text(ctx, fields: dict[str, str]) -> ports.Clip:
     """SD3's text encoders from the files the node's `fields` name (field -> file name), through the model pool."""
-    from flowrun.diffusion.sd3_files import load_text_encoders
+    from flowrun.diffusion.sd3_text_files import load_text_encoders
 
     fingerprints = [ctx.files.fingerprint(f) for f in fields]
     paths = loading(lambda: [ctx.files.path("text_encoders", n) for n in fields.values()])

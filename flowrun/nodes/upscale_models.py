@@ -8,17 +8,12 @@ without it is refused when it is validated, before anything runs.
 
 from __future__ import annotations
 
-import importlib.util
-
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from flowrun.errors import NodeError
 from flowrun.nodes import ports
 from flowrun.nodes.fields import LEAVES_MODELS, stays_inside
 from flowrun.nodes.registry import NodeParams, NoParams, node
-
-INSTALL_HINT = "upscale models need spandrel: pip install 'flowrun[upscale]'"
-
 
 class UpscaleModelLoaderParams(NodeParams):
     model_name: str = Field(min_length=1, description="Upscale model file by name, under upscale_models/ "
@@ -26,17 +21,9 @@ class UpscaleModelLoaderParams(NodeParams):
 
     _inside = stays_inside("model_name", LEAVES_MODELS)
 
-    @field_validator("model_name")
-    @classmethod
-    def _spandrel_installed(cls, v: str) -> str:
-        # find_spec looks for the package without importing it (validation stays torch-free)
-        if importlib.util.find_spec("spandrel") is None:
-            raise ValueError(INSTALL_HINT)
-        return v
-
 
 @node("UpscaleModelLoader", outputs={"upscale_model": ports.UPSCALE_MODEL}, category="loaders",
-      files={"model_name": "upscale_models"})
+      files={"model_name": "upscale_models"}, extras={"upscale": "spandrel"})
 def upscale_model_loader(p: UpscaleModelLoaderParams, ctx) -> ports.UpscaleModel:
     """Load an image-to-image upscale model; spandrel tells its architecture from the weights."""
     from flowrun.diffusion import upscale

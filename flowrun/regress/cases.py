@@ -61,12 +61,18 @@ def golden_dir(workflow: Path, backend: str) -> Path:
     return root / backend
 
 
-def current_backend(device: str | None) -> str:
-    if device:
-        return "cuda" if device.startswith("cuda") else device.split(":")[0]
-    import torch
+def current_backend(device: str | None, dtype: str | None = None) -> str:
+    """The goldens' folder for renders on `device` in `dtype` (None: the device's default): `cpu`,
+    `cpu-bf16`, `cuda-fp16`... (flowrun.precision.backend_name)."""
+    from flowrun.precision import backend_name, resolved
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device:
+        kind = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    else:
+        import torch
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return backend_name(kind, resolved(kind, dtype))
 
 
 @dataclass

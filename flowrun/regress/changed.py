@@ -41,7 +41,8 @@ def changed_since(workflows: list[Path], rev: str, settings: Settings, backend: 
             before = pipeline.load_text(text, wf, plugins=settings.plugins)
             now = pipeline.load(wf, plugins=settings.plugins)
             lookup = FileLookup.for_workflow(wf, settings)
-            if output_keys(before, lookup, settings.device) != output_keys(now, lookup, settings.device):
+            if (output_keys(before, lookup, settings.device, settings.dtype)
+                    != output_keys(now, lookup, settings.device, settings.dtype)):
                 chosen.append((wf, f"its graph changed since {rev}"))
             elif _environment_moved(wf, backend, env):
                 chosen.append((wf, "its goldens were rendered in another environment"))

@@ -11,14 +11,13 @@ import pytest
 
 from flowrun.regress.cases import golden_root, is_workflow
 
-OPTIONAL_EXTRA = "pip install 'flowrun["  # how a node's message says a dependency is missing
-
-
 def pytest_addoption(parser):
     group = parser.getgroup("flowrun")
     group.addoption("--flowrun-update", action="store_true", help="rewrite flowrun goldens from the new renders")
     group.addoption("--flowrun-models-dir", action="append", default=[], help="extra model folder for flowrun cases")
     group.addoption("--flowrun-device", default=None, help="torch device for flowrun cases")
+    group.addoption("--flowrun-dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                    help="precision of flowrun cases (goldens in <device>-bf16/... for other than float32)")
 
 
 def pytest_collect_file(file_path: Path, parent):
@@ -39,9 +38,9 @@ class WorkflowCase(pytest.File):
         try:
             resolved = pipeline.load(self.path)
         except WorkflowInvalid as exc:
-            # a case that needs an optional extra (e.g. flowrun[upscale]) is skipped where it is not installed
-            if OPTIONAL_EXTRA in str(exc):
-                pytest.skip(str(exc).strip().splitlines()[0])
+            # a case whose only problem is a missing optional extra (e.g. flowrun[upscale]) is skipped
+            if exc.problems and all(p.kind == "missing-extra" for p in exc.problems):
+                pytest.skip("; ".join(f"{p.message} ({p.hint})" for p in exc.problems))
             raise
         self._result = None
         for cell in resolved.cells:
@@ -55,9 +54,10 @@ class WorkflowCase(pytest.File):
             from flowrun.settings import Settings
 
             opt = self.config.getoption
-            settings = Settings(models_dirs=tuple(opt("flowrun_models_dir")), device=opt("flowrun_device"))
+            settings = Settings(models_dirs=tuple(opt("flowrun_models_dir")), device=opt("flowrun_device"),
+                                dtype=opt("flowrun_dtype"))
             out = Path(tempfile.mkdtemp(prefix=f"flowrun-{self.path.stem}-"))
-            self._result = run_case(self.path, settings, out, current_backend(settings.device),
+            self._result = run_case(self.path, settings, out, current_backend(settings.device, settings.dtype),
                                     update=opt("flowrun_update"))
         return self._result
 

@@ -82,7 +82,7 @@ def run_cases(paths: list[Path], settings: Settings, out_root: Path, *, update: 
               changed_since: str | None = None) -> tuple[list[CaseResult], list[str], list[tuple[Path, str]]]:
     """Every workflow under `paths` (or, with changed_since, those a change since that git revision can
     alter), each rendered into its own folder below out_root; also (workflow, why) of the chosen ones."""
-    backend = backend or current_backend(settings.device)
+    backend = backend or current_backend(settings.device, settings.dtype)
     workflows = discover(paths)
     chosen = [(w, "") for w in workflows]
     if changed_since is not None:
