@@ -110,10 +110,11 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
                       dtype: torch.dtype = torch.float32):
     """(configuration, AuraFlowTransformer2DModel reading positions as ComfyUI) from a transformer state dict in
     either layout (prefix stripped or not), built on the meta device; `config` (a sidecar's) wins over shapes."""
-    from diffusers import AuraFlowTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_auraflow_transformer_checkpoint_to_diffusers
 
     from flowrun.diffusion.auraflow_network import use_comfy_positions
+    from flowrun.diffusion import diffusers_models  # noqa: F401  (the module below without its package tree)
+    from diffusers.models.transformers.auraflow_transformer_2d import AuraFlowTransformer2DModel
 
     state = strip_prefix(state)
     found = layout(state)

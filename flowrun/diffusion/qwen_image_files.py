@@ -89,7 +89,8 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
                       dtype: torch.dtype = torch.float32):
     """(configuration, QwenImageTransformer2DModel) from a transformer state dict, built on the meta device;
     `config` (a sidecar's) wins over the shapes."""
-    from diffusers import QwenImageTransformer2DModel
+    from flowrun.diffusion import diffusers_models  # noqa: F401  (the module below without its package tree)
+    from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformer2DModel
 
     state = strip_prefix(state)
     if not _is_transformer(state):

@@ -65,7 +65,8 @@ def vae_config(state: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 def build(state: dict[str, torch.Tensor], config: dict[str, Any]) -> QwenImageVae:
     """QwenImageVae with `state`'s weights (either layout, prefix stripped), built on the meta device and given
     the tensors (a full-size meta state only counts parameters). ValueError when they do not fit."""
-    from diffusers import AutoencoderKLQwenImage
+    from flowrun.diffusion import diffusers_models  # noqa: F401  (the module below without its package tree)
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import AutoencoderKLQwenImage
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
     if ORIGINAL_MARK in state:  # the converter pops from the dict it is given

@@ -102,8 +102,10 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
                       dtype: torch.dtype = torch.float32):
     """(configuration, ZImageTransformer2DModel) from a transformer state dict in either layout (prefix stripped
     or not), built on the meta device; `config` (a sidecar's) wins over shapes."""
-    from diffusers import ZImageTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+
+    from flowrun.diffusion import diffusers_models  # noqa: F401  (the module below without its package tree)
+    from diffusers.models.transformers.transformer_z_image import ZImageTransformer2DModel
 
     state = strip_prefix(state)
     found = layout(state)
