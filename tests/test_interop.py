@@ -139,7 +139,8 @@ def test_import_ui_format_with_muted_bypassed_primitive_and_reroute(cli, tmp_pat
 @pytest.mark.parametrize("name", ["txt2img-api", "img2img-api", "hires-lora-api", "sdxl-refiner-api", "regional-api",
                                   "custom-sampling-api", "sdxl-split-api", "sdxl-refiner-nodes-api",
                                   "unclip-style-api", "gligen-api", "flow-sampling-api", "inpainting-api",
-                                  "outpainting-api", "controlnet-api", "sd3-api", "sd3-split-api"])
+                                  "outpainting-api", "controlnet-api", "sd3-api", "sd3-split-api",
+                                  "auraflow-api", "auraflow-split-api", "qwen-image-api", "zimage-split-api"])
 def test_hand_written_api_graphs_round_trip(name, cli, tmp_path):
     source = ROOT / "tests" / "comfyui" / f"{name}.json"
     assert cli("import", source, "--out", tmp_path / "wf.yaml").code == 0
@@ -167,7 +168,8 @@ def test_import_from_png_chunks(cli, tmp_path):
 
 @pytest.mark.parametrize("shape", ["img2img", "hires-lora", "sdxl-refiner", "regional", "custom-sampling",
                                    "unclip-style", "gligen", "flow-sampling", "inpainting", "outpainting",
-                                   "controlnet", "sd3", "sd3-split"])
+                                   "controlnet", "sd3", "sd3-split", "auraflow", "auraflow-split", "qwen-image",
+                                   "zimage-split"])
 def test_ui_format_graphs_equal_their_api_twins(shape, cli, tmp_path):
     """Each UI-format graph imports to the same graph as the API-format one beside it, and round-trips."""
     from flowrun import api

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from flowrun.diffusion.configs import FLUX, SD3, SDXL, SDXL_REFINER, TIME_IDS
+from flowrun.diffusion.configs import AURAFLOW, FLUX, QWEN_IMAGE, SD3, SDXL, SDXL_REFINER, TIME_IDS, ZIMAGE
 
 
 def _sdxl(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -63,9 +63,42 @@ def _sd3(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]
     return {"pooled_projections": pooled.float()}
 
 
+def _auraflow(model, cond, positive: bool, h: int, w: int) -> None:
+    """Nothing beside the context; which must be Pile-T5's width (a ValueError names a CLIP of another family
+    before sampling starts)."""
+    width = int(model.unet.config.joint_attention_dim)
+    if cond.embedding.shape[-1] != width:
+        raise ValueError(f"the AuraFlow model reads a {width}-wide Pile-T5 text context; this conditioning's is "
+                         f"{cond.embedding.shape[-1]} wide (from a CLIP of another family?)")
+    return None
+
+
+def _qwen_image(model, cond, positive: bool, h: int, w: int) -> None:
+    """Nothing beside the context; which must be Qwen2.5-VL's width (a ValueError names a CLIP of another family
+    before sampling starts)."""
+    width = int(model.unet.config.joint_attention_dim)
+    if cond.embedding.shape[-1] != width:
+        raise ValueError(f"the Qwen-Image model reads a {width}-wide Qwen2.5-VL text context; this conditioning's "
+                         f"is {cond.embedding.shape[-1]} wide (from a CLIP of another family?)")
+    return None
+
+
+def _zimage(model, cond, positive: bool, h: int, w: int) -> dict[str, torch.Tensor]:
+    """How many tokens the prompt has (the network reads each row's own tokens: guidance may repeat a shorter
+    context to batch it with a longer one); the context must be Qwen3's width (a ValueError names a CLIP of
+    another family before sampling starts)."""
+    width = int(model.unet.config.cap_feat_dim)
+    if cond.embedding.shape[-1] != width:
+        raise ValueError(f"the Z-Image model reads a {width}-wide Qwen3 text context; this conditioning's is "
+                         f"{cond.embedding.shape[-1]} wide (from a CLIP of another family?)")
+    n = cond.embedding.shape[1]  # as (n // 128, n % 128): both exact in the half-precision dtype it is cast to
+    return {"cap_tokens": torch.tensor([[float(n // 128), float(n % 128)]])}
+
+
 # family -> f(model, conditioning entry, positive, latent height, latent width) -> added inputs
 BY_FAMILY: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {SDXL: _sdxl, SDXL_REFINER: _sdxl, SD3: _sd3,
-                                                                     FLUX: _flux}
+                                                                     FLUX: _flux, AURAFLOW: _auraflow,
+                                                                     QWEN_IMAGE: _qwen_image, ZIMAGE: _zimage}
 
 
 def added_inputs(model: Any, cond: Any, positive: bool, h: int, w: int) -> dict[str, torch.Tensor] | None:

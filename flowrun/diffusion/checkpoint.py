@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrun.diffusion import offline  # noqa: F401  (sets the hub libraries offline before they load)
-from flowrun.diffusion.configs import FLUX, SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
+from flowrun.diffusion.configs import AURAFLOW, FLUX, SD1, SD2, SD3, SDXL, SDXL_REFINER, ModelConfig
 from flowrun.diffusion.detect import UNET, VAE, CheckpointError, detect, read_header
 from flowrun.diffusion.export import CONFIG_KEY
 from flowrun.files import PICKLE_SUFFIXES, SAFE_SUFFIXES
@@ -48,13 +48,10 @@ def load_state(state: dict[str, torch.Tensor], path: Path, side: Path | None, em
     device: tests check the key mapping of full-size SD1.5, SD2.1 and SDXL this way, without memory).
     `embedded`: the configs as JSON text, from the file's metadata. SD3 and Flux files go to their own
     modules (sd3_files, flux_files), which read their configuration off the weights."""
-    from flowrun.diffusion import flux_files, sd3_files
-
     dtypes = dtypes or ALL_FLOAT32
-    if sd3_files.is_sd3(state):  # an MMDiT, not a UNet: SD3 / SD3.5
-        return sd3_files.load_state(state, path, side, dtypes)
-    if flux_files.is_flux(state):  # Flux.1's transformer with its autoencoder and text encoders
-        return flux_files.load_state(state, path, side, dtypes)
+    family = _dit_family(state, path)
+    if family is not None:  # SD3 / Flux / AuraFlow: the family's module reads the configuration off the weights
+        return family.load_state(state, path, side, dtypes)
     config = checkpoint_config(state, path, side, embedded)
     return (config, build_unet(config, state, path, dtypes.unet), build_texts(config, state, path),
             build_vae(config, state, path, dtypes.vae))
@@ -190,8 +187,8 @@ def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pick
     side = sidecar(path)
     embedded = None if side is not None else read_header(path).metadata.get(CONFIG_KEY)
     state = read_state_dict(path, allow_pickle)  # memory-mapped: tensors are read when a part is built
-    family = _dit_family(state)
-    if family is not None:  # SD3 / Flux: the family's module reads the configuration, parts are built on use
+    family = _dit_family(state, path)
+    if family is not None:  # SD3 / Flux / AuraFlow: the family's module reads the configuration, parts are built on use
         config, network, texts, vae_part = family.parts(state, path, side, dtypes)
         return bundle(config, Deferred(network), Deferred(texts), Deferred(lambda: vae_part().to(device)),
                       fingerprint, device, dtypes)
@@ -221,11 +218,16 @@ def _part_state(path: Path, state: dict[str, torch.Tensor], prefix: str, dtype: 
         return {k: t.to(dtype) if t.is_floating_point() else t for k in keys for t in (f.get_tensor(k),)}
 
 
-def _dit_family(state: dict[str, torch.Tensor]):
-    """The module that reads a DiT family's whole checkpoints (sd3_files, flux_files), None for a UNet's."""
-    from flowrun.diffusion import flux_files, sd3_files
+def _dit_family(state: dict[str, torch.Tensor], path: Path):
+    """The module that reads a DiT family's whole checkpoints (sd3_files, flux_files, auraflow_files), None for a
+    UNet's. A Qwen-Image transformer is refused, named: ComfyUI's Qwen-Image comes in parts."""
+    from flowrun.diffusion import auraflow_files, flux_files, qwen_image_files, sd3_files
 
-    return sd3_files if sd3_files.is_sd3(state) else flux_files if flux_files.is_flux(state) else None
+    if qwen_image_files.is_qwen_image(state):
+        raise CheckpointError(f"{path}: a Qwen-Image transformer, not a checkpoint flowrun reads: load it with "
+                              "UNETLoader, its Qwen2.5-VL with CLIPLoader type qwen_image, its VAE with VAELoader")
+    return next((m for m, found in ((sd3_files, sd3_files.is_sd3), (flux_files, flux_files.is_flux),
+                                    (auraflow_files, auraflow_files.is_auraflow)) if found(state)), None)
 
 
 def bundle(config: ModelConfig, unet, texts, vae, fingerprint: str, device: str = "cpu",
@@ -243,6 +245,11 @@ def bundle(config: ModelConfig, unet, texts, vae, fingerprint: str, device: str 
         from flowrun.diffusion.flux_files import diffusion_model as flux_model
 
         model = flux_model(unet, config, fingerprint, device, dtypes.unet)
+    elif config.family == AURAFLOW:
+        from flowrun.diffusion import auraflow_files, text_auraflow
+
+        model = auraflow_files.diffusion_model(unet, config, fingerprint, device, dtypes.unet)
+        return model, TextEncoder(text_auraflow.tokenizer(), texts, config, fingerprint), Vae(vae, config, fingerprint)
     else:
         if not isinstance(unet, Deferred):
             unet.to(device)

@@ -17,7 +17,7 @@ import torch
 
 from flowrun.diffusion.clip_tokens import CHUNK, END, MAX_WORD_TOKENS, START, tokenize  # noqa: F401
 from flowrun.diffusion.clip_tower import _encode_one, _Injected, _layer_plan, _split_ids  # noqa: F401
-from flowrun.diffusion.configs import FLUX, SD1, SD2, SD3, SDXL, SDXL_REFINER
+from flowrun.diffusion.configs import AURAFLOW, FLUX, QWEN_IMAGE, SD1, SD2, SD3, SDXL, SDXL_REFINER, ZIMAGE
 from flowrun.diffusion.model import TextEncoder
 from flowrun.diffusion.prompt_syntax import EMBEDDING, embedding_name, prompt_words, token_weights  # noqa: F401
 from flowrun.values import CondEntry, Conditioning
@@ -40,6 +40,18 @@ def encode(enc: TextEncoder, text: str, embeddings=None, warn=None) -> Condition
         from flowrun.diffusion.text_sd3 import encode_sd3
 
         return encode_sd3(enc, text, text, text, empty_padding=True)
+    if enc.family == AURAFLOW:
+        from flowrun.diffusion.text_auraflow import encode_auraflow
+
+        return encode_auraflow(enc, text)
+    if enc.family == QWEN_IMAGE:
+        from flowrun.diffusion.text_qwen_image import encode_qwen_image
+
+        return encode_qwen_image(enc, text)
+    if enc.family == ZIMAGE:
+        from flowrun.diffusion.text_zimage import encode_zimage
+
+        return encode_zimage(enc, text)
     vectors, report = _embedding_lookups(enc, embeddings)
     with patched(enc.models, enc.patches):
         if enc.family == SDXL_REFINER:

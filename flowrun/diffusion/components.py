@@ -63,12 +63,13 @@ def _load(build, state: dict, what: str, path: Path, dtype: torch.dtype = torch.
 
 def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype: str = "default",
               allow_pickle: bool = False, dtype: str | None = None) -> DiffusionModel:
-    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 (sd3_files) or Flux.1 (flux_files)
-    transformer file, computing in the run's precision `dtype` (None: the device's default). An fp8
-    `weight_dtype` rounds every weight to that format, as ComfyUI stores them."""
+    """MODEL from a UNet file (models/diffusion_models), or an SD3 / SD3.5 (sd3_files), Flux.1 (flux_files),
+    AuraFlow (auraflow_files), Qwen-Image (qwen_image_files) or Z-Image (zimage_files) transformer file,
+    computing in the run's precision `dtype` (None: the device's default). An fp8 `weight_dtype` rounds every
+    weight to that format, as ComfyUI stores them."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from flowrun.diffusion import sd3_files
+    from flowrun.diffusion import auraflow_files, qwen_image_files, sd3_files, zimage_files
 
     compute = part_dtypes(device, dtype).unet
     state = read_state_dict(path, allow_pickle)
@@ -88,6 +89,19 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
             raise CheckpointError(str(exc)) from None
         return flux_files.load_unet(state, path, fingerprint, config, device=device, weight_dtype=weight_dtype,
                                     dtype=compute)
+    fp8 = getattr(torch, FP8[weight_dtype]) if weight_dtype in FP8 else None
+    if auraflow_files.is_auraflow(state):  # AuraFlow's MMDiT
+        config, _ = _config(path, auraflow_files.AURAFLOW)
+        side = config if sidecar(path) is not None else None
+        return auraflow_files.load_transformer_file(state, path, side, fingerprint, device, fp8, compute)
+    if qwen_image_files.is_qwen_image(state):  # Qwen-Image's MMDiT
+        config, _ = _config(path, qwen_image_files.QWEN_IMAGE)
+        side = config if sidecar(path) is not None else None
+        return qwen_image_files.load_transformer_file(state, path, side, fingerprint, device, fp8, compute)
+    if zimage_files.is_zimage(state) or zimage_files.is_lumina2(state):  # Z-Image's DiT (Lumina 2's: refused)
+        config, _ = _config(path, zimage_files.ZIMAGE)
+        side = config if sidecar(path) is not None else None
+        return zimage_files.load_transformer_file(state, path, side, fingerprint, device, fp8, compute)
     diffusers_layout = "conv_in.weight" in state
     if not diffusers_layout:
         state = {k if k.startswith(UNET) else UNET + k: v for k, v in state.items()}
@@ -120,9 +134,14 @@ def load_unet(path: Path, fingerprint: str, *, device: str = "cpu", weight_dtype
 def load_vae(path: Path, fingerprint: str, *, device: str = "cpu", allow_pickle: bool = False,
              dtype: str | None = None) -> Vae:
     """VAE from a file in models/vae, in the original layout (`encoder.down.*`) or diffusers' (`encoder.down_blocks.*`):
-    SD's 4-channel autoencoders and SD3's / Flux's 16-channel one (no quant convolutions), in the precision
-    `dtype` gives VAEs on `device`."""
+    SD's 4-channel autoencoders and SD3's / Flux's 16-channel one (no quant convolutions); Qwen-Image's causal
+    3-D VAE (qwen_image_vae) in Wan 2.1's layout or diffusers'; in the precision `dtype` gives VAEs on `device`."""
+    from flowrun.diffusion import qwen_image_files, qwen_image_vae
+
     state = _strip(read_state_dict(path, allow_pickle), VAE_PREFIXES)
+    if qwen_image_vae.is_qwen_image_vae(state):
+        config = _config(path, qwen_image_files.QWEN_IMAGE)[0] if sidecar(path) is not None else None
+        return qwen_image_files.load_vae(state, path, config, fingerprint, device, part_dtypes(device, dtype).vae)
     if "decoder.conv_in.weight" not in state:
         raise CheckpointError(f"{path}: not a VAE: expected 'encoder.*' and 'decoder.*' weights, found keys like "
                               f"{sorted(state)[:3]}")

@@ -1,8 +1,9 @@
 """Component configs of the model families, shipped so that loading never asks a hub for them.
 
-Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5, Flux.1), in
-the diffusers / transformers config vocabulary. A checkpoint of another size (a toy model, a pruned one)
-carries its own configs in a sidecar `<name>.json` next to it; see `ModelConfig.from_sidecar`.
+Values are those of the reference checkpoints (SD 1.5, SD 2.1, SDXL 1.0 base and refiner, SD3 / SD3.5, Flux.1,
+AuraFlow 0.3, Qwen-Image, Z-Image Turbo), in the diffusers / transformers config vocabulary. A checkpoint of another
+size (a toy model, a pruned one) carries its own configs in a sidecar `<name>.json` next to it; see
+`ModelConfig.from_sidecar`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from typing import Any
 SD1, SD2, SDXL, SDXL_REFINER = "sd1", "sd2", "sdxl", "sdxl_refiner"
 SD3 = "sd3"  # SD3 medium, SD3.5 medium / large / large turbo: the MMDiT (flowrun.diffusion.sd3_network)
 FLUX = "flux"  # Flux.1 dev, schnell and their kin (Kontext, Fill, Canny/Depth): a FluxTransformer2DModel
-FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, FLUX)
+AURAFLOW = "auraflow"  # AuraFlow 0.1-0.3: fal's MMDiT on SDXL's VAE, Pile-T5 XL text (flowrun.diffusion.auraflow_network)
+# Qwen-Image: Alibaba's MMDiT on a 16-channel causal 3-D VAE, Qwen2.5-VL 7B text (flowrun.diffusion.qwen_image_network)
+QWEN_IMAGE = "qwen_image"
+ZIMAGE = "zimage"  # Z-Image (Turbo): Tongyi-MAI's DiT on Flux's VAE, Qwen3 4B text (flowrun.diffusion.zimage_network)
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER, SD3, FLUX, AURAFLOW, QWEN_IMAGE, ZIMAGE)
 # families conditioned on sizes and a pooled text embedding; how many numbers their time ids hold
 TIME_IDS = {SDXL: 6, SDXL_REFINER: 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, ascore)
 
@@ -87,6 +92,54 @@ _FLUX_DEV = {
     "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
 }
 
+# AuraFlow's text encoder: EleutherAI's Pile-T5 XL encoder, a UMT5 (a relative position table in every layer)
+# in transformers' UMT5Config vocabulary (ComfyUI's t5_pile_config_xl.json)
+_PILE_T5_XL = {
+    "vocab_size": 32128, "d_model": 2048, "d_kv": 64, "d_ff": 5120, "num_layers": 24, "num_heads": 32,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6, "pad_token_id": 1, "eos_token_id": 2,
+}
+
+# AuraFlow 0.3's transformer in diffusers' AuraFlowTransformer2DModel vocabulary (fal/AuraFlow-v0.3
+# transformer/config.json); the loader reads depth, widths and the position table's size off the weights
+AURAFLOW_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 64, "patch_size": 2, "in_channels": 4, "num_mmdit_layers": 4, "num_single_dit_layers": 32,
+    "attention_head_dim": 256, "num_attention_heads": 12, "joint_attention_dim": 2048, "caption_projection_dim": 3072,
+    "out_channels": 4, "pos_embed_max_size": 9216,
+}
+
+# Qwen-Image's three parts (Qwen/Qwen-Image transformer/, vae/ and text_encoder/ config.json): the transformer in
+# diffusers' QwenImageTransformer2DModel vocabulary, the VAE in AutoencoderKLQwenImage's (plus latent_channels, which
+# the Vae value reads), the text model of Qwen2.5-VL 7B in transformers' Qwen2_5_VLTextConfig's
+QWEN_IMAGE_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
+    "num_attention_heads": 24, "joint_attention_dim": 3584, "guidance_embeds": False, "axes_dims_rope": [16, 56, 56],
+}
+QWEN_IMAGE_VAE: dict[str, Any] = {
+    "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+    "temperal_downsample": [False, True, True], "latent_channels": 16,
+}
+QWEN25_VL_7B_TEXT: dict[str, Any] = {
+    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-6, "max_position_embeddings": 128000,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+
+# Z-Image Turbo's transformer in diffusers' ZImageTransformer2DModel vocabulary (Tongyi-MAI/Z-Image-Turbo
+# transformer/config.json); the loader reads depth and widths off the weights
+ZIMAGE_TRANSFORMER: dict[str, Any] = {
+    "all_patch_size": [2], "all_f_patch_size": [1], "in_channels": 16, "dim": 3840, "n_layers": 30,
+    "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "norm_eps": 1e-5, "qk_norm": True, "cap_feat_dim": 2560,
+    "rope_theta": 256.0, "t_scale": 1000.0, "axes_dims": [32, 48, 48], "axes_lens": [1024, 512, 512],
+}
+
+# Qwen3 4B (Qwen/Qwen3-4B config.json) in transformers' Qwen3Config vocabulary: Z-Image's text encoder
+_QWEN3_4B = {
+    "vocab_size": 151936, "hidden_size": 2560, "num_hidden_layers": 36, "head_dim": 128, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "intermediate_size": 9728, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 40960, "tie_word_embeddings": True,
+}
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     SD1: {
         "unet": {
@@ -153,6 +206,24 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "unet": _FLUX_DEV,
         "vae": _FLUX_VAE,
         "text_encoders": [_CLIP_L, _T5_XXL],
+        "prediction_type": "flow",
+    },
+    AURAFLOW: {  # the transformer's config under "unet"; SDXL's 4-channel autoencoder
+        "unet": AURAFLOW_TRANSFORMER,
+        "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
+        "text_encoders": [_PILE_T5_XL],
+        "prediction_type": "flow",
+    },
+    QWEN_IMAGE: {  # the transformer's config under "unet"; the VAE is AutoencoderKLQwenImage's (qwen_image_vae)
+        "unet": QWEN_IMAGE_TRANSFORMER,
+        "vae": QWEN_IMAGE_VAE,
+        "text_encoders": [QWEN25_VL_7B_TEXT],
+        "prediction_type": "flow",
+    },
+    ZIMAGE: {  # the transformer's config under "unet"; Flux's 16-channel autoencoder
+        "unet": ZIMAGE_TRANSFORMER,
+        "vae": _VAE_16,
+        "text_encoders": [_QWEN3_4B],
         "prediction_type": "flow",
     },
 }

@@ -87,12 +87,12 @@ def prepare(model: DiffusionModel, conditioning: Conditioning, latent: torch.Ten
             ah, aw, ay, ax = (int(v) for v in area)
             ay, ax = min(ay, h - 1), min(ax, w - 1)
             area = (max(1, min(ah, h - ay)), max(1, min(aw, w - ax)), ay, ax)
-        added = added_inputs(model, cond, positive, h, w)
         sigmas = None
         if cond.timestep_range is not None:
             start, end = cond.timestep_range
             sigmas = (model.sampling.percent_to_sigma(start), model.sampling.percent_to_sigma(end))
         try:
+            added = added_inputs(model, cond, positive, h, w)
             inputs = for_entry(model, cond, latent, denoise_mask, seeds)
         except ValueError as exc:  # say which conditioning input it came from
             raise ValueError(f"input '{'positive' if positive else 'negative'}': {exc}") from None

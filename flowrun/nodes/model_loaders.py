@@ -51,18 +51,35 @@ def vae_loader(p: VaeParams, ctx) -> ports.Vae:
 
 class ClipParams(NodeParams):
     clip_name: str = Field(min_length=1, description="Text encoder file by name, under text_encoders/ or clip/.")
-    type: Literal["stable_diffusion", "sd3"] = Field("stable_diffusion", description="stable_diffusion: SD1's CLIP-L "
-                                                     "or SD2's OpenCLIP-H, told from the weights; sd3: one of SD3's "
-                                                     "CLIP-L, CLIP-G or T5-XXL (the others left out).")
+    type: Literal["stable_diffusion", "sd3", "lumina2", "qwen_image"] = Field(
+        "stable_diffusion", description="stable_diffusion: SD1's CLIP-L or SD2's OpenCLIP-H, told from the weights; "
+        "sd3: one of SD3's CLIP-L, CLIP-G or T5-XXL (the others left out); lumina2: Z-Image's Qwen3 4B; "
+        "qwen_image: Qwen-Image's Qwen2.5-VL 7B.")
 
     _inside = stays_inside("clip_name", LEAVES_MODELS)
 
 
 @node("CLIPLoader", outputs={"clip": ports.CLIP}, category="loaders", files={"clip_name": "text_encoders"})
 def clip_loader(p: ClipParams, ctx) -> ports.Clip:
-    """Load one text encoder (SD 1.x or 2.x, or one of SD3's)."""
+    """Load one text encoder (SD 1.x or 2.x, one of SD3's, Z-Image's Qwen3 4B, Qwen-Image's Qwen2.5-VL, or
+    AuraFlow's Pile-T5 with any type)."""
+    from flowrun.diffusion import auraflow_files, zimage_files
     from flowrun.diffusion.components import load_text_encoders
 
+    if loading(lambda: auraflow_files.is_pile_t5_file(ctx.files.path("text_encoders", p.clip_name))):
+        # AuraFlow's Pile-T5 XL: ComfyUI tells it from its weights, whatever the type says
+        return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: (
+            auraflow_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle)), "auraflow")
+    if p.type == "lumina2" or loading(lambda: zimage_files.is_qwen3_file(ctx.files.path("text_encoders",
+                                                                                         p.clip_name))):
+        # Z-Image's Qwen3 4B: ComfyUI tells it from its weights (any type but flux2); another encoder is named
+        return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: (
+            zimage_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle)), "zimage")
+    if p.type == "qwen_image":
+        from flowrun.diffusion import qwen_image_files
+
+        return load_one(ctx, "clip_name", "text_encoders", p.clip_name, lambda path, fp: (
+            qwen_image_files.load_text_encoder(path, fp, allow_pickle=ctx.files.allow_pickle)), "qwen_image")
     if p.type == "sd3":
         from flowrun.nodes.sd3 import load_sd3_text
 
