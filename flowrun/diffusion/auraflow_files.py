@@ -28,6 +28,7 @@ import torch
 
 from flowrun.diffusion.configs import AURAFLOW, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
+from flowrun.diffusion.weights import assign_weights
 from flowrun.diffusion.precision import PartDtypes
 
 UNET_PREFIXES = ("model.diffusion_model.", "model.")
@@ -96,16 +97,6 @@ def transformer_config(shapes: dict[str, tuple], head_dim: int = HEAD_DIM, in_ch
     }
 
 
-def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as exc:  # shapes that do not fit the configuration
-        raise CheckpointError(f"{path}: {what} weights do not fit its configuration: {str(exc)[:300]}") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: {what} weights do not fit: {len(missing)} missing (e.g. {missing[:2]}), "
-                              f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
-
-
 def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, Any] | None = None,
                       dtype: torch.dtype = torch.float32):
     """(configuration, AuraFlowTransformer2DModel reading positions as ComfyUI) from a transformer state dict in
@@ -128,7 +119,7 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
         state = {k: v for k, v in state.items() if v is not None}  # it names every layer's slots, filled or not
     with torch.device("meta"):
         transformer = AuraFlowTransformer2DModel(**config)
-    _assign(transformer, state, "AuraFlow transformer", path)
+    assign_weights(transformer, state, "AuraFlow transformer", path)
     return config, use_comfy_positions(transformer.to(dtype).eval().requires_grad_(False))
 
 

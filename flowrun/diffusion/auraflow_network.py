@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from flowrun.diffusion.dit_network import DiTNetwork, pad_to_patch
+
 LATENT_SCALE = 0.13025  # ComfyUI's latent_formats.SDXL, which supported_models.AuraFlow uses
 
 
@@ -55,36 +57,16 @@ def use_comfy_positions(transformer: torch.nn.Module) -> torch.nn.Module:
     return transformer
 
 
-def pad_to_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """x padded circularly at the bottom and right to a multiple of `patch` in height and width."""
-    pad_h, pad_w = (-x.shape[-2]) % patch, (-x.shape[-1]) % patch
-    if pad_h == 0 and pad_w == 0:
-        return x
-    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-
-
-class AuraFlowNetwork(torch.nn.Module):
+class AuraFlowNetwork(DiTNetwork):
     """adapter(x, t, encoder_hidden_states=context) -> (velocity,); AuraFlow takes nothing beside the context."""
 
-    def __init__(self, transformer: torch.nn.Module):
-        super().__init__()
-        self.transformer = transformer
-
-    @property
-    def config(self):
-        """The transformer's config (in_channels, out_channels, patch_size, joint_attention_dim, ...)."""
-        return self.transformer.config
+    name = "AuraFlow"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 added_cond_kwargs: dict | None = None, return_dict: bool = False, **kwargs) -> tuple[torch.Tensor]:
-        if kwargs:  # ControlNet residuals, class labels: UNet inputs this network has no place for
-            raise ValueError(f"the AuraFlow model takes no {', '.join(sorted(kwargs))} (a UNet's input: a ControlNet "
-                             "or unCLIP conditioning of an SD1/SD2/SDXL model?)")
+        self.refuse_unet_inputs(kwargs)
         width = int(self.transformer.config.joint_attention_dim)
-        if encoder_hidden_states is None or encoder_hidden_states.shape[-1] != width:
-            found = "none" if encoder_hidden_states is None else f"{encoder_hidden_states.shape[-1]} wide"
-            raise ValueError(f"the AuraFlow model reads a {width}-wide Pile-T5 text context; this conditioning's is "
-                             f"{found} (from a CLIP of another family?)")
+        self.check_context(encoder_hidden_states, width, "Pile-T5")
         dtype = next(self.transformer.parameters()).dtype
         h, w = x.shape[-2:]
         x = pad_to_patch(x, int(self.transformer.config.patch_size))

@@ -17,13 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-
-def pad_to_even(x: torch.Tensor) -> torch.Tensor:
-    """x padded at the bottom and right to even height and width, wrapping around (ComfyUI's circular pad)."""
-    pad_h, pad_w = x.shape[-2] % 2, x.shape[-1] % 2
-    if not (pad_h or pad_w):
-        return x
-    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+from flowrun.diffusion.dit_network import pad_to_patch
 
 
 def pack(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +58,7 @@ def reference_tokens(refs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list
         else:
             h_offset = h
         h, w = max(h, ref_h + h_offset), max(w, ref_w + w_offset)
-        ref = pad_to_even(ref)
+        ref = pad_to_patch(ref, 2)
         tokens.append(pack(ref))
         ids.append(image_ids(ref.shape[-2] // 2, ref.shape[-1] // 2, 1.0, (h_offset + 1) // 2, (w_offset + 1) // 2,
                              device=ref.device))
@@ -101,7 +95,7 @@ class FluxNetwork(torch.nn.Module):
             raise ValueError(f"a Flux model takes no {', '.join(sorted(kwargs))} (UNet-only inputs)")
         added = added_cond_kwargs or {}
         b, _, h, w = x.shape
-        x = pad_to_even(x)
+        x = pad_to_patch(x, 2)
         rows, cols = x.shape[-2] // 2, x.shape[-1] // 2
         tokens, ids = [pack(x)], [image_ids(rows, cols, device=x.device)]
         if ref_latents:

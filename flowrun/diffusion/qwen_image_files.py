@@ -26,6 +26,7 @@ import torch
 
 from flowrun.diffusion.configs import QWEN_IMAGE, QWEN_IMAGE_TRANSFORMER, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
+from flowrun.diffusion.weights import assign_weights
 
 UNET_PREFIXES = ("model.diffusion_model.", "model.")
 TEXT_PREFIXES = ("text_encoders.qwen25_7b.transformer.model.", "qwen25_7b.transformer.model.",
@@ -75,16 +76,6 @@ def transformer_config(shapes: dict[str, tuple]) -> dict[str, Any]:
             "num_attention_heads": inner // head, "joint_attention_dim": shapes["txt_in.weight"][1]}
 
 
-def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as exc:  # shapes that do not fit the configuration
-        raise CheckpointError(f"{path}: {what} weights do not fit its configuration: {str(exc)[:300]}") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: {what} weights do not fit: {len(missing)} missing (e.g. {missing[:2]}), "
-                              f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
-
-
 def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, Any] | None = None,
                       dtype: torch.dtype = torch.float32):
     """(configuration, QwenImageTransformer2DModel) from a transformer state dict, built on the meta device;
@@ -99,7 +90,7 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
     config = dict(config) if config else transformer_config({k: tuple(v.shape) for k, v in state.items()})
     with torch.device("meta"):
         transformer = QwenImageTransformer2DModel(**config)
-    _assign(transformer, state, "Qwen-Image transformer", path)
+    assign_weights(transformer, state, "Qwen-Image transformer", path)
     # the rotary tables are plain tensors, neither weights nor buffers: the meta device left them empty
     rope = transformer.pos_embed
     transformer.pos_embed = type(rope)(theta=rope.theta, axes_dim=list(rope.axes_dim), scale_rope=rope.scale_rope)

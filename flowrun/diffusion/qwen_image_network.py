@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from flowrun.diffusion.auraflow_network import pad_to_patch
+from flowrun.diffusion.dit_network import DiTNetwork, pad_to_patch
 
 # ComfyUI's latent_formats.Wan21 (= the Qwen-Image VAE config's latents_mean / latents_std)
 LATENTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -49,12 +49,10 @@ def unpack(x: torch.Tensor, h: int, w: int, patch: int) -> torch.Tensor:
     return x.reshape(b, c, h, w)
 
 
-class QwenImageNetwork(torch.nn.Module):
+class QwenImageNetwork(DiTNetwork):
     """adapter(x, t, encoder_hidden_states=context) -> (velocity,); Qwen-Image takes nothing beside the context."""
 
-    def __init__(self, transformer: torch.nn.Module):
-        super().__init__()
-        self.transformer = transformer
+    name = "Qwen-Image"
 
     @property
     def config(self) -> SimpleNamespace:
@@ -66,14 +64,9 @@ class QwenImageNetwork(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 added_cond_kwargs: dict | None = None, return_dict: bool = False, **kwargs) -> tuple[torch.Tensor]:
-        if kwargs:  # ControlNet residuals, class labels: UNet inputs this network has no place for
-            raise ValueError(f"the Qwen-Image model takes no {', '.join(sorted(kwargs))} (a UNet's input: a "
-                             "ControlNet or unCLIP conditioning of an SD1/SD2/SDXL model?)")
+        self.refuse_unet_inputs(kwargs)
         width = int(self.transformer.config.joint_attention_dim)
-        if encoder_hidden_states is None or encoder_hidden_states.shape[-1] != width:
-            found = "none" if encoder_hidden_states is None else f"{encoder_hidden_states.shape[-1]} wide"
-            raise ValueError(f"the Qwen-Image model reads a {width}-wide Qwen2.5-VL text context; this "
-                             f"conditioning's is {found} (from a CLIP of another family?)")
+        self.check_context(encoder_hidden_states, width, "Qwen2.5-VL")
         dtype = next(self.transformer.parameters()).dtype
         patch = int(self.transformer.config.patch_size)
         h, w = x.shape[-2:]

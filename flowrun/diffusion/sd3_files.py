@@ -29,6 +29,7 @@ import torch
 
 from flowrun.diffusion.configs import SD3, SD3_TRANSFORMERS, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
+from flowrun.diffusion.weights import assign_weights
 from flowrun.diffusion.precision import PartDtypes
 
 UNET = "model.diffusion_model."
@@ -105,16 +106,6 @@ def variant(config: dict[str, Any]) -> str:
     return f"an SD3-type MMDiT of {config['num_layers']} blocks, {config['num_attention_heads']} heads"
 
 
-def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as exc:  # shapes that do not fit the configuration
-        raise CheckpointError(f"{path}: {what} weights do not fit its configuration: {str(exc)[:300]}") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: {what} weights do not fit: {len(missing)} missing (e.g. {missing[:2]}), "
-                              f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
-
-
 def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, Any] | None = None,
                       dtype: torch.dtype = torch.float32):
     """(configuration, SD3Transformer2DModel) from a transformer state dict in either layout (prefix stripped
@@ -137,7 +128,7 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
     state = {k: v.to(dtype) if v.is_floating_point() and not v.is_meta else v for k, v in state.items()}
     with torch.device("meta"):
         transformer = SD3Transformer2DModel(**config)
-    _assign(transformer, state, "SD3 transformer", path)
+    assign_weights(transformer, state, "SD3 transformer", path)
     return config, transformer.to(dtype).eval().requires_grad_(False)
 
 

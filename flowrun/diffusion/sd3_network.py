@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from flowrun.diffusion.dit_network import DiTNetwork, pad_to_patch
+
 LATENT_SHIFT, LATENT_SCALE = 0.0609, 1.5305  # ComfyUI's latent_formats.SD3: (latent - shift) * scale
 
 
@@ -19,31 +21,14 @@ def latent_format(channels: int = 16) -> tuple:
     return ([LATENT_SHIFT] * channels, [1.0] * channels, LATENT_SCALE)
 
 
-def pad_to_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """x padded circularly at the bottom and right to a multiple of `patch` in height and width."""
-    pad_h, pad_w = (-x.shape[-2]) % patch, (-x.shape[-1]) % patch
-    if pad_h == 0 and pad_w == 0:
-        return x
-    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-
-
-class SD3Network(torch.nn.Module):
+class SD3Network(DiTNetwork):
     """adapter(x, t, encoder_hidden_states=context, added_cond_kwargs={"pooled_projections": ...}) -> (velocity,)."""
 
-    def __init__(self, transformer: torch.nn.Module):
-        super().__init__()
-        self.transformer = transformer
-
-    @property
-    def config(self):
-        """The transformer's config (in_channels, out_channels, patch_size, ...)."""
-        return self.transformer.config
+    name = "SD3"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 added_cond_kwargs: dict | None = None, return_dict: bool = False, **kwargs) -> tuple[torch.Tensor]:
-        if kwargs:  # ControlNet residuals, class labels: UNet inputs this network has no place for
-            raise ValueError(f"the SD3 model takes no {', '.join(sorted(kwargs))} (a UNet's input: a ControlNet or "
-                             "unCLIP conditioning of an SD1/SD2/SDXL model?)")
+        self.refuse_unet_inputs(kwargs)
         if not added_cond_kwargs or "pooled_projections" not in added_cond_kwargs:
             raise ValueError("the SD3 model needs the pooled text vector; conditioning without one (from a CLIP of "
                              "another family?)")

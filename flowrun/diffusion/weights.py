@@ -92,6 +92,18 @@ def _instantiate(build, state: dict[str, torch.Tensor], what: str, file: Path, d
     return module.to(dtype).eval().requires_grad_(False)
 
 
+def assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
+    """Give a module built on the meta device its tensors (no copy); every parameter must come from `state`
+    and every tensor of `state` must have a place, else the file is named with what did not fit."""
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:  # shapes that do not fit the configuration
+        raise CheckpointError(f"{path}: {what} weights do not fit its configuration: {str(exc)[:300]}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: {what} weights do not fit: {len(missing)} missing (e.g. {missing[:2]}), "
+                              f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+
+
 def _text_model(cfg: dict[str, Any], projection: bool):
     # the module itself, not `transformers`' lazy top level, which imports far more on first attribute
     from transformers.models.clip.configuration_clip import CLIPTextConfig

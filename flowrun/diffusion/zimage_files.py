@@ -24,6 +24,7 @@ import torch
 
 from flowrun.diffusion.configs import ZIMAGE, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
+from flowrun.diffusion.weights import assign_weights
 
 UNET_PREFIXES = ("model.diffusion_model.", "model.")
 TEXT_PREFIXES = ("text_encoders.qwen3_4b.transformer.model.", "text_encoders.qwen3_4b.transformer.", "model.")
@@ -88,16 +89,6 @@ def transformer_config(shapes: dict[str, tuple]) -> dict[str, Any]:
             "n_refiner_layers": _count(shapes, "noise_refiner."), "n_heads": dim // head_dim, "n_kv_heads": kv_heads}
 
 
-def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as exc:  # shapes that do not fit the configuration
-        raise CheckpointError(f"{path}: {what} weights do not fit its configuration: {str(exc)[:300]}") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: {what} weights do not fit: {len(missing)} missing (e.g. {missing[:2]}), "
-                              f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
-
-
 def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, Any] | None = None,
                       dtype: torch.dtype = torch.float32):
     """(configuration, ZImageTransformer2DModel) from a transformer state dict in either layout (prefix stripped
@@ -119,7 +110,7 @@ def build_transformer(state: dict[str, torch.Tensor], path, config: dict[str, An
         state = convert_z_image_transformer_checkpoint_to_diffusers(dict(state))
     with torch.device("meta"):
         transformer = ZImageTransformer2DModel(**config)
-    _assign(transformer, state, "Z-Image transformer", path)
+    assign_weights(transformer, state, "Z-Image transformer", path)
     return config, transformer.to(dtype).eval().requires_grad_(False)
 
 

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import torch
 
-from flowrun.diffusion.auraflow_network import pad_to_patch
+from flowrun.diffusion.dit_network import DiTNetwork, pad_to_patch
 
 LATENT_SCALE, LATENT_SHIFT = 0.3611, 0.1159  # ComfyUI's latent_formats.Flux
 
@@ -31,12 +31,10 @@ def latent_format(channels: int = 16) -> tuple:
     return ([LATENT_SHIFT] * channels, [1.0] * channels, LATENT_SCALE)
 
 
-class ZImageNetwork(torch.nn.Module):
+class ZImageNetwork(DiTNetwork):
     """adapter(x, t, encoder_hidden_states=context, added_cond_kwargs={"cap_tokens": [b, 2]}) -> (velocity,)."""
 
-    def __init__(self, transformer: torch.nn.Module):
-        super().__init__()
-        self.transformer = transformer
+    name = "Z-Image"
 
     @property
     def config(self):
@@ -47,14 +45,9 @@ class ZImageNetwork(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 added_cond_kwargs: dict | None = None, return_dict: bool = False, **kwargs) -> tuple[torch.Tensor]:
-        if kwargs:  # ControlNet residuals, class labels: UNet inputs this network has no place for
-            raise ValueError(f"the Z-Image model takes no {', '.join(sorted(kwargs))} (a UNet's input: a ControlNet "
-                             "or unCLIP conditioning of an SD1/SD2/SDXL model?)")
+        self.refuse_unet_inputs(kwargs)
         width = int(self.transformer.config.cap_feat_dim)
-        if encoder_hidden_states is None or encoder_hidden_states.shape[-1] != width:
-            found = "none" if encoder_hidden_states is None else f"{encoder_hidden_states.shape[-1]} wide"
-            raise ValueError(f"the Z-Image model reads a {width}-wide Qwen3 text context; this conditioning's is "
-                             f"{found} (from a CLIP of another family?)")
+        self.check_context(encoder_hidden_states, width, "Qwen3")
         b = x.shape[0]
         lengths = [encoder_hidden_states.shape[1]] * b
         if added_cond_kwargs and "cap_tokens" in added_cond_kwargs:
