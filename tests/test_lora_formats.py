@@ -356,3 +356,17 @@ def test_lora_loader_node_warns_through_the_run_context(tiny_bundle, tmp_path):
                "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(32, 4)}, str(path))
     with pytest.raises(NodeError, match="this LoRA was made for SDXL, the model is SD1"):
         lora_loader.fn(lora_loader.params(lora_name="half"), ctx, model=model, clip=clip)
+
+
+@pytest.mark.parametrize("family, name", [("sd3", "SD3"), ("flux", "Flux"), ("auraflow", "AuraFlow"),
+                                          ("qwen_image", "Qwen-Image"), ("zimage", "Z-Image")])
+def test_a_lora_on_a_dit_model_is_refused_naming_the_family(tiny_bundle, tmp_path, family, name):
+    """No DiT family has a LoRA key mapping yet: any LoRA on one is an error, never a silent no-op."""
+    from safetensors.torch import save_file
+
+    model, clip, _ = tiny_bundle
+    path = tmp_path / "any.safetensors"
+    save_file({_kohya(ATTN) + ".lora_down.weight": torch.zeros(4, 32),
+               _kohya(ATTN) + ".lora_up.weight": torch.zeros(32, 4)}, str(path))
+    with pytest.raises(CheckpointError, match=f"LoRAs for {name} models are not supported yet"):
+        read_lora(path, model.unet, clip.models, 1.0, 1.0, family=family)

@@ -19,13 +19,15 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from flowrun.diffusion.configs import FLUX
+from flowrun.diffusion.configs import AURAFLOW, FLUX, QWEN_IMAGE, SD3, ZIMAGE
 from flowrun.diffusion.detect import CheckpointError
 from flowrun.diffusion.ldm_layout import unet_to_ldm
 from flowrun.diffusion.lora_formats import adapters, delta_fn, fits, split_key
 from flowrun.diffusion.model import Patch
 
 FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}
+# the transformer (DiT) families, whose LoRAs flowrun does not map yet
+DIT_NAMES = {SD3: "SD3", FLUX: "Flux", AURAFLOW: "AuraFlow", QWEN_IMAGE: "Qwen-Image", ZIMAGE: "Z-Image"}
 CONTEXT_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}  # cross-attention input width
 
 
@@ -119,9 +121,9 @@ def read_lora(path: Path, unet: Any, text_models: list[Any], strength_model: flo
     if not groups:
         raise CheckpointError(f"{path}: not a LoRA: no '*.lora_down.weight' / '*.lora_up.weight' keys (or the "
                               f"LoCon, LoHa, LoKr, diff, diffusers or PEFT forms of them) found")
-    if family == FLUX:  # a Flux network is no UNet: its LoRAs need their own key mapping, not written yet
-        raise CheckpointError(f"{path}: LoRAs for Flux models are not supported yet (flowrun applies LoRAs to SD 1.x, "
-                              "2.x and SDXL UNets and their CLIP text encoders)")
+    if family in DIT_NAMES:  # a DiT network is no UNet: its LoRAs need their own key mapping, not written yet
+        raise CheckpointError(f"{path}: LoRAs for {DIT_NAMES[family]} models are not supported yet (flowrun applies "
+                              "LoRAs to SD 1.x, 2.x and SDXL UNets and their CLIP text encoders)")
     made_for = lora_family(state)
     model_name = _name(family)
     if family is not None and made_for is not None and made_for != family:
