@@ -28,7 +28,7 @@ import torch
 
 from flowrun.diffusion.configs import AURAFLOW, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
-from flowrun.diffusion.weights import assign_weights
+from flowrun.diffusion.weights import assign_weights, round_weights
 from flowrun.diffusion.precision import PartDtypes
 
 UNET_PREFIXES = ("model.diffusion_model.", "model.")
@@ -209,9 +209,7 @@ def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: Mo
     unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None, dtype)
     base.unet = unet_config
     if fp8 is not None:
-        with torch.no_grad():
-            for p in transformer.parameters():
-                p.copy_(p.to(fp8).to(p.dtype))
+        round_weights(transformer, fp8)
     return diffusion_model(AuraFlowNetwork(transformer), base, fingerprint, device)
 
 

@@ -29,7 +29,7 @@ import torch
 
 from flowrun.diffusion.configs import SD3, SD3_TRANSFORMERS, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
-from flowrun.diffusion.weights import assign_weights
+from flowrun.diffusion.weights import assign_weights, round_weights
 from flowrun.diffusion.precision import PartDtypes
 
 UNET = "model.diffusion_model."
@@ -225,9 +225,6 @@ def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: Mo
     unet_config, transformer = build_transformer(state, path, config.unet if config is not None else None, dtype)
     base.unet = unet_config
     if fp8 is not None:
-        with torch.no_grad():  # the position table too: ComfyUI builds the whole network in that dtype
-            for tensor in transformer.state_dict().values():
-                if tensor.is_floating_point():
-                    tensor.copy_(tensor.to(fp8).to(tensor.dtype))
+        round_weights(transformer, fp8)
     return diffusion_model(SD3Network(transformer), base, fingerprint, device)
 

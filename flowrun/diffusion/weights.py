@@ -104,6 +104,16 @@ def assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what
                               f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
 
 
+def round_weights(module: torch.nn.Module, fp8: torch.dtype) -> None:
+    """Round every floating tensor a module keeps in its state dict (parameters and stored tables such as a
+    position embedding) to an fp8 format and back, in place: what UNETLoader's fp8 `weight_dtype` gives, as
+    ComfyUI builds the whole network in that dtype."""
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(fp8).to(tensor.dtype))
+
+
 def _text_model(cfg: dict[str, Any], projection: bool):
     # the module itself, not `transformers`' lazy top level, which imports far more on first attribute
     from transformers.models.clip.configuration_clip import CLIPTextConfig

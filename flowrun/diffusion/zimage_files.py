@@ -24,7 +24,7 @@ import torch
 
 from flowrun.diffusion.configs import ZIMAGE, ModelConfig
 from flowrun.diffusion.detect import CheckpointError
-from flowrun.diffusion.weights import assign_weights
+from flowrun.diffusion.weights import assign_weights, round_weights
 
 UNET_PREFIXES = ("model.diffusion_model.", "model.")
 TEXT_PREFIXES = ("text_encoders.qwen3_4b.transformer.model.", "text_encoders.qwen3_4b.transformer.", "model.")
@@ -140,9 +140,7 @@ def load_transformer_file(state: dict[str, torch.Tensor], path: Path, config: Mo
                                                  dtype)
     base.unet = unet_config
     if fp8 is not None:
-        with torch.no_grad():
-            for p in transformer.parameters():
-                p.copy_(p.to(fp8).to(p.dtype))
+        round_weights(transformer, fp8)
     return diffusion_model(ZImageNetwork(transformer), base, fingerprint, device)
 
 
