@@ -184,15 +184,10 @@ def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str 
     schedule (shift 1.73, timestep sigma, as ComfyUI's supported_models.AuraFlow), latents seen as latent * 0.13025."""
     from flowrun.diffusion.auraflow_network import latent_format
     from flowrun.diffusion.flow_sampling import FlowSampling
-    from flowrun.diffusion.lazy import Deferred
+    from flowrun.diffusion.lazy import placed
     from flowrun.diffusion.model import DiffusionModel
 
-    if isinstance(network, Deferred):
-        unbuilt = network
-        network = Deferred(lambda: unbuilt.get().to(device))
-    else:
-        network.to(device)
-        dtype = next(network.parameters()).dtype
+    network, dtype = placed(network, device, dtype)
     return DiffusionModel(network, FlowSampling(1.73, multiplier=1.0), config, fingerprint, device=device,
                           dtype=dtype, latent_format=latent_format(int(config.unet.get("in_channels", 4))))
 

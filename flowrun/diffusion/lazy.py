@@ -35,6 +35,15 @@ class Deferred:
             return self._value
 
 
+def placed(network: Any, device: str, dtype: Any = None) -> tuple[Any, Any]:
+    """(network on `device`, its dtype): moved now when built, on first use when Deferred (whose dtype is the
+    one it will be built in, `dtype`)."""
+    if isinstance(network, Deferred):
+        return Deferred(lambda: network.get().to(device)), dtype
+    network.to(device)
+    return network, next(network.parameters()).dtype
+
+
 class deferred:  # noqa: N801  (used like `field()` in a dataclass body)
     """A dataclass field that may hold a Deferred: reading it builds the part once and keeps it."""
 

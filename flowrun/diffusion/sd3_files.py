@@ -200,16 +200,11 @@ def diffusion_model(network, config: ModelConfig, fingerprint: str, device: str 
     schedule (shift 3.0, timestep 1000 sigma, as ComfyUI's supported_models.SD3), latents seen as
     (latent - 0.0609) * 1.5305."""
     from flowrun.diffusion.flow_sampling import FlowSampling
-    from flowrun.diffusion.lazy import Deferred
+    from flowrun.diffusion.lazy import placed
     from flowrun.diffusion.model import DiffusionModel
     from flowrun.diffusion.sd3_network import latent_format
 
-    if isinstance(network, Deferred):
-        unbuilt = network
-        network = Deferred(lambda: unbuilt.get().to(device))
-    else:
-        network.to(device)
-        dtype = next(network.parameters()).dtype
+    network, dtype = placed(network, device, dtype)
     return DiffusionModel(network, FlowSampling(3.0, multiplier=1000.0), config, fingerprint, device=device,
                           dtype=dtype, latent_format=latent_format(int(config.unet.get("in_channels", 16))))
 
