@@ -20,7 +20,7 @@ from flowrun.diffusion.lazy import Deferred
 from flowrun.diffusion.model import DiffusionModel, ModelSampling, TextEncoder, Vae
 from flowrun.diffusion.precision import ALL_FLOAT32, PartDtypes, part_dtypes
 from flowrun.diffusion.weights import (TOKENIZER_DIR, _check_shapes, _fit_keys, _instantiate,  # noqa: F401
-                                       _load_open_clip, _load_text, _text_model, read_state_dict, sidecar,
+                                       _load_open_clip, _load_text, _text_model, read_cast, read_state_dict, sidecar,
                                        tokenizer)
 
 import torch
@@ -206,16 +206,12 @@ def load_bundle(path: Path, fingerprint: str, *, device: str = "cpu", allow_pick
 
 def _part_state(path: Path, state: dict[str, torch.Tensor], prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The state a part under `prefix` is built from. Already in `dtype`: the memory-mapped tensors as they
-    are (no copy). Else each tensor is read on its own (pread, not the map) and cast at once, so the file's
-    pages of that part never stay resident beside the cast copy: peak memory is the cast part plus one
-    tensor."""
+    are (no copy). Else each tensor is read and cast on its own (weights.read_cast), so the file's pages of
+    that part never stay resident beside the cast copy: peak memory is the cast part plus one tensor."""
     keys = [k for k in state if k.startswith(prefix)]
     if all(state[k].dtype == dtype or not state[k].is_floating_point() for k in keys):
         return state
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu", backend="pread") as f:
-        return {k: t.to(dtype) if t.is_floating_point() else t for k in keys for t in (f.get_tensor(k),)}
+    return read_cast(path, keys, dtype)
 
 
 def _dit_family(state: dict[str, torch.Tensor], path: Path):

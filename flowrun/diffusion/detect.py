@@ -37,6 +37,8 @@ class Header:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str]
     metadata: dict[str, str] = field(default_factory=dict)
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # from, to: bytes after data_start
+    data_start: int = 0  # where the data section begins (8 + the header's length)
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -58,7 +60,7 @@ def read_header(path: str | os.PathLike) -> Header:
     if not isinstance(table, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     data_bytes = size - 8 - n
-    shapes, dtypes, metadata = {}, {}, {}
+    shapes, dtypes, metadata, offsets = {}, {}, {}, {}
     for name, info in table.items():
         if name == "__metadata__":
             metadata = info if isinstance(info, dict) else {}
@@ -71,8 +73,8 @@ def read_header(path: str | os.PathLike) -> Header:
         if any(d < 0 for d in shape) or not (0 <= start <= end <= data_bytes) or end - start != math.prod(shape) * width:
             raise CheckpointError(f"{path}: corrupt or truncated safetensors file: tensor {name!r} declares "
                                   f"{shape} {dtype} at bytes {start}..{end}, but the data section has {data_bytes:,} bytes")
-        shapes[name], dtypes[name] = shape, dtype
-    return Header(shapes, dtypes, metadata)
+        shapes[name], dtypes[name], offsets[name] = shape, dtype, (start, end)
+    return Header(shapes, dtypes, metadata, offsets, 8 + n)
 
 
 @dataclass
