@@ -230,3 +230,66 @@ def test_flux_in_bfloat16_and_fp8_files_upcast_to_the_run_dtype(tmp_path):
     diff = np.abs(full - half)
     # measured on the 2-core development machine: at most 2 levels apart, 0.18 on average (PSNR 55.6 dB)
     assert 0 < diff.max() <= 8 and diff.mean() < 0.6, (diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_read_cast_gives_the_bits_of_a_plain_cast(tmp_path, dtype):
+    """weights.read_cast (one reused buffer, file order) against safetensors' load + `.to`: the same bits for
+    float32, float16 and bfloat16 sources, integers kept as stored, empty tensors, keys in any order."""
+    from safetensors.torch import load_file, save_file
+
+    from flowrun.diffusion.weights import read_cast
+
+    gen = torch.Generator().manual_seed(3)
+    state = {"b.f32": torch.randn(7, 5, generator=gen) * 1e3, "a.f16": torch.randn(3, 3, 2, generator=gen).half(),
+             "c.bf16": torch.randn(11, generator=gen).bfloat16(), "d.ids": torch.arange(77).expand(1, 77).contiguous(),
+             "e.empty": torch.zeros(0, 4), "f.tiny": torch.tensor([1e-40, -3.4e38, float("inf"), float("nan")])}
+    path = tmp_path / "mixed.safetensors"
+    save_file(state, str(path))
+    keys = ["f.tiny", "d.ids", "a.f16", "b.f32", "e.empty", "c.bf16"]
+    got = read_cast(path, keys, dtype)
+    expected = load_file(str(path))
+    assert set(got) == set(keys)
+    for key in keys:
+        want = expected[key].to(dtype) if expected[key].is_floating_point() else expected[key]
+        assert got[key].dtype == want.dtype and got[key].shape == want.shape, key
+        assert torch.equal(got[key].view(torch.uint8) if want.numel() else got[key], want.view(torch.uint8)
+                           if want.numel() else want), key
+    assert got["d.ids"].dtype == torch.int64
+
+
+def test_read_cast_refuses_a_file_cut_short(tmp_path):
+    from safetensors.torch import save_file
+
+    from flowrun.diffusion.detect import CheckpointError
+    from flowrun.diffusion.weights import read_cast
+
+    path = tmp_path / "cut.safetensors"
+    save_file({"w": torch.ones(64, 64)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_cast(path, ["w"], torch.bfloat16)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_on_a_cpu_without_its_instructions_is_warned_about(tiny_models, monkeypatch, native):
+    """The checkpoint loader warns when a CPU run asks for bfloat16 and the CPU lacks AVX-512 BF16 and AMX
+    (torch then emulates it, slower than float32); says nothing where the CPU has them, or for float32."""
+    from flowrun.diffusion.precision import slow_bfloat16
+    from flowrun.execute.context import DevicePolicy, NodeFiles, RunContext
+    from flowrun.files import FileLookup
+    from flowrun.nodes.loaders import CheckpointParams, checkpoint_loader
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert slow_bfloat16("cpu", "float32") is None and slow_bfloat16("cpu", None) is None
+    assert slow_bfloat16("cuda", "bfloat16") is None
+    warned: list[str] = []
+    ctx = RunContext(device=DevicePolicy("cpu", "bfloat16"), warn=warned.append,
+                     files=NodeFiles(FileLookup(tiny_models, (str(tiny_models),)), {"ckpt_name": "tiny-fp"}))
+    checkpoint_loader(CheckpointParams(ckpt_name="tiny.safetensors"), ctx)
+    if native:
+        assert warned == []
+    else:
+        assert warned == ["bfloat16 on this CPU (no AVX-512 BF16 or AMX instructions) computes slower than "
+                          "float32; it still halves the UNet's memory"]

@@ -27,9 +27,12 @@ def checkpoint_loader(p: CheckpointParams, ctx) -> dict:
     """Load a checkpoint (single .safetensors in the original layout, or a diffusers folder)."""
     from flowrun.diffusion.checkpoint import load_bundle
     from flowrun.diffusion.detect import CheckpointError
+    from flowrun.diffusion.precision import slow_bfloat16
 
     fingerprint = ctx.files.fingerprint("ckpt_name")
     device = ctx.device.device
+    if note := slow_bfloat16(device, ctx.device.requested_dtype):
+        ctx.warn(note)
     try:
         path = ctx.files.path("checkpoints", p.ckpt_name)
         model, clip, vae = ctx.models.load(

@@ -131,8 +131,11 @@ class UnetParams(NodeParams):
 def unet_loader(p: UnetParams, ctx) -> ports.Model:
     """Load a diffusion model (UNet) on its own; its family and prediction type come from the weights."""
     from flowrun.diffusion.components import load_unet
+    from flowrun.diffusion.precision import slow_bfloat16
 
     device = ctx.device.device
+    if note := slow_bfloat16(device, ctx.device.requested_dtype):
+        ctx.warn(note)
     return load_one(ctx, "unet_name", "diffusion_models", p.unet_name,
                     lambda path, fp: load_unet(path, fp, device=device, weight_dtype=p.weight_dtype,
                                                allow_pickle=ctx.files.allow_pickle, dtype=ctx.device.requested_dtype),
@@ -153,8 +156,11 @@ def checkpoint_loader_with_config(p: ConfigCheckpointParams, ctx) -> dict:
     """Load a checkpoint as its LDM config says (its parameterization: `v` for v-prediction)."""
     from flowrun.diffusion.checkpoint import load_bundle
     from flowrun.diffusion.components import with_ldm_config
+    from flowrun.diffusion.precision import slow_bfloat16
 
     fingerprint, device = ctx.files.fingerprint("ckpt_name"), ctx.device.device
+    if note := slow_bfloat16(device, ctx.device.requested_dtype):
+        ctx.warn(note)
     path = loading(lambda: ctx.files.path("checkpoints", p.ckpt_name))
     config = loading(lambda: ctx.files.path("configs", p.config_name))
     model, clip, vae = loading(lambda: ctx.models.load(
