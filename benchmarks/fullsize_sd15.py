@@ -6,7 +6,10 @@ StableDiffusionPipeline, in float32 and bfloat16, each in its own process:
   from_single_file), seconds after imports, and the process's peak memory;
 - cold: a fresh process to its first image (64x64, 6 euler steps, cfg 7; flowrun with an empty cache,
   the file's fingerprint remembered as after any earlier run), and its peak memory;
-- warm: a second image with another seed in the same process.
+- warm: a second image with another seed in the same process;
+- the libraries' own memory: the peak of a process that imports what a render needs and loads nothing,
+  so that a render's peak less this is its weights and activations, to set against the weights' size in
+  their compute dtypes (issue 17's aim: at most 1.1x, plus activations).
 
 Offline: diffusers reads its configs from a folder written here from flowrun's bundled ones.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -112,6 +116,16 @@ def child(args) -> None:
     """One measurement in this process; prints a JSON line (epoch times and seconds)."""
     result: dict = {}
     t0 = time.perf_counter()
+    if args.child == "libraries":  # what a flowrun render imports, nothing loaded
+        import flowrun.diffusion.offline  # noqa: F401
+        import diffusers.loaders.single_file_utils  # noqa: F401
+        import transformers.models.clip.modeling_clip  # noqa: F401
+        import transformers.models.clip.tokenization_clip  # noqa: F401
+
+        import flowrun.diffusion.diffusers_models  # noqa: F401
+        from flowrun import api  # noqa: F401
+        print(json.dumps({"peak": peak_rss_gib()}))
+        return
     if args.child.startswith("flowrun"):
         from flowrun import api
         from flowrun.cache.memory import MemoryCache
@@ -248,6 +262,15 @@ def main() -> None:
                   f"load {f[0] / d[0]:.2f}, load peak {f[1] / d[1]:.2f}, run peak {f[4] / d[4]:.2f}")
         if args.quick:
             return
+        base = measure("libraries", "float32", work)["peak"]
+        shapes = read_header(ckpt).shapes
+        unet_numel = sum(math.prod(v) for k, v in shapes.items() if k.startswith("model.diffusion_model."))
+        rest_numel = sum(math.prod(v) for k, v in shapes.items()) - unet_numel  # CLIP and VAE: float32 on the CPU
+        for dtype, width in (("float32", 4), ("bfloat16", 2)):
+            weights = (unet_numel * width + rest_numel * 4) / 1024**3
+            beyond = by[("flowrun", dtype)][4] - base
+            print(f"ratio flowrun {dtype} run peak beyond the libraries' {base:.2f} GiB / weights {weights:.2f} GiB: "
+                  f"{beyond / weights:.2f}   (aim <= 1.1 plus activations)")
         f32, b16 = by[("flowrun", "float32")], by[("flowrun", "bfloat16")]
         print(f"ratio flowrun bfloat16 / float32: cold {b16[2] / f32[2]:.2f}, warm {b16[3] / f32[3]:.2f}, "
               f"load {b16[0] / f32[0]:.2f}, load peak {b16[1] / f32[1]:.2f}, run peak {b16[4] / f32[4]:.2f}")

@@ -121,6 +121,7 @@ def main() -> None:
     reran = [line.strip() for line in lines if "re-ran" in line]
     if reran:
         print(f"  watch's last line: {reran[-1]}")
+    print(f"ratio watch save to PNG / cold run: {save / cold:.3f}   (aim <= 0.1: {'met' if save / cold <= 0.1 else 'NOT met'})")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,7 +1,7 @@
 """Every script in benchmarks/ runs to its end in its quick mode and prints its ratio line.
 
-Marked slow: the seven scripts in quick mode take about 135 s together (sweep 41, fullsize_sd15 29, ray_sweep 27,
-upscale_memory 16, render_overhead 11, startup 10, validate_startup 1) on the 2-core development
+Marked slow: the eight scripts in quick mode take about 160 s together (sweep 41, fullsize_sd15 27, ray_sweep 26,
+startup 19, watch 17, upscale_memory 16, render_overhead 11, validate_startup 1) on the 2-core development
 machine (each starts whole flowrun processes, Ray a cluster), more than the default suite can spend.
 Run them with `pytest -m slow tests/test_benchmarks.py`.
 """
