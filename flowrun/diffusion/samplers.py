@@ -344,6 +344,13 @@ def sample_lcm(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Call
     return x
 
 
+# ComfyUI's *_gpu samplers differ from their plain names only in drawing the Brownian tree on the GPU.
+# flowrun draws every random number on the CPU from the seed (flowrun.diffusion.noise), so here they are
+# the plain samplers: on a CPU the same numbers as ComfyUI's; on a GPU ComfyUI's *_gpu noise differs
+# from flowrun's, which keeps the CPU tree so that a seed means the same image on every device.
+GPU_NOISE = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
+
+
 def get(name: str, sampling=None):
     """The sampling function for a ComfyUI sampler name; for a model whose `sampling` is a rectified flow,
     the flow forms ComfyUI runs for it (ancestral steps, the SDE solvers' log-SNR, LCM's renoising)."""
@@ -354,15 +361,17 @@ def get(name: str, sampling=None):
     if getattr(sampling, "flow", False):
         from flowrun.diffusion import flow_samplers
 
+        flow_snr = FlowSnr(sampling.percent_to_sigma)
         flow_table = {
             "euler_ancestral": flow_samplers.sample_euler_ancestral,
             "dpm_2_ancestral": flow_samplers.sample_dpm_2_ancestral,
             "dpmpp_2s_ancestral": flow_samplers.sample_dpmpp_2s_ancestral,
-            "dpmpp_sde": functools.partial(sample_dpmpp_sde, snr=FlowSnr(sampling.percent_to_sigma)),
-            "dpmpp_2m_sde": functools.partial(sample_dpmpp_2m_sde, snr=FlowSnr(sampling.percent_to_sigma)),
-            "dpmpp_3m_sde": functools.partial(sample_dpmpp_3m_sde, snr=FlowSnr(sampling.percent_to_sigma)),
+            "dpmpp_sde": functools.partial(sample_dpmpp_sde, snr=flow_snr),
+            "dpmpp_2m_sde": functools.partial(sample_dpmpp_2m_sde, snr=flow_snr),
+            "dpmpp_3m_sde": functools.partial(sample_dpmpp_3m_sde, snr=flow_snr),
             "lcm": functools.partial(sample_lcm, noise_scaling=sampling.noise_scaling),
         }
+        name = GPU_NOISE.get(name, name)
         if name in flow_table:
             return flow_table[name]
 
@@ -374,6 +383,7 @@ def get(name: str, sampling=None):
         "dpmpp_3m_sde": sample_dpmpp_3m_sde, "lcm": sample_lcm,
         "uni_pc": unipc.sample_unipc, "uni_pc_bh2": unipc.sample_unipc_bh2,
     }
+    name = GPU_NOISE.get(name, name)
     if name not in table:
         raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
     return table[name]
