@@ -86,9 +86,11 @@ def gaussian_denoiser(x, sigma):
     return x * C / (C + s ** 2)
 
 
-DETERMINISTIC = ["euler", "heun", "dpm_2", "lms", "dpmpp_2m", "ddim", "uni_pc", "uni_pc_bh2"]
-STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",
-              "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "lcm"]
+DETERMINISTIC = ["euler", "euler_cfg_pp", "heun", "dpm_2", "lms", "dpmpp_2m", "dpmpp_2m_cfg_pp", "ddim", "uni_pc",
+                 "uni_pc_bh2"]
+STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+              "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+              "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "lcm"]
 
 
 def _solve(name, steps, x=None, seed=0):
@@ -96,14 +98,25 @@ def _solve(name, steps, x=None, seed=0):
     sigmas = schedules.sampler_sigmas(ms, "karras", name, steps)
     x_t = x if x is not None else torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
     start = x_t * sigmas[0]
-    return samplers.get(name)(gaussian_denoiser, start, sigmas, SeedNoise([seed]), lambda i: None), x_t, sigmas
+    denoiser, options = gaussian_denoiser, {}
+    if samplers.needs_uncond(name):  # CFG++ without guidance: the unconditional prediction is the prediction
+        from flowrun.diffusion.cfg_pp import UncondSink
+
+        options["uncond"] = sink = UncondSink()
+
+        def denoiser(x, sigma):
+            sink.value = gaussian_denoiser(x, sigma)
+            return sink.value
+
+    out = samplers.get(name)(denoiser, start, sigmas, SeedNoise([seed]), lambda i: None, **options)
+    return out, x_t, sigmas
 
 
 def test_every_sampler_name_is_covered():
     assert sorted(DETERMINISTIC + STOCHASTIC) == sorted(SAMPLERS)
 
 
-FIRST_ORDER = {"euler", "ddim"}
+FIRST_ORDER = {"euler", "euler_cfg_pp", "ddim"}
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
@@ -127,7 +140,7 @@ def test_heun_is_more_accurate_than_euler():
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_stochastic_samplers_sample_the_data_distribution(name):
     x = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(1))
-    steps = 100 if name == "euler_ancestral" else 30  # first order: slower to converge
+    steps = 100 if name in ("euler_ancestral", "euler_ancestral_cfg_pp") else 30  # first order: slower to converge
     out, _, sigmas = _solve(name, steps, x=x, seed=123)
     expected = C
     if name == "lcm":

@@ -112,3 +112,196 @@ def test_the_schema_lists_every_sampler_in_comfyuis_order():
 
     walk(schema)
     assert enums and all(e == list(SAMPLERS) for e in enums)
+
+
+# --- CFG++: a guided denoiser that leaves its unconditional prediction in the sink ------------------------
+
+C_UNCOND = 0.6
+CFG = 3.0
+
+
+def _ideal(x, sigma, c, flow):
+    s = sigma.view(-1, 1, 1, 1) if torch.is_tensor(sigma) else sigma
+    if flow:
+        return x * (1 - s) * c / ((1 - s) ** 2 * c + s ** 2)
+    return x * c / (c + s ** 2)
+
+
+def _guided(flow=False, cfg=CFG, c_uncond=C_UNCOND):
+    """(denoiser, sink): D = U + (P - U) cfg over two ideal denoisers of different data variances."""
+    from flowrun.diffusion.cfg_pp import UncondSink
+
+    sink = UncondSink()
+
+    def run(x, sigma):
+        cond, uncond = _ideal(x, sigma, C, flow), _ideal(x, sigma, c_uncond, flow)
+        sink.value = uncond
+        return uncond + (cond - uncond) * cfg
+
+    return run, sink
+
+
+def _both(x, s, flow=False):
+    """(D, U) of the test's guided denoiser at a float sigma."""
+    cond, uncond = _ideal(x, s, C, flow), _ideal(x, s, C_UNCOND, flow)
+    return uncond + (cond - uncond) * CFG, uncond
+
+
+def _cpu_draws(x, seed=5):
+    """The ancestral samplers' per-step noise: CPU randn of seed + 1, one draw per noised step."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return lambda: torch.randn(x.shape, generator=gen)
+
+
+def _cfg_pp(name, x, sigmas, flow=False, **kw):
+    denoiser, sink = _guided(flow)
+    sampling = FlowSampling(3.0) if flow else None
+    return _run(name, x, sigmas, denoiser, sampling, uncond=sink, **kw)
+
+
+def _ancestral_up_down(s, s_next, eta=1.0):
+    up = min(s_next, eta * math.sqrt(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2))
+    return math.sqrt(s_next ** 2 - up ** 2), up
+
+
+def test_euler_cfg_pp_steps_along_the_unconditional_direction():
+    x = _start(8.0)
+    ref = x.clone()
+    s = SIGMAS.tolist()
+    for a, b in zip(s[:-1], s[1:]):
+        d, u = _both(ref, a)
+        ref = d + (b / a) * (ref - u)  # back to noise along the unconditional prediction
+    assert torch.allclose(_cfg_pp("euler_cfg_pp", x, SIGMAS), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_euler_cfg_pp_without_guidance_is_euler():
+    x = _start(8.0)
+    denoiser, sink = _guided(cfg=1.0, c_uncond=C)
+    same = _run("euler_cfg_pp", x, SIGMAS, denoiser, uncond=sink)
+    assert torch.allclose(same, _run("euler", x, SIGMAS), rtol=1e-5, atol=1e-6)
+
+
+def test_euler_ancestral_cfg_pp_follows_its_formula():
+    x = _start(8.0)
+    draw = _cpu_draws(x)
+    ref = x.clone()
+    s = SIGMAS.tolist()
+    for a, b in zip(s[:-1], s[1:]):
+        d, u = _both(ref, a)
+        if b == 0:
+            ref = d
+            continue
+        down, up = _ancestral_up_down(a, b)
+        ref = d + down * (ref - u) / a + draw() * up
+    assert torch.allclose(_cfg_pp("euler_ancestral_cfg_pp", x, SIGMAS), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_euler_ancestral_cfg_pp_of_a_flow_scales_by_alpha():
+    sigmas = torch.tensor([0.95, 0.7, 0.4, 0.15, 0.0])
+    x = _start(1.0)
+    draw = _cpu_draws(x)
+    ref = x.clone()
+    s = sigmas.tolist()
+    for a, b in zip(s[:-1], s[1:]):
+        d, u = _both(ref, a, flow=True)
+        if b == 0:
+            ref = d
+            continue
+        alpha, alpha_next = 1 - a, 1 - b
+        down, up = _ancestral_up_down(a / alpha, b / alpha_next)
+        ref = alpha_next * d + alpha_next * down * (ref - alpha * u) / a + alpha_next * draw() * up
+    assert torch.allclose(_cfg_pp("euler_ancestral_cfg_pp", x, sigmas, flow=True), ref, rtol=1e-5, atol=1e-5)
+    # from sigma 1 (alpha 0) the step stays finite, as ComfyUI's
+    assert torch.isfinite(_cfg_pp("euler_ancestral_cfg_pp", x, FLOW_SIGMAS, flow=True)).all()
+    assert torch.isfinite(_cfg_pp("euler_cfg_pp", x, FLOW_SIGMAS, flow=True)).all()
+
+
+def test_dpmpp_2m_cfg_pp_follows_its_formula():
+    x = _start(8.0)
+    ref, old_u = x.clone(), None
+    s = SIGMAS.tolist()
+    for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
+        d, u = _both(ref, a)
+        ratio = b / a  # e^-h
+        if old_u is None or b == 0:
+            ref = d - ratio * u + ratio * ref
+        else:
+            r = math.log(s[i - 1] / a) / math.log(a / b)  # h_last / h
+            ref = d - ratio * u + (1 - ratio) / (2 * r) * (d - old_u) + ratio * ref
+        old_u = u
+    assert torch.allclose(_cfg_pp("dpmpp_2m_cfg_pp", x, SIGMAS), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dpmpp_2s_ancestral_cfg_pp_follows_its_formula():
+    x = _start(8.0)
+    draw = _cpu_draws(x)
+    ref = x.clone()
+    s = SIGMAS.tolist()
+    for a, b in zip(s[:-1], s[1:]):
+        d, u = _both(ref, a)
+        down, up = _ancestral_up_down(a, b)
+        if down == 0:
+            ref = u
+        else:
+            mid = math.sqrt(a * down)  # the midpoint in log sigma
+            _, u2 = _both((mid / a) * ref + (1 - mid / a) * u, mid)
+            ref = (down / a) * ref + (1 - down / a) * u2
+        if b > 0:
+            ref = ref + draw() * up
+        ref = ref + (d - u)
+    assert torch.allclose(_cfg_pp("dpmpp_2s_ancestral_cfg_pp", x, SIGMAS), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dpmpp_2s_ancestral_cfg_pp_of_a_flow_follows_its_formula():
+    x = _start(1.0)
+    draw = _cpu_draws(x)
+    ref = x.clone()
+    s = FLOW_SIGMAS.tolist()
+    for a, b in zip(s[:-1], s[1:]):
+        d, u = _both(ref, a, flow=True)
+        down = b * (1 + (b / a - 1))  # eta 1
+        if b == 0:
+            ref = u
+        else:
+            if a == 1.0:
+                mid = 0.9999
+            else:
+                lam = (math.log((1 - a) / a) + math.log((1 - down) / down)) / 2
+                mid = 1 / (1 + math.exp(lam))
+            _, u2 = _both((mid / a) * ref + (1 - mid / a) * u, mid, flow=True)
+            ref = (down / a) * ref + (1 - down / a) * u2
+            renoise = math.sqrt(b ** 2 - down ** 2 * (1 - b) ** 2 / (1 - down) ** 2)
+            ref = (1 - b) / (1 - down) * ref + draw() * renoise
+        ref = ref + (1 - b) * (d - u)
+    got = _cfg_pp("dpmpp_2s_ancestral_cfg_pp", x, FLOW_SIGMAS, flow=True)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cfg_pp_runs_the_negative_prompt_at_cfg_1(tiny_bundle):
+    """ComfyUI turns its cfg-1 shortcut off for CFG++: the unconditional prediction steers even at cfg 1."""
+    from flowrun.diffusion.clip import encode
+    from flowrun.diffusion.ksampler import ksample
+    from flowrun.values import Latent
+
+    model, clip, _ = tiny_bundle
+    pos, neg, other = encode(clip, "a red circle"), encode(clip, ""), encode(clip, "a blue square")
+    kw = dict(seed=3, steps=3, cfg=1.0, scheduler="normal", positive=pos, latent=Latent(torch.zeros(1, 4, 8, 8)))
+    plain = ksample(model, sampler_name="euler", negative=neg, **kw).samples
+    with_neg = ksample(model, sampler_name="euler_cfg_pp", negative=neg, **kw).samples
+    with_other = ksample(model, sampler_name="euler_cfg_pp", negative=other, **kw).samples
+    assert not torch.allclose(plain, with_neg) and not torch.allclose(with_neg, with_other)
+    same = ksample(model, sampler_name="euler_cfg_pp", negative=pos, **kw).samples  # uncond = cond: Euler
+    assert torch.allclose(same, plain, rtol=1e-5, atol=1e-3)
+
+
+def test_cfg_pp_is_refused_with_a_dual_guider(tiny_bundle):
+    from flowrun.diffusion.clip import encode
+    from flowrun.diffusion.ksampler import guider_guide, sample
+    from flowrun.values import Guider, Latent
+
+    model, clip, _ = tiny_bundle
+    cond = encode(clip, "x")
+    guider = Guider(model=model, positive=cond, negative=cond, middle=cond, cfg=2.0, cfg2=2.0, style="dual")
+    with pytest.raises(ValueError, match="DualCFGGuider"):
+        sample(model, guider_guide(guider), "euler_cfg_pp", torch.tensor([14.6, 1.0, 0.0]), SeedNoise([1]),
+               Latent(torch.zeros(1, 4, 8, 8)))

@@ -351,12 +351,18 @@ def sample_lcm(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Call
 GPU_NOISE = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
 
 
+def needs_uncond(name: str) -> bool:
+    """Whether the sampler reads the unconditional prediction (the CFG++ samplers: `uncond=` an UncondSink
+    the guided denoiser fills)."""
+    return name.endswith("_cfg_pp")
+
+
 def get(name: str, sampling=None):
     """The sampling function for a ComfyUI sampler name; for a model whose `sampling` is a rectified flow,
     the flow forms ComfyUI runs for it (ancestral steps, the SDE solvers' log-SNR, LCM's renoising)."""
     import functools
 
-    from flowrun.diffusion import unipc
+    from flowrun.diffusion import cfg_pp, unipc
 
     if getattr(sampling, "flow", False):
         from flowrun.diffusion import flow_samplers
@@ -370,6 +376,9 @@ def get(name: str, sampling=None):
             "dpmpp_2m_sde": functools.partial(sample_dpmpp_2m_sde, snr=flow_snr),
             "dpmpp_3m_sde": functools.partial(sample_dpmpp_3m_sde, snr=flow_snr),
             "lcm": functools.partial(sample_lcm, noise_scaling=sampling.noise_scaling),
+            "euler_cfg_pp": functools.partial(cfg_pp.sample_euler_cfg_pp, snr=flow_snr),
+            "euler_ancestral_cfg_pp": functools.partial(cfg_pp.sample_euler_ancestral_cfg_pp, snr=flow_snr),
+            "dpmpp_2s_ancestral_cfg_pp": cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp_flow,
         }
         name = GPU_NOISE.get(name, name)
         if name in flow_table:
@@ -382,6 +391,9 @@ def get(name: str, sampling=None):
         "dpmpp_sde": sample_dpmpp_sde, "dpmpp_2m": sample_dpmpp_2m, "dpmpp_2m_sde": sample_dpmpp_2m_sde,
         "dpmpp_3m_sde": sample_dpmpp_3m_sde, "lcm": sample_lcm,
         "uni_pc": unipc.sample_unipc, "uni_pc_bh2": unipc.sample_unipc_bh2,
+        "euler_cfg_pp": cfg_pp.sample_euler_cfg_pp, "euler_ancestral_cfg_pp": cfg_pp.sample_euler_ancestral_cfg_pp,
+        "dpmpp_2m_cfg_pp": cfg_pp.sample_dpmpp_2m_cfg_pp,
+        "dpmpp_2s_ancestral_cfg_pp": cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp,
     }
     name = GPU_NOISE.get(name, name)
     if name not in table:
