@@ -305,3 +305,168 @@ def test_cfg_pp_is_refused_with_a_dual_guider(tiny_bundle):
     with pytest.raises(ValueError, match="DualCFGGuider"):
         sample(model, guider_guide(guider), "euler_cfg_pp", torch.tensor([14.6, 1.0, 0.0]), SeedNoise([1]),
                Latent(torch.zeros(1, 4, 8, 8)))
+
+
+# --- ddpm, heunpp2, ipndm, ipndm_v, deis, dpmpp_2m_sde_heun ----------------------------------------------
+
+def test_ddpm_is_the_ddpm_posterior_step_in_vp_space():
+    x = _start(8.0)
+    draw = _cpu_draws(x)
+    ref = x.clone()
+    s = SIGMAS.tolist()
+    for a, b in zip(s[:-1], s[1:]):
+        eps = (ref - gaussian_denoiser(ref, torch.tensor([a]))) / a
+        abar, abar_prev = 1 / (1 + a * a), 1 / (1 + b * b)
+        alpha = abar / abar_prev
+        mean = (ref * math.sqrt(abar) - (1 - alpha) / math.sqrt(1 - abar) * eps) / math.sqrt(alpha)
+        if b > 0:
+            mean = mean + math.sqrt((1 - alpha) * (1 - abar_prev) / (1 - abar)) * draw()
+            ref = mean / math.sqrt(abar_prev)
+        else:
+            ref = mean
+    assert torch.allclose(_run("ddpm", x, SIGMAS), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_heunpp2_follows_its_formula():
+    x = _start(8.0)
+    s = SIGMAS.tolist()
+
+    def slope(v, sigma):
+        return (v - gaussian_denoiser(v, torch.tensor([sigma]))) / sigma
+
+    ref = x.clone()
+    for i in range(len(s) - 1):
+        d, dt = slope(ref, s[i]), s[i + 1] - s[i]
+        if i + 1 == len(s) - 1:
+            ref = ref + d * dt
+        elif i + 2 == len(s) - 1:
+            d2 = slope(ref + d * dt, s[i + 1])
+            w = s[i + 1] / (2 * s[0])
+            ref = ref + ((1 - w) * d + w * d2) * dt
+        else:
+            x2 = ref + d * dt
+            d2 = slope(x2, s[i + 1])
+            d3 = slope(x2 + d2 * (s[i + 2] - s[i + 1]), s[i + 2])
+            w2, w3 = s[i + 1] / (3 * s[0]), s[i + 2] / (3 * s[0])
+            ref = ref + ((1 - w2 - w3) * d + w2 * d2 + w3 * d3) * dt
+    assert torch.allclose(_run("heunpp2", x, SIGMAS), ref, rtol=1e-5, atol=1e-5)
+
+
+def _adams_bashforth(x, sigmas, weights):
+    """Adams–Bashforth over d = (x - D) / sigma with the given weights per order (newest derivative
+    first), rising from Euler; the step into sigma 0 lands on the prediction."""
+    ref, ds = x.clone(), []
+    s = sigmas.tolist()
+    for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
+        denoised = gaussian_denoiser(ref, torch.tensor([a]))
+        ds.insert(0, (ref - denoised) / a)
+        if b == 0:
+            ref = denoised
+            continue
+        w = weights[min(len(weights), i + 1)]
+        ref = ref + (b - a) * sum(c * d for c, d in zip(w, ds))
+    return ref
+
+
+AB = {1: [1], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+
+
+def test_ipndm_uses_the_fixed_step_adams_bashforth_weights():
+    x = _start(8.0)
+    assert torch.allclose(_run("ipndm", x, SIGMAS), _adams_bashforth(x, SIGMAS, AB), rtol=1e-5, atol=1e-5)
+
+
+def test_ipndm_v_weights_on_equal_steps():
+    """On equal steps the variable-step weights are Adams–Bashforth's up to third order; the fourth-order
+    formula (diff-solvers', which ComfyUI runs) gives (57, -65, 43, -11) / 24 there instead of AB4's."""
+    even = torch.cat([torch.linspace(9.0, 1.0, 9), torch.zeros(1)])
+    x = _start(9.0)
+    weights = {**AB, 4: [57 / 24, -65 / 24, 43 / 24, -11 / 24]}
+    assert torch.allclose(_run("ipndm_v", x, even), _adams_bashforth(x, even, weights), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(_run("ipndm_v", x, even, max_order=3), _run("ipndm", x, even, max_order=3),
+                          rtol=1e-5, atol=1e-5)
+
+
+def test_ipndm_v_second_order_weights_follow_the_step_ratio():
+    x = _start(8.0)
+    s = SIGMAS.tolist()
+    ref, old = x.clone(), None
+    for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
+        denoised = gaussian_denoiser(ref, torch.tensor([a]))
+        d = (ref - denoised) / a
+        if b == 0:
+            ref = denoised
+        elif old is None:
+            ref = ref + (b - a) * d
+        else:
+            q = (b - a) / (a - s[i - 1])  # this step over the last one
+            ref = ref + (b - a) * ((1 + q / 2) * d - q / 2 * old)
+        old = d
+    assert torch.allclose(_run("ipndm_v", x, SIGMAS, max_order=2), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_deis_coefficients_integrate_the_lagrange_basis_against_dsigma():
+    """DEIS's weight -1/2 dlog(alpha)/dt / sqrt(alpha (1 - alpha)) is dsigma/dt of its VP schedule, so each
+    coefficient is the integral over [sigma_n, sigma_n+1] of a Lagrange basis polynomial in t(sigma)."""
+    from scipy import integrate
+
+    from flowrun.diffusion.adams import deis_coefficients
+
+    sigmas = torch.tensor([14.6, 6.1, 2.2, 0.69, 0.17, 0.03, 0.0])
+    coefficients = deis_coefficients(sigmas, 3)
+    b_min = math.log(80.0 ** 2 + 1) - 0.5 * 2 * (math.log(0.002 ** 2 + 1) / 1e-3 - math.log(80.0 ** 2 + 1)) / (1e-3 - 1)
+    b_d = 2 * (math.log(0.002 ** 2 + 1) / 1e-3 - math.log(80.0 ** 2 + 1)) / (1e-3 - 1)
+
+    def t_of(sigma):
+        return (math.sqrt(b_min ** 2 + 2 * b_d * math.log(sigma ** 2 + 1)) - b_min) / b_d
+
+    s = sigmas.tolist()
+    for i in range(1, len(s) - 2):
+        order = min(i + 1, 3)
+        past = [t_of(s[i - k]) for k in range(order)]
+        assert len(coefficients[i]) == order
+        for j in range(order):
+            def basis(sig, j=j):
+                t = t_of(sig)
+                return math.prod((t - past[k]) / (past[j] - past[k]) for k in range(order) if k != j)
+
+            expected = integrate.quad(basis, s[i], s[i + 1])[0]
+            assert float(coefficients[i][j]) == pytest.approx(expected, rel=2e-3, abs=1e-4), (i, j)
+        assert float(sum(coefficients[i])) == pytest.approx(s[i + 1] - s[i], rel=2e-3)
+    assert coefficients[0] == [] and coefficients[-1] == []  # Euler first and into sigma 0
+
+
+def test_deis_steps_with_its_coefficients():
+    from flowrun.diffusion.adams import deis_coefficients
+
+    x = _start(8.0)
+    coefficients = deis_coefficients(SIGMAS, 3)
+    ref, ds = x.clone(), []
+    s = SIGMAS.tolist()
+    for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
+        ds.insert(0, (ref - gaussian_denoiser(ref, torch.tensor([a]))) / a)
+        if i == 0 or b == 0:
+            ref = ref + (b - a) * ds[0]
+        else:
+            ref = ref + sum(float(c) * d for c, d in zip(coefficients[i], ds))
+    assert torch.allclose(_run("deis", x, SIGMAS), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dpmpp_2m_sde_heun_follows_its_formula():
+    x = _start(8.0)
+    for name in ("dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu"):
+        assert torch.equal(_run(name, x, SIGMAS), _run("dpmpp_2m_sde", x, SIGMAS, solver_type="heun"))
+    # without noise (eta 0): exponential-integrator steps with Heun's correction of the derivative
+    ref, old, h_last = x.clone(), None, None
+    s = SIGMAS.tolist()
+    for a, b in zip(s[:-1], s[1:]):
+        denoised = gaussian_denoiser(ref, torch.tensor([a]))
+        if b == 0:
+            ref = denoised
+            break
+        h = math.log(a / b)
+        ref = (b / a) * ref + (1 - b / a) * denoised
+        if old is not None:
+            ref = ref + (1 - (1 - math.exp(-h)) / h) * (h / h_last) * (denoised - old)  # alpha_t = 1
+        old, h_last = denoised, h
+    assert torch.allclose(_run("dpmpp_2m_sde_heun", x, SIGMAS, eta=0.0), ref, rtol=1e-5, atol=1e-5)

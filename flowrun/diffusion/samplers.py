@@ -348,7 +348,8 @@ def sample_lcm(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Call
 # flowrun draws every random number on the CPU from the seed (flowrun.diffusion.noise), so here they are
 # the plain samplers: on a CPU the same numbers as ComfyUI's; on a GPU ComfyUI's *_gpu noise differs
 # from flowrun's, which keeps the CPU tree so that a seed means the same image on every device.
-GPU_NOISE = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
+GPU_NOISE = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde",
+             "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
 
 
 def needs_uncond(name: str) -> bool:
@@ -362,7 +363,7 @@ def get(name: str, sampling=None):
     the flow forms ComfyUI runs for it (ancestral steps, the SDE solvers' log-SNR, LCM's renoising)."""
     import functools
 
-    from flowrun.diffusion import cfg_pp, unipc
+    from flowrun.diffusion import adams, cfg_pp, step_samplers, unipc
 
     if getattr(sampling, "flow", False):
         from flowrun.diffusion import flow_samplers
@@ -374,6 +375,7 @@ def get(name: str, sampling=None):
             "dpmpp_2s_ancestral": flow_samplers.sample_dpmpp_2s_ancestral,
             "dpmpp_sde": functools.partial(sample_dpmpp_sde, snr=flow_snr),
             "dpmpp_2m_sde": functools.partial(sample_dpmpp_2m_sde, snr=flow_snr),
+            "dpmpp_2m_sde_heun": functools.partial(sample_dpmpp_2m_sde, snr=flow_snr, solver_type="heun"),
             "dpmpp_3m_sde": functools.partial(sample_dpmpp_3m_sde, snr=flow_snr),
             "lcm": functools.partial(sample_lcm, noise_scaling=sampling.noise_scaling),
             "euler_cfg_pp": functools.partial(cfg_pp.sample_euler_cfg_pp, snr=flow_snr),
@@ -394,6 +396,9 @@ def get(name: str, sampling=None):
         "euler_cfg_pp": cfg_pp.sample_euler_cfg_pp, "euler_ancestral_cfg_pp": cfg_pp.sample_euler_ancestral_cfg_pp,
         "dpmpp_2m_cfg_pp": cfg_pp.sample_dpmpp_2m_cfg_pp,
         "dpmpp_2s_ancestral_cfg_pp": cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp,
+        "dpmpp_2m_sde_heun": functools.partial(sample_dpmpp_2m_sde, solver_type="heun"),
+        "heunpp2": step_samplers.sample_heunpp2, "ddpm": step_samplers.sample_ddpm,
+        "ipndm": adams.sample_ipndm, "ipndm_v": adams.sample_ipndm_v, "deis": adams.sample_deis,
     }
     name = GPU_NOISE.get(name, name)
     if name not in table:
