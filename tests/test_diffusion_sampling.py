@@ -87,10 +87,13 @@ def gaussian_denoiser(x, sigma):
 
 
 DETERMINISTIC = ["euler", "euler_cfg_pp", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "dpmpp_2m_cfg_pp", "ipndm",
-                 "ipndm_v", "deis", "ddim", "uni_pc", "uni_pc_bh2"]
+                 "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "gradient_estimation",
+                 "gradient_estimation_cfg_pp", "exp_heun_2_x0", "ddim", "uni_pc", "uni_pc_bh2"]
 STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
               "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-              "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm"]
+              "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",
+              "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "exp_heun_2_x0_sde", "seeds_2",
+              "seeds_3"]
 
 
 def _solve(name, steps, x=None, seed=0):
@@ -116,12 +119,16 @@ def test_every_sampler_name_is_covered():
     assert sorted(DETERMINISTIC + STOCHASTIC) == sorted(SAMPLERS)
 
 
-FIRST_ORDER = {"euler", "euler_cfg_pp", "heunpp2", "ddim"}  # heunpp2's weights keep it near Euler
+# heunpp2's weights and gradient_estimation's extrapolated derivative keep them near Euler's accuracy
+FIRST_ORDER = {"euler", "euler_cfg_pp", "heunpp2", "gradient_estimation", "gradient_estimation_cfg_pp", "ddim"}
+# second order, but starting from an Euler step (res_multistep: 0.012 at 30 karras steps, 0.0017 at 100)
+# or ending with a plain jump to the prediction (exp_heun_2_x0: 0.0118 at 30)
+LOOSER = {"res_multistep": 0.015, "res_multistep_cfg_pp": 0.015, "exp_heun_2_x0": 0.015}
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_deterministic_samplers_solve_the_ode(name):
-    steps, tol = (100, 0.035) if name in FIRST_ORDER else (30, 0.01)
+    steps, tol = (100, 0.035) if name in FIRST_ORDER else (30, LOOSER.get(name, 0.01))
     out, x_t, sigmas = _solve(name, steps)
     exact = x_t * sigmas[0] * math.sqrt(C / (C + float(sigmas[0]) ** 2))
     assert float((out - exact).abs().max()) < tol

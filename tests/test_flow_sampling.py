@@ -176,7 +176,8 @@ def _flow_model(tiny_bundle, target):
 # samplers that step in log-SNR and so move a first sigma of 1 to the sigma at 0.01 % (ComfyUI's
 # offset_first_sigma_for_snr)
 OFFSET_FIRST_SIGMA = {"dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
-                      "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu"}
+                      "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "er_sde", "exp_heun_2_x0",
+                      "exp_heun_2_x0_sde", "seeds_2", "seeds_3"}
 
 
 @pytest.mark.parametrize("sampler_name", SAMPLERS)

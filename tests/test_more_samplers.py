@@ -78,6 +78,22 @@ nodes:
 """
 
 
+# ComfyUI's sampler list (comfy/samplers.py KSAMPLER_NAMES, then ddim, uni_pc, uni_pc_bh2), December 2026
+COMFYUI_ORDER = [
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "exp_heun_2_x0",
+    "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
+    "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2"]
+
+
+def test_sampler_names_are_comfyuis_in_its_order():
+    assert list(SAMPLERS) == [n for n in COMFYUI_ORDER if n in SAMPLERS]
+    assert set(SAMPLERS) <= set(COMFYUI_ORDER)
+
+
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_name_validates(workflow, name):
     from flowrun import api
@@ -470,3 +486,189 @@ def test_dpmpp_2m_sde_heun_follows_its_formula():
             ref = ref + (1 - (1 - math.exp(-h)) / h) * (h / h_last) * (denoised - old)  # alpha_t = 1
         old, h_last = denoised, h
     assert torch.allclose(_run("dpmpp_2m_sde_heun", x, SIGMAS, eta=0.0), ref, rtol=1e-5, atol=1e-5)
+
+
+# --- res_multistep, gradient_estimation, er_sde ---------------------------------------------------------
+
+def _res_reference(x, sigmas, eta=0.0, cfg_pp=False):
+    """RES's second-order multistep exponential integrator in log(1/sigma), written out: for a step of
+    length h after one of length h_old, x' = e^-h x + h (b1 D + b2 D_old) with phi1 = (1 - e^-h) / h,
+    phi2 = (phi1 - 1) / (-h), b2 = phi2 / c2, b1 = phi1 - b2, c2 = -h_old' / h."""
+    draw = _cpu_draws(x)
+    ref, old, old_down = x.clone(), None, None
+    s = sigmas.tolist()
+    for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
+        d, u = _both(ref, a) if cfg_pp else (gaussian_denoiser(ref, torch.tensor([a])), None)
+        down, up = _ancestral_up_down(a, b, eta) if eta else (b, 0.0)
+        if down == 0 or old is None:
+            ref = d + (ref - u) / a * down if cfg_pp else ref + (ref - d) / a * (down - a)
+        else:
+            h = math.log(a / down)
+            c2 = math.log(old_down / s[i - 1]) / h
+            phi1 = (1 - math.exp(-h)) / h
+            phi2 = (phi1 - 1) / -h
+            b2 = phi2 / c2
+            b1 = phi1 - b2
+            if cfg_pp:
+                ref = math.exp(-h) * (ref + d - u) + h * (b1 * u + b2 * old)
+            else:
+                ref = math.exp(-h) * ref + h * (b1 * d + b2 * old)
+        if b > 0:
+            draw_now = draw()
+            ref = ref + draw_now * up
+        old, old_down = (u if cfg_pp else d), down
+    return ref
+
+
+@pytest.mark.parametrize("name", ["res_multistep", "res_multistep_ancestral", "res_multistep_cfg_pp",
+                                  "res_multistep_ancestral_cfg_pp"])
+def test_res_multistep_follows_its_formula(name):
+    x = _start(8.0)
+    cfg_pp = name.endswith("_cfg_pp")
+    expected = _res_reference(x, SIGMAS, eta=1.0 if "ancestral" in name else 0.0, cfg_pp=cfg_pp)
+    got = _cfg_pp(name, x, SIGMAS) if cfg_pp else _run(name, x, SIGMAS)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg_pp", [False, True])
+def test_gradient_estimation_follows_its_formula(cfg_pp):
+    x = _start(8.0)
+    ref, old_d = x.clone(), None
+    s = SIGMAS.tolist()
+    for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
+        d, u = _both(ref, a) if cfg_pp else (gaussian_denoiser(ref, torch.tensor([a])), None)
+        slope = (ref - (u if cfg_pp else d)) / a
+        if b == 0:
+            ref = d
+        else:
+            ref = d + slope * b if cfg_pp else ref + slope * (b - a)
+            if i >= 1:
+                ref = ref + (2.0 - 1) * (slope - old_d) * (b - a)  # ge_gamma 2
+        old_d = slope
+    got = _cfg_pp("gradient_estimation_cfg_pp", x, SIGMAS) if cfg_pp else _run("gradient_estimation", x, SIGMAS)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _er_sde_reference(x, sigmas, flow=False):
+    """ER-SDE-Solver-3 written out over er_lambda = sigma / alpha, its integrals as 200-point sums."""
+    def scale(v):
+        return v * (math.exp(v ** 0.3) + 10.0)
+
+    denoise = (lambda v, sig: _ideal(v, sig, C, True)) if flow else (lambda v, sig: gaussian_denoiser(v, torch.tensor([sig])))
+    s = sigmas.tolist()
+    if flow and s[0] >= 1:
+        s[0] = FlowSampling(3.0).percent_to_sigma(1e-4)
+    lam = [(v / (1 - v) if flow else v) for v in s]
+    draw = _cpu_draws(x)
+    ref, old, old_dd = x.clone(), None, None
+    for i in range(len(s) - 1):
+        d = denoise(ref, s[i])
+        if s[i + 1] == 0:
+            ref = d
+            break
+        ls, lt = lam[i], lam[i + 1]
+        alpha_s, alpha_t = s[i] / ls, s[i + 1] / lt
+        r = scale(lt) / scale(ls)
+        new = alpha_t / alpha_s * r * ref + alpha_t * (1 - r) * d
+        if i >= 1:
+            step = (ls - lt) / 200
+            points = [lt + k * step for k in range(200)]
+            integral = sum(1 / scale(p) for p in points) * step
+            dd = (d - old) / (ls - lam[i - 1])
+            new = new + alpha_t * ((lt - ls) + integral * scale(lt)) * dd
+            if i >= 2:
+                integral_u = sum((p - ls) / scale(p) for p in points) * step
+                du = (dd - old_dd) / ((ls - lam[i - 2]) / 2)
+                new = new + alpha_t * ((lt - ls) ** 2 / 2 + integral_u * scale(lt)) * du
+            old_dd = dd
+        ref = new + alpha_t * draw() * math.sqrt(max(lt ** 2 - ls ** 2 * r ** 2, 0.0))
+        old = d
+    return ref
+
+
+def test_er_sde_follows_its_formula():
+    x = _start(8.0)
+    assert torch.allclose(_run("er_sde", x, SIGMAS), _er_sde_reference(x, SIGMAS), rtol=1e-4, atol=1e-4)
+    fx = _start(1.0)
+    got = _run("er_sde", fx, FLOW_SIGMAS, flow_denoiser, FlowSampling(3.0))
+    assert torch.allclose(got, _er_sde_reference(fx, FLOW_SIGMAS, flow=True), rtol=1e-4, atol=1e-4)
+
+
+# --- seeds_2, seeds_3, exp_heun_2_x0(_sde) ---------------------------------------------------------------
+
+def _seeds_reference(x, sigmas, rs, eta=1.0, rule="phi_1", flow=False):
+    """SEEDS written out in lambda = log(alpha / sigma): sub-steps at lerp(lambda_s, lambda_t, r), each an
+    exponential-integrator step from x (decay sigma'/sigma e^(-r h eta)) with its chained noise."""
+    def lam(v):
+        return math.log((1 - v) / v) if flow else -math.log(v)
+
+    def sig(l):
+        return 1 / (1 + math.exp(l)) if flow else math.exp(-l)
+
+    def alpha(v):
+        return 1 - v if flow else 1.0
+
+    s = sigmas.tolist()
+    if flow and s[0] >= 1:
+        s[0] = FlowSampling(3.0).percent_to_sigma(1e-4)
+    draw = _cpu_draws(x)
+    ref = x.clone()
+    for a, b in zip(s[:-1], s[1:]):
+        d = _ideal(ref, a, C, flow)
+        if b == 0:
+            ref = d
+            continue
+        h = lam(b) - lam(a)
+        he = h * (eta + 1)
+        points = [sig(lam(a) + r * h) for r in rs] + [b]
+        preds, noise, last_r = [d], None, 0.0  # the data predictions so far
+        for k, (r, point) in enumerate(zip(list(rs) + [1.0], points)):
+            decay = point / a * math.exp(-r * h * eta)
+            if k == 0 or (k == len(rs) and len(rs) == 1 and rule == "phi_1"):
+                phi1 = math.expm1(-r * he)
+                if k == 0:
+                    combo = preds[0]
+                else:
+                    combo = (1 - 1 / (2 * rs[0])) * preds[0] + 1 / (2 * rs[0]) * preds[1]
+                new = decay * ref - alpha(point) * phi1 * combo
+            else:
+                r_prev = rs[k - 1]
+                phi1 = math.expm1(-r * he)
+                phi2 = (math.expm1(-r * he) + r * he) / (-r * he)
+                w = r / r_prev * phi2 if k < len(rs) else phi2 / r_prev
+                new = decay * ref - alpha(point) * ((phi1 - w) * preds[0] + w * preds[-1])
+            if eta > 0:
+                if noise is None:
+                    noise = math.sqrt(-math.expm1(-2 * r * h * eta)) * draw()
+                else:
+                    seg = (last_r - r) * h * eta
+                    noise = noise * math.exp(seg) + math.sqrt(-math.expm1(2 * seg)) * draw()
+                new = new + noise * point
+            last_r = r
+            if k < len(rs):
+                preds.append(_ideal(new, point, C, flow))
+            else:
+                ref = new
+    return ref
+
+
+def test_seeds_2_follows_its_formula():
+    x = _start(8.0)
+    assert torch.allclose(_run("seeds_2", x, SIGMAS), _seeds_reference(x, SIGMAS, [0.5]), rtol=1e-4, atol=1e-4)
+    fx = _start(1.0)
+    got = _run("seeds_2", fx, FLOW_SIGMAS, flow_denoiser, FlowSampling(3.0))
+    assert torch.allclose(got, _seeds_reference(fx, FLOW_SIGMAS, [0.5], flow=True), rtol=1e-4, atol=1e-4)
+
+
+def test_seeds_3_follows_its_formula():
+    x = _start(8.0)
+    expected = _seeds_reference(x, SIGMAS, [1 / 3, 2 / 3])
+    assert torch.allclose(_run("seeds_3", x, SIGMAS), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_exp_heun_2_x0_is_seeds_2_at_r_1_with_the_phi_2_rule():
+    x = _start(8.0)
+    expected = _seeds_reference(x, SIGMAS, [1.0], eta=0.0, rule="phi_2")
+    assert torch.allclose(_run("exp_heun_2_x0", x, SIGMAS), expected, rtol=1e-4, atol=1e-4)
+    expected = _seeds_reference(x, SIGMAS, [1.0], eta=1.0, rule="phi_2")
+    assert torch.allclose(_run("exp_heun_2_x0_sde", x, SIGMAS), expected, rtol=1e-4, atol=1e-4)

@@ -363,7 +363,7 @@ def get(name: str, sampling=None):
     the flow forms ComfyUI runs for it (ancestral steps, the SDE solvers' log-SNR, LCM's renoising)."""
     import functools
 
-    from flowrun.diffusion import adams, cfg_pp, step_samplers, unipc
+    from flowrun.diffusion import adams, cfg_pp, er_sde, multistep, seeds, step_samplers, unipc
 
     if getattr(sampling, "flow", False):
         from flowrun.diffusion import flow_samplers
@@ -381,6 +381,11 @@ def get(name: str, sampling=None):
             "euler_cfg_pp": functools.partial(cfg_pp.sample_euler_cfg_pp, snr=flow_snr),
             "euler_ancestral_cfg_pp": functools.partial(cfg_pp.sample_euler_ancestral_cfg_pp, snr=flow_snr),
             "dpmpp_2s_ancestral_cfg_pp": cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp_flow,
+            "er_sde": functools.partial(er_sde.sample_er_sde, snr=flow_snr),
+            "seeds_2": functools.partial(seeds.sample_seeds_2, snr=flow_snr),
+            "seeds_3": functools.partial(seeds.sample_seeds_3, snr=flow_snr),
+            "exp_heun_2_x0": functools.partial(seeds.sample_exp_heun_2_x0, snr=flow_snr),
+            "exp_heun_2_x0_sde": functools.partial(seeds.sample_exp_heun_2_x0_sde, snr=flow_snr),
         }
         name = GPU_NOISE.get(name, name)
         if name in flow_table:
@@ -399,6 +404,13 @@ def get(name: str, sampling=None):
         "dpmpp_2m_sde_heun": functools.partial(sample_dpmpp_2m_sde, solver_type="heun"),
         "heunpp2": step_samplers.sample_heunpp2, "ddpm": step_samplers.sample_ddpm,
         "ipndm": adams.sample_ipndm, "ipndm_v": adams.sample_ipndm_v, "deis": adams.sample_deis,
+        "res_multistep": multistep.sample_res_multistep, "res_multistep_cfg_pp": multistep.sample_res_multistep_cfg_pp,
+        "res_multistep_ancestral": multistep.sample_res_multistep_ancestral,
+        "res_multistep_ancestral_cfg_pp": multistep.sample_res_multistep_ancestral_cfg_pp,
+        "gradient_estimation": multistep.sample_gradient_estimation,
+        "gradient_estimation_cfg_pp": multistep.sample_gradient_estimation_cfg_pp, "er_sde": er_sde.sample_er_sde,
+        "seeds_2": seeds.sample_seeds_2, "seeds_3": seeds.sample_seeds_3, "exp_heun_2_x0": seeds.sample_exp_heun_2_x0,
+        "exp_heun_2_x0_sde": seeds.sample_exp_heun_2_x0_sde,
     }
     name = GPU_NOISE.get(name, name)
     if name not in table:
