@@ -88,7 +88,7 @@ def gaussian_denoiser(x, sigma):
 
 DETERMINISTIC = ["euler", "euler_cfg_pp", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "dpmpp_2m_cfg_pp", "ipndm",
                  "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "gradient_estimation",
-                 "gradient_estimation_cfg_pp", "exp_heun_2_x0", "ddim", "uni_pc", "uni_pc_bh2"]
+                 "gradient_estimation_cfg_pp", "exp_heun_2_x0", "dpm_fast", "ddim", "uni_pc", "uni_pc_bh2"]
 STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
               "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
               "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",

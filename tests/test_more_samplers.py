@@ -672,3 +672,43 @@ def test_exp_heun_2_x0_is_seeds_2_at_r_1_with_the_phi_2_rule():
     assert torch.allclose(_run("exp_heun_2_x0", x, SIGMAS), expected, rtol=1e-4, atol=1e-4)
     expected = _seeds_reference(x, SIGMAS, [1.0], eta=1.0, rule="phi_2")
     assert torch.allclose(_run("exp_heun_2_x0_sde", x, SIGMAS), expected, rtol=1e-4, atol=1e-4)
+
+
+# --- dpm_fast ----------------------------------------------------------------------------------------------
+
+def test_dpm_fast_orders_spend_the_step_budget():
+    from flowrun.diffusion.dpm_solver import fast_orders
+
+    for nfe, orders in {1: [1], 2: [2], 3: [2, 1], 5: [3, 2], 6: [3, 2, 1], 7: [3, 3, 1], 10: [3, 3, 3, 1]}.items():
+        assert fast_orders(nfe) == orders and sum(orders) == nfe
+
+
+def test_dpm_fast_one_evaluation_is_an_euler_step_to_the_last_sigma():
+    x = _start(8.0)
+    sigmas = torch.tensor([8.0, 0.5])  # a budget of one evaluation, from sigma_max to the last sigma
+    expected = x + (x - gaussian_denoiser(x, torch.tensor([8.0]))) / 8.0 * (0.5 - 8.0)
+    assert torch.allclose(_run("dpm_fast", x, sigmas), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dpm_fast_two_evaluations_are_a_dpm_solver_2_step():
+    x = _start(8.0)
+    sigmas = torch.tensor([8.0, 0.5, 0.0])  # two evaluations, ending at the last non-zero sigma
+    eps = (x - gaussian_denoiser(x, torch.tensor([8.0]))) / 8.0
+    mid = math.sqrt(8.0 * 0.5)  # the midpoint in log sigma
+    u = x + (mid - 8.0) * eps
+    eps_mid = (u - gaussian_denoiser(u, torch.tensor([mid]))) / mid
+    expected = x + (0.5 - 8.0) * eps_mid  # DPM-Solver-2: the step with the midpoint's noise prediction
+    assert torch.allclose(_run("dpm_fast", x, sigmas), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dpm_fast_is_exact_for_a_point_mass_and_accurate_for_a_gaussian():
+    """It stops at the last non-zero sigma (as ComfyUI's), where the exact ODE solution is known."""
+    x = _start(8.0)
+    target = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    out = _run("dpm_fast", x, SIGMAS, lambda v, sigma: target.expand_as(v))
+    assert torch.allclose(out, target + (x - target) * (0.15 / 8.0), rtol=1e-5, atol=1e-5)
+    exact = x * math.sqrt((C + 0.2 ** 2) / (C + 8.0 ** 2))
+    errors = [float((_run("dpm_fast", x, torch.cat([torch.linspace(8.0, 0.2, n), torch.zeros(1)])) - exact).abs().max())
+              for n in (30, 60)]
+    # third-order steps, but the budget ends with a first-order one: the error falls as h^2 (0.012, 0.003)
+    assert errors[0] < 0.015 and errors[1] < errors[0] / 3

@@ -363,7 +363,7 @@ def get(name: str, sampling=None):
     the flow forms ComfyUI runs for it (ancestral steps, the SDE solvers' log-SNR, LCM's renoising)."""
     import functools
 
-    from flowrun.diffusion import adams, cfg_pp, er_sde, multistep, seeds, step_samplers, unipc
+    from flowrun.diffusion import adams, cfg_pp, dpm_solver, er_sde, multistep, seeds, step_samplers, unipc
 
     if getattr(sampling, "flow", False):
         from flowrun.diffusion import flow_samplers
@@ -410,7 +410,7 @@ def get(name: str, sampling=None):
         "gradient_estimation": multistep.sample_gradient_estimation,
         "gradient_estimation_cfg_pp": multistep.sample_gradient_estimation_cfg_pp, "er_sde": er_sde.sample_er_sde,
         "seeds_2": seeds.sample_seeds_2, "seeds_3": seeds.sample_seeds_3, "exp_heun_2_x0": seeds.sample_exp_heun_2_x0,
-        "exp_heun_2_x0_sde": seeds.sample_exp_heun_2_x0_sde,
+        "exp_heun_2_x0_sde": seeds.sample_exp_heun_2_x0_sde, "dpm_fast": dpm_solver.sample_dpm_fast,
     }
     name = GPU_NOISE.get(name, name)
     if name not in table:
