@@ -88,7 +88,8 @@ def gaussian_denoiser(x, sigma):
 
 DETERMINISTIC = ["euler", "euler_cfg_pp", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "dpmpp_2m_cfg_pp", "ipndm",
                  "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "gradient_estimation",
-                 "gradient_estimation_cfg_pp", "exp_heun_2_x0", "dpm_fast", "ddim", "uni_pc", "uni_pc_bh2"]
+                 "gradient_estimation_cfg_pp", "exp_heun_2_x0", "dpm_fast", "dpm_adaptive", "ddim", "uni_pc",
+                 "uni_pc_bh2"]
 STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
               "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
               "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",
@@ -122,8 +123,9 @@ def test_every_sampler_name_is_covered():
 # heunpp2's weights and gradient_estimation's extrapolated derivative keep them near Euler's accuracy
 FIRST_ORDER = {"euler", "euler_cfg_pp", "heunpp2", "gradient_estimation", "gradient_estimation_cfg_pp", "ddim"}
 # second order, but starting from an Euler step (res_multistep: 0.012 at 30 karras steps, 0.0017 at 100)
-# or ending with a plain jump to the prediction (exp_heun_2_x0: 0.0118 at 30)
-LOOSER = {"res_multistep": 0.015, "res_multistep_cfg_pp": 0.015, "exp_heun_2_x0": 0.015}
+# or ending with a plain jump to the prediction (exp_heun_2_x0: 0.0118 at 30); dpm_adaptive's accuracy
+# follows its rtol (0.05), not the number of steps (0.044)
+LOOSER = {"res_multistep": 0.015, "res_multistep_cfg_pp": 0.015, "exp_heun_2_x0": 0.015, "dpm_adaptive": 0.06}
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)

@@ -192,11 +192,12 @@ def test_every_sampler_lands_on_the_flow_prediction(tiny_bundle, sampler_name):
     out = ksample(model, seed=2, steps=4, cfg=1.0, sampler_name=sampler_name, scheduler="simple", positive=cond,
                   negative=cond, latent=Latent(torch.zeros(1, 4, 4, 4))).samples
     expected = target
-    if sampler_name == "dpm_fast":  # it stops at the last non-zero sigma, exactly on the point mass's ODE path
+    if sampler_name in ("dpm_fast", "dpm_adaptive"):  # they stop at the last non-zero sigma, exactly on the
+        # point mass's ODE path
         from flowrun.diffusion import schedules
         from flowrun.diffusion.noise import initial_noise
 
-        sigma_min = float(schedules.sampler_sigmas(model.sampling, "simple", "dpm_fast", 4)[-2])
+        sigma_min = float(schedules.sampler_sigmas(model.sampling, "simple", sampler_name, 4)[-2])
         expected = target + sigma_min * (initial_noise(torch.zeros(1, 4, 4, 4), 2) - target)
     # UniPC stops at sigma 0.001 instead of 0 (as ComfyUI's), so a trace of noise is left
     assert torch.allclose(model.latent_in(out), expected, atol=1e-2 if sampler_name.startswith("uni_pc") else 1e-4)

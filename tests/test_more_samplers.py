@@ -712,3 +712,70 @@ def test_dpm_fast_is_exact_for_a_point_mass_and_accurate_for_a_gaussian():
               for n in (30, 60)]
     # third-order steps, but the budget ends with a first-order one: the error falls as h^2 (0.012, 0.003)
     assert errors[0] < 0.015 and errors[1] < errors[0] / 3
+
+
+# --- dpm_adaptive ------------------------------------------------------------------------------------------
+
+def test_the_step_size_controller_grows_on_small_errors_and_rejects_large_ones():
+    from flowrun.diffusion.dpm_solver import StepSizeController
+
+    pid = StepSizeController(0.05, 0.0, 1.0, 0.0, order=3)
+    assert pid.propose_step(0.001)  # factor 1 + atan(1000^(1/3) - 1)
+    assert pid.h == pytest.approx(0.05 * (1 + math.atan(1000.0 ** (1 / 3) - 1)), rel=1e-6)
+    h = pid.h
+    assert not pid.propose_step(8.0)  # factor 1 + atan(0.5 - 1) = 0.536 < 0.81: rejected, the step shrinks
+    assert pid.h == pytest.approx(h * (1 + math.atan(8.0 ** (-1 / 3) - 1)), rel=1e-6)
+
+
+def test_dpm_adaptive_is_exact_for_a_point_mass_and_within_tolerance_for_a_gaussian():
+    x = _start(8.0)
+    target = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    seen = []
+
+    def point_mass(v, sigma):
+        seen.append(float(sigma[0]))
+        return target.expand_as(v)
+
+    out = samplers.get("dpm_adaptive")(point_mass, x.clone(), SIGMAS, SeedNoise([5]), lambda i: None)
+    assert torch.allclose(out, target + (x - target) * (0.15 / 8.0), rtol=1e-5, atol=1e-5)
+    assert seen[0] == 8.0 and min(seen) >= 0.15 * (1 - 1e-5)  # from the first to the last non-zero sigma
+    exact = x * math.sqrt((C + 0.15 ** 2) / (C + 8.0 ** 2))  # |exact| up to 1.56 here
+    loose = float((_run("dpm_adaptive", x, SIGMAS) - exact).abs().max())  # rtol 0.05: 0.07
+    tight = float((_run("dpm_adaptive", x, SIGMAS, rtol=0.0005, atol=0.00005) - exact).abs().max())  # 0.010
+    assert loose < 0.1 and tight < loose / 4
+
+
+def test_dpm_solver_3_is_exact_when_the_noise_prediction_is_linear_in_log_sigma():
+    """DPM-Solver-3 integrates an eps(lambda) = a + b lambda that does not depend on x exactly (lambda =
+    -log sigma), whatever the step sizes: dx/dsigma = a - b log(sigma) has x(s) = x0 + a (s - s0) -
+    b [s log s - s]_s0^s. dpm_adaptive (order 3) keeps the third-order result of every step; dpm_fast's
+    budgets end with a first- or second-order step, which is not exact there."""
+    x = _start(8.0)
+    a = torch.randn(x.shape, generator=torch.Generator().manual_seed(21))
+    b = torch.randn(x.shape, generator=torch.Generator().manual_seed(22))
+
+    def linear(v, sigma):
+        s = sigma.view(-1, 1, 1, 1)
+        return v - s * (a - b * s.log())
+
+    def exact(s0, s1):
+        return x + a * (s1 - s0) - b * ((s1 * math.log(s1) - s1) - (s0 * math.log(s0) - s0))
+
+    assert torch.allclose(_run("dpm_adaptive", x, SIGMAS, linear), exact(8.0, 0.15), rtol=1e-4, atol=1e-4)
+    fast = _run("dpm_fast", x, SIGMAS, linear)
+    assert not torch.allclose(fast, exact(8.0, 0.15), rtol=1e-4, atol=1e-4)
+
+
+def test_dpm_adaptive_order_2_takes_two_evaluations_a_try_and_reports_progress_to_the_end():
+    x = _start(8.0)
+    calls, steps = [], []
+
+    def counted(v, sigma):
+        calls.append(float(sigma[0]))
+        return gaussian_denoiser(v, sigma)
+
+    samplers.get("dpm_adaptive")(counted, x.clone(), SIGMAS, SeedNoise([5]), steps.append, order=2)
+    assert len(calls) % 2 == 0 and len(calls) >= 4
+    assert steps[-1] == len(SIGMAS) - 2 and steps == sorted(steps)
+    with pytest.raises(ValueError, match="order"):
+        _run("dpm_adaptive", x, SIGMAS, order=4)

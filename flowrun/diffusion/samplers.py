@@ -411,6 +411,7 @@ def get(name: str, sampling=None):
         "gradient_estimation_cfg_pp": multistep.sample_gradient_estimation_cfg_pp, "er_sde": er_sde.sample_er_sde,
         "seeds_2": seeds.sample_seeds_2, "seeds_3": seeds.sample_seeds_3, "exp_heun_2_x0": seeds.sample_exp_heun_2_x0,
         "exp_heun_2_x0_sde": seeds.sample_exp_heun_2_x0_sde, "dpm_fast": dpm_solver.sample_dpm_fast,
+        "dpm_adaptive": dpm_solver.sample_dpm_adaptive,
     }
     name = GPU_NOISE.get(name, name)
     if name not in table:
