@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion.noise import SeedNoise
-from flowrun.diffusion.samplers import Callback, Denoiser, _ones
+from flowrun.diffusion.sampler_math import Callback, Denoiser, _ones
 
 
 def _push(buffer: list, d, max_order: int) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from flowrun.diffusion.flow_samplers import half_log_snr, rf_step, sigma_of_half_log_snr
 from flowrun.diffusion.noise import SeedNoise
-from flowrun.diffusion.samplers import Callback, Denoiser, Snr, _ones, ancestral_step, to_d
+from flowrun.diffusion.sampler_math import Callback, Denoiser, Snr, _ones, ancestral_step, to_d
 
 
 class UncondSink:

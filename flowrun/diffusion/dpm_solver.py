@@ -14,7 +14,7 @@ import math
 import torch
 
 from flowrun.diffusion.noise import SeedNoise
-from flowrun.diffusion.samplers import Callback, Denoiser, ancestral_step
+from flowrun.diffusion.sampler_math import Callback, Denoiser, ancestral_step
 
 
 class _Solver:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion.noise import SeedNoise
-from flowrun.diffusion.samplers import Callback, Denoiser, Snr, _ones
+from flowrun.diffusion.sampler_math import Callback, Denoiser, Snr, _ones
 
 INTEGRATION_POINTS = 200.0
 

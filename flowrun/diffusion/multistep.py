@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion.noise import SeedNoise
-from flowrun.diffusion.samplers import Callback, Denoiser, _ones, ancestral_step, to_d
+from flowrun.diffusion.sampler_math import Callback, Denoiser, _ones, ancestral_step, to_d
 
 
 def _phi1(t):

@@ -2,73 +2,19 @@
 
 The algorithms are those of k-diffusion as ComfyUI runs them (Karras et al. 2022 for euler/heun;
 DPM-Solver and DPM-Solver++ by Lu et al. 2022 for dpm_2 and the dpmpp family; LMS with coefficients
-integrated numerically; LCM by Luo et al. 2023; UniPC by Zhao et al. 2023 in `unipc.py`).
+integrated numerically; LCM by Luo et al. 2023; UniPC by Zhao et al. 2023 in `unipc.py`). The samplers
+ComfyUI added since live beside it, one family a module: CFG++ (`cfg_pp.py`), Adams–Bashforth (`adams.py`:
+ipndm, ipndm_v, deis), `multistep.py` (res_multistep, gradient_estimation), `step_samplers.py` (ddpm,
+heunpp2), `er_sde.py`, `seeds.py` (seeds_2/3, exp_heun_2_x0), `dpm_solver.py` (dpm_fast, dpm_adaptive).
 Per-step noise comes from the call's `SeedNoise` (flowrun.diffusion.noise, where a seed's meaning lives).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
-
 from flowrun.diffusion.names import SAMPLERS
 from flowrun.diffusion.noise import SeedNoise
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Callable[[int], None]
-
-
-
-def to_d(x, sigma, denoised):
-    """The Karras ODE derivative dx/dsigma."""
-    return (x - denoised) / sigma.view(sigma.shape + (1,) * (x.ndim - sigma.ndim))
-
-
-def ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
-    """(sigma_down, sigma_up): where to step deterministically and how much fresh noise to add."""
-    if not eta:
-        return sigma_to, 0.0
-    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
-    return (sigma_to ** 2 - sigma_up ** 2) ** 0.5, sigma_up
-
-
-def _ones(x):
-    return x.new_ones([x.shape[0]])
-
-
-class Snr:
-    """How the DPM-Solver++ SDE samplers read a sigma: lam(sigma) = log(alpha / sigma), its inverse, and the
-    first sigma moved off where lam is infinite. This one: variance-exploding sigmas (alpha 1)."""
-
-    def lam(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.log().neg()
-
-    def sigma(self, lam: torch.Tensor) -> torch.Tensor:
-        return lam.neg().exp()
-
-    def offset_first(self, sigmas: torch.Tensor) -> torch.Tensor:
-        return sigmas
-
-
-class FlowSnr(Snr):
-    """A rectified flow's (alpha = 1 - sigma): lam = log((1 - sigma) / sigma); a first sigma of 1 becomes
-    the sigma at 0.01 % of the schedule (ComfyUI's offset_first_sigma_for_snr)."""
-
-    def __init__(self, percent_to_sigma: Callable[[float], float]):
-        self.percent_to_sigma = percent_to_sigma
-
-    def lam(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.logit().neg()
-
-    def sigma(self, lam: torch.Tensor) -> torch.Tensor:
-        return lam.neg().sigmoid()
-
-    def offset_first(self, sigmas: torch.Tensor) -> torch.Tensor:
-        if len(sigmas) > 1 and sigmas[0] >= 1:
-            sigmas = sigmas.clone()
-            sigmas[0] = self.percent_to_sigma(1e-4)
-        return sigmas
+# the shared pieces, here too so that callers keep reading them from `samplers`
+from flowrun.diffusion.sampler_math import Callback, Denoiser, FlowSnr, Snr, _ones, ancestral_step, to_d  # noqa: F401
 
 
 def sample_euler(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion.noise import SeedNoise
-from flowrun.diffusion.samplers import Callback, Denoiser, Snr, _ones
+from flowrun.diffusion.sampler_math import Callback, Denoiser, Snr, _ones
 
 
 def _h_phi_1(h):

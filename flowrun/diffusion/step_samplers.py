@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from flowrun.diffusion.noise import SeedNoise
-from flowrun.diffusion.samplers import Callback, Denoiser, _ones, to_d
+from flowrun.diffusion.sampler_math import Callback, Denoiser, _ones, to_d
 
 
 def sample_ddpm(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
