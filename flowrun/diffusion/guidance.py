@@ -169,13 +169,16 @@ def _batches(entries: list[Entry]) -> list[list[Entry]]:
     return groups
 
 
-def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry], cfg, post_cfg: bool = True):
+def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry], cfg, post_cfg: bool = True,
+             uncond_sink=None):
     """D(x, sigma) with guidance, for the samplers. `cfg` is one scale, or one per batch row (cells of a
     batched sweep that differ in cfg). The model's post-cfg functions (PAG, SAG) then refine the result,
-    unless `post_cfg` is off (the single predictions a dual guider combines)."""
+    unless `post_cfg` is off (the single predictions a dual guider combines). With an `uncond_sink` (a CFG++
+    sampler's), every call leaves the unconditional prediction there, computed even at cfg 1 (zeros
+    without a negative prompt), as ComfyUI's CFG++ samplers turn its cfg-1 shortcut off."""
     scales = [float(c) for c in cfg] if isinstance(cfg, (list, tuple)) else [float(cfg)]
     post = model.post_cfg_functions if post_cfg else ()
-    use_negative = not all(math.isclose(c, 1.0) for c in scales) or (
+    use_negative = not all(math.isclose(c, 1.0) for c in scales) or uncond_sink is not None or (
         bool(negative) and any(getattr(fn, "needs_uncond", False) for fn in post))
     if len(scales) > 1:
         cfg = torch.tensor(scales, dtype=torch.float32).view(-1, 1, 1, 1)
@@ -218,6 +221,8 @@ def denoiser(model: DiffusionModel, positive: list[Entry], negative: list[Entry]
     def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         state.clear()
         cond, uncond = predict(entries, x, sigma)
+        if uncond_sink is not None:
+            uncond_sink.value = uncond
         if not use_negative:
             result, uncond = cond, None
         else:

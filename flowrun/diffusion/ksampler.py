@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from flowrun.diffusion import guidance, latent_preview, samplers, schedules
+from flowrun.diffusion.cfg_pp import UncondSink
 from flowrun.diffusion.concat import per_cell
 from flowrun.diffusion.lora import patched
 from flowrun.diffusion.model import DiffusionModel
@@ -29,8 +30,9 @@ from flowrun.values import Conditioning, Guider, Latent
 Preview = Callable[[int, int, torch.Tensor, latent_preview.LatentFormat], None]
 
 # builds the guided denoiser D(x, sigma) once the scaled start latent (cells stacked), the noise mask
-# resized to it (or None) and the cells' seeds (unCLIP's embedding noise is drawn from them) are known
-GuideBuilder = Callable[[torch.Tensor, "torch.Tensor | None", Sequence[int]], samplers.Denoiser]
+# resized to it (or None) and the cells' seeds (unCLIP's embedding noise is drawn from them) are known;
+# a CFG++ sampler's run also passes `uncond_sink=` (flowrun.diffusion.cfg_pp.UncondSink)
+GuideBuilder = Callable[..., samplers.Denoiser]
 
 
 @dataclass
@@ -86,12 +88,13 @@ def cfg_guide(model: DiffusionModel, positive: Conditioning, negative: Condition
 
         negative = controls_to_uncond(positive, negative)
 
-    def build(start: torch.Tensor, mask: torch.Tensor | None, seeds: Sequence[int] = (0,)) -> samplers.Denoiser:
+    def build(start: torch.Tensor, mask: torch.Tensor | None, seeds: Sequence[int] = (0,),
+              uncond_sink=None) -> samplers.Denoiser:
         cells = start.shape[0] // rows if rows else 1
         pos = guidance.prepare(model, per_cell(positive, rows, cells), start, True, mask, seeds)
         neg = (guidance.prepare(model, per_cell(negative, rows, cells), start, False, mask, seeds)
                if negative is not None else [])
-        return guidance.denoiser(model, pos, neg, cfg)
+        return guidance.denoiser(model, pos, neg, cfg, uncond_sink=uncond_sink)
 
     return build
 
@@ -104,7 +107,12 @@ def guider_guide(guider: Guider) -> GuideBuilder:
     if guider.style not in ("dual", "dual_nested"):
         raise ValueError(f"unknown guider style {guider.style!r}")
 
-    def build(start: torch.Tensor, mask: torch.Tensor | None, seeds: Sequence[int] = (0,)) -> samplers.Denoiser:
+    def build(start: torch.Tensor, mask: torch.Tensor | None, seeds: Sequence[int] = (0,),
+              uncond_sink=None) -> samplers.Denoiser:
+        if uncond_sink is not None:
+            raise ValueError("the CFG++ samplers (*_cfg_pp) need a guider with one negative prompt (CFGGuider, "
+                             "BasicGuider or KSampler); DualCFGGuider is not supported with them")
+
         def alone(cond: Conditioning) -> samplers.Denoiser:
             return guidance.denoiser(model, guidance.prepare(model, cond, start, True, mask, seeds), [], 1.0,
                                      post_cfg=False)
@@ -151,7 +159,12 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
     mask = None
     if latent.noise_mask is not None:
         mask = torch.cat([_prepare_mask(latent.noise_mask, latent_image.shape).to(device)] * len(seeds))
-    denoiser = guide(start, mask, seeds)
+    options = dict(sampler_options or {})
+    if samplers.needs_uncond(sampler_name):
+        options["uncond"] = UncondSink()
+        denoiser = guide(start, mask, seeds, uncond_sink=options["uncond"])
+    else:
+        denoiser = guide(start, mask, seeds)
     if mask is not None:
         denoiser = _masked(denoiser, mask, start, _blend_noise(sampler_name, seeds, latent_image, start_noise), model,
                            sigmas)
@@ -168,7 +181,7 @@ def sample(model: DiffusionModel, guide: GuideBuilder, sampler_name: str, sigmas
             progress(i + 1, total)
 
     with torch.no_grad(), patched(model.unet, model.patches):
-        out = samplers.get(sampler_name, model.sampling)(denoiser, x, sigmas, noise, step, **(sampler_options or {}))
+        out = samplers.get(sampler_name, model.sampling)(denoiser, x, sigmas, noise, step, **options)
     out = model.latent_out(model.sampling.inverse_noise_scaling(sigmas[-1], out)).float().cpu()
     x0 = out if last_denoised.value is None else model.latent_out(last_denoised.value).float().cpu()
     return [Sampled(latent.replace(samples=out[i * rows:(i + 1) * rows]),

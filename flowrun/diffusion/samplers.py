@@ -2,73 +2,19 @@
 
 The algorithms are those of k-diffusion as ComfyUI runs them (Karras et al. 2022 for euler/heun;
 DPM-Solver and DPM-Solver++ by Lu et al. 2022 for dpm_2 and the dpmpp family; LMS with coefficients
-integrated numerically; LCM by Luo et al. 2023; UniPC by Zhao et al. 2023 in `unipc.py`).
+integrated numerically; LCM by Luo et al. 2023; UniPC by Zhao et al. 2023 in `unipc.py`). The samplers
+ComfyUI added since live beside it, one family a module: CFG++ (`cfg_pp.py`), Adams–Bashforth (`adams.py`:
+ipndm, ipndm_v, deis), `multistep.py` (res_multistep, gradient_estimation), `step_samplers.py` (ddpm,
+heunpp2), `er_sde.py`, `seeds.py` (seeds_2/3, exp_heun_2_x0), `dpm_solver.py` (dpm_fast, dpm_adaptive).
 Per-step noise comes from the call's `SeedNoise` (flowrun.diffusion.noise, where a seed's meaning lives).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
-
 from flowrun.diffusion.names import SAMPLERS
 from flowrun.diffusion.noise import SeedNoise
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Callable[[int], None]
-
-
-
-def to_d(x, sigma, denoised):
-    """The Karras ODE derivative dx/dsigma."""
-    return (x - denoised) / sigma.view(sigma.shape + (1,) * (x.ndim - sigma.ndim))
-
-
-def ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
-    """(sigma_down, sigma_up): where to step deterministically and how much fresh noise to add."""
-    if not eta:
-        return sigma_to, 0.0
-    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
-    return (sigma_to ** 2 - sigma_up ** 2) ** 0.5, sigma_up
-
-
-def _ones(x):
-    return x.new_ones([x.shape[0]])
-
-
-class Snr:
-    """How the DPM-Solver++ SDE samplers read a sigma: lam(sigma) = log(alpha / sigma), its inverse, and the
-    first sigma moved off where lam is infinite. This one: variance-exploding sigmas (alpha 1)."""
-
-    def lam(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.log().neg()
-
-    def sigma(self, lam: torch.Tensor) -> torch.Tensor:
-        return lam.neg().exp()
-
-    def offset_first(self, sigmas: torch.Tensor) -> torch.Tensor:
-        return sigmas
-
-
-class FlowSnr(Snr):
-    """A rectified flow's (alpha = 1 - sigma): lam = log((1 - sigma) / sigma); a first sigma of 1 becomes
-    the sigma at 0.01 % of the schedule (ComfyUI's offset_first_sigma_for_snr)."""
-
-    def __init__(self, percent_to_sigma: Callable[[float], float]):
-        self.percent_to_sigma = percent_to_sigma
-
-    def lam(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.logit().neg()
-
-    def sigma(self, lam: torch.Tensor) -> torch.Tensor:
-        return lam.neg().sigmoid()
-
-    def offset_first(self, sigmas: torch.Tensor) -> torch.Tensor:
-        if len(sigmas) > 1 and sigmas[0] >= 1:
-            sigmas = sigmas.clone()
-            sigmas[0] = self.percent_to_sigma(1e-4)
-        return sigmas
+# the shared pieces, here too so that callers keep reading them from `samplers`
+from flowrun.diffusion.sampler_math import Callback, Denoiser, FlowSnr, Snr, _ones, ancestral_step, to_d  # noqa: F401
 
 
 def sample_euler(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Callback):
@@ -344,25 +290,50 @@ def sample_lcm(model: Denoiser, x, sigmas, seed_noise: SeedNoise, callback: Call
     return x
 
 
+# ComfyUI's *_gpu samplers differ from their plain names only in drawing the Brownian tree on the GPU.
+# flowrun draws every random number on the CPU from the seed (flowrun.diffusion.noise), so here they are
+# the plain samplers: on a CPU the same numbers as ComfyUI's; on a GPU ComfyUI's *_gpu noise differs
+# from flowrun's, which keeps the CPU tree so that a seed means the same image on every device.
+GPU_NOISE = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde",
+             "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
+
+
+def needs_uncond(name: str) -> bool:
+    """Whether the sampler reads the unconditional prediction (the CFG++ samplers: `uncond=` an UncondSink
+    the guided denoiser fills)."""
+    return name.endswith("_cfg_pp")
+
+
 def get(name: str, sampling=None):
     """The sampling function for a ComfyUI sampler name; for a model whose `sampling` is a rectified flow,
     the flow forms ComfyUI runs for it (ancestral steps, the SDE solvers' log-SNR, LCM's renoising)."""
     import functools
 
-    from flowrun.diffusion import unipc
+    from flowrun.diffusion import adams, cfg_pp, dpm_solver, er_sde, multistep, seeds, step_samplers, unipc
 
     if getattr(sampling, "flow", False):
         from flowrun.diffusion import flow_samplers
 
+        flow_snr = FlowSnr(sampling.percent_to_sigma)
         flow_table = {
             "euler_ancestral": flow_samplers.sample_euler_ancestral,
             "dpm_2_ancestral": flow_samplers.sample_dpm_2_ancestral,
             "dpmpp_2s_ancestral": flow_samplers.sample_dpmpp_2s_ancestral,
-            "dpmpp_sde": functools.partial(sample_dpmpp_sde, snr=FlowSnr(sampling.percent_to_sigma)),
-            "dpmpp_2m_sde": functools.partial(sample_dpmpp_2m_sde, snr=FlowSnr(sampling.percent_to_sigma)),
-            "dpmpp_3m_sde": functools.partial(sample_dpmpp_3m_sde, snr=FlowSnr(sampling.percent_to_sigma)),
+            "dpmpp_sde": functools.partial(sample_dpmpp_sde, snr=flow_snr),
+            "dpmpp_2m_sde": functools.partial(sample_dpmpp_2m_sde, snr=flow_snr),
+            "dpmpp_2m_sde_heun": functools.partial(sample_dpmpp_2m_sde, snr=flow_snr, solver_type="heun"),
+            "dpmpp_3m_sde": functools.partial(sample_dpmpp_3m_sde, snr=flow_snr),
             "lcm": functools.partial(sample_lcm, noise_scaling=sampling.noise_scaling),
+            "euler_cfg_pp": functools.partial(cfg_pp.sample_euler_cfg_pp, snr=flow_snr),
+            "euler_ancestral_cfg_pp": functools.partial(cfg_pp.sample_euler_ancestral_cfg_pp, snr=flow_snr),
+            "dpmpp_2s_ancestral_cfg_pp": cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp_flow,
+            "er_sde": functools.partial(er_sde.sample_er_sde, snr=flow_snr),
+            "seeds_2": functools.partial(seeds.sample_seeds_2, snr=flow_snr),
+            "seeds_3": functools.partial(seeds.sample_seeds_3, snr=flow_snr),
+            "exp_heun_2_x0": functools.partial(seeds.sample_exp_heun_2_x0, snr=flow_snr),
+            "exp_heun_2_x0_sde": functools.partial(seeds.sample_exp_heun_2_x0_sde, snr=flow_snr),
         }
+        name = GPU_NOISE.get(name, name)
         if name in flow_table:
             return flow_table[name]
 
@@ -373,7 +344,22 @@ def get(name: str, sampling=None):
         "dpmpp_sde": sample_dpmpp_sde, "dpmpp_2m": sample_dpmpp_2m, "dpmpp_2m_sde": sample_dpmpp_2m_sde,
         "dpmpp_3m_sde": sample_dpmpp_3m_sde, "lcm": sample_lcm,
         "uni_pc": unipc.sample_unipc, "uni_pc_bh2": unipc.sample_unipc_bh2,
+        "euler_cfg_pp": cfg_pp.sample_euler_cfg_pp, "euler_ancestral_cfg_pp": cfg_pp.sample_euler_ancestral_cfg_pp,
+        "dpmpp_2m_cfg_pp": cfg_pp.sample_dpmpp_2m_cfg_pp,
+        "dpmpp_2s_ancestral_cfg_pp": cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp,
+        "dpmpp_2m_sde_heun": functools.partial(sample_dpmpp_2m_sde, solver_type="heun"),
+        "heunpp2": step_samplers.sample_heunpp2, "ddpm": step_samplers.sample_ddpm,
+        "ipndm": adams.sample_ipndm, "ipndm_v": adams.sample_ipndm_v, "deis": adams.sample_deis,
+        "res_multistep": multistep.sample_res_multistep, "res_multistep_cfg_pp": multistep.sample_res_multistep_cfg_pp,
+        "res_multistep_ancestral": multistep.sample_res_multistep_ancestral,
+        "res_multistep_ancestral_cfg_pp": multistep.sample_res_multistep_ancestral_cfg_pp,
+        "gradient_estimation": multistep.sample_gradient_estimation,
+        "gradient_estimation_cfg_pp": multistep.sample_gradient_estimation_cfg_pp, "er_sde": er_sde.sample_er_sde,
+        "seeds_2": seeds.sample_seeds_2, "seeds_3": seeds.sample_seeds_3, "exp_heun_2_x0": seeds.sample_exp_heun_2_x0,
+        "exp_heun_2_x0_sde": seeds.sample_exp_heun_2_x0_sde, "dpm_fast": dpm_solver.sample_dpm_fast,
+        "dpm_adaptive": dpm_solver.sample_dpm_adaptive,
     }
+    name = GPU_NOISE.get(name, name)
     if name not in table:
         raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
     return table[name]
