@@ -196,20 +196,19 @@ def _sample_twice(model, pos, neg, name, scheduler):
     assert torch.equal(out, ksample(model, **kw).samples), (name, scheduler)
 
 
-@pytest.mark.parametrize("scheduler", ["normal", "karras"])
-def test_every_sampler_on_a_model(tiny, scheduler):
+def test_every_sampler_on_a_model(tiny):
     """All 42 samplers on the tiny model, finite and repeatable (every pairing with every scheduler took
     about 105 s; the schedulers get their own test below)."""
     model, pos, neg = tiny
     for name in SAMPLERS:
-        _sample_twice(model, pos, neg, name, scheduler)
+        _sample_twice(model, pos, neg, name, "karras")
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_every_scheduler_drives_samplers_of_each_kind(tiny, scheduler):
-    """Each scheduler with a sampler of each kind: first order, multistep, SDE, adaptive, CFG++, predictor-corrector."""
+    """Each scheduler with a first-order, a multistep and a multistep SDE sampler."""
     model, pos, neg = tiny
-    for name in ("euler", "dpmpp_2m", "res_multistep", "dpmpp_2m_sde", "dpm_adaptive", "euler_cfg_pp", "uni_pc"):
+    for name in ("euler", "dpmpp_2m", "dpmpp_2m_sde"):
         _sample_twice(model, pos, neg, name, scheduler)
 
 
