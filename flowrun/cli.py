@@ -82,6 +82,16 @@ def _dtype_choice(ctx, param, value):
     return value
 
 
+def render_options(fn):
+    """The output folder and batching options that `run` and `watch` share."""
+    fn = click.option("--max-batch", type=click.IntRange(min=1), metavar="N",
+                      help="Batch at most N cells in one sampler call (default: all that can batch together).")(fn)
+    fn = click.option("--no-batch", is_flag=True,
+                      help="Sample each cell alone instead of batching cells that differ in seed/cfg.")(fn)
+    return click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                        help="Output folder (default: out/<workflow name>).")(fn)
+
+
 def cache_options(fn):
     fn = click.option("--dtype", type=click.Choice(DTYPES), expose_value=False, callback=_dtype_choice,
                       help="Precision of the models (default: float32 on the CPU, float16 on CUDA). Part of the "
@@ -161,11 +171,9 @@ class ConsoleEvents(Events):
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @sweep_options
 @cache_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: out/<workflow name>).")
+@render_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.option("--no-batch", is_flag=True, help="Sample each cell alone instead of batching cells that differ in seed/cfg.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where cells render: this process, or actors on a Ray cluster (pip install 'flowrun[ray]').")
 @click.option("--address", metavar="auto|ray://HOST:PORT",
@@ -174,8 +182,6 @@ class ConsoleEvents(Events):
               help="Ray workers (default: one per CPU of the cluster, or per --gpus-per-worker GPUs).")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, metavar="N",
               help="GPUs each Ray worker reserves (fractions share a GPU).")
-@click.option("--max-batch", type=click.IntRange(min=1), metavar="N",
-              help="Batch at most N cells in one sampler call (default: all that can batch together).")
 @click.option("--keep-going", is_flag=True,
               help="When a node fails, finish the other cells; the manifest lists every failure (exit 1).")
 @click.option("--animate", metavar="AXIS",
@@ -213,12 +219,8 @@ def run(file, sets, sweeps, max_cells, plugins, cache_dir, no_cache, models_dirs
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @sweep_options
 @cache_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: out/<workflow name>).")
+@render_options
 @click.option("-q", "--quiet", is_flag=True, help="No node-by-node progress, only a line per save.")
-@click.option("--no-batch", is_flag=True, help="Sample each cell alone instead of batching cells that differ in seed/cfg.")
-@click.option("--max-batch", type=click.IntRange(min=1), metavar="N",
-              help="Batch at most N cells in one sampler call (default: all that can batch together).")
 @click.option("--keep-going", is_flag=True, help="When a node fails, finish the other cells.")
 @click.option("--serve", type=click.IntRange(0, 65535), is_flag=False, flag_value=0, default=None, metavar="[PORT]",
               help="Also serve a page on 127.0.0.1:PORT (alone or 0: a free port) showing the sweep grid, updated "
